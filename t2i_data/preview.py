@@ -1,0 +1,66 @@
+"""Contact sheets: samples in a grid with each caption written under its image."""
+from __future__ import annotations
+
+import json
+import textwrap
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import T2IError
+from .pngio import decode_image
+from .tario import iter_samples
+
+IMAGE_EXTS = ("png", "jpg", "jpeg")
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def iter_previews(shards: list[str | Path]):
+    for shard in shards:
+        if not Path(shard).is_file():
+            raise T2IError(f"{shard}: no such shard file")
+        for sample in iter_samples(shard):
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is None:
+                raise T2IError(f"{shard}: sample {sample['__key__']} has no image field ({', '.join(IMAGE_EXTS)})")
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            caption = (meta.get("captions") or [""])[0]
+            yield sample["__key__"], decode_image(sample[ext]), caption
+
+
+def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: int = 4, cell: int = 256) -> Path:
+    """Write a PNG grid of the first ``n`` samples; images are scaled to ``cell`` px wide."""
+    items = list(islice(iter_previews(shards), n))
+    if not items:
+        raise T2IError("the shards given hold no samples to preview")
+    font = _font(max(10, cell // 18))
+    line_h = font.getbbox("Ag")[3] + 2
+    wrap = max(10, int(cell / (font.getlength("x") or 6)))
+    text_lines = 4
+    cols = min(cols, len(items))
+    rows = -(-len(items) // cols)
+    cell_h = cell + (text_lines + 1) * line_h
+    sheet = Image.new("RGB", (cols * (cell + 8) + 8, rows * (cell_h + 8) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (key, pixels, caption) in enumerate(items):
+        x, y = 8 + (i % cols) * (cell + 8), 8 + (i // cols) * (cell_h + 8)
+        im = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+        scale = cell / max(im.size)  # fit the cell, keep the aspect; nearest when enlarging keeps pixels crisp
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        im = im.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+        sheet.paste(im, (x, y))
+        lines = [key] + textwrap.wrap(caption, wrap)[: text_lines - 1]
+        for j, line in enumerate(lines):
+            draw.text((x, y + cell + 2 + j * line_h), line, fill=(0, 0, 0) if j else (90, 90, 90), font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,114 @@
+"""Build a shard set: one task per shard, resumable, identical bytes for any worker count.
+
+Every pipeline hands this module a ``produce(index)`` function that yields the samples of shard
+``index`` (or ``Rejected`` records for inputs it quarantined). A task writes its shard under a
+temporary name, renames it, then writes a small record in ``.stats/``, last, as img2dataset
+writes its ``_stats.json``. A rerun skips a shard whose record names the same config digest and
+whose file still has the recorded sha256, so a build killed at any moment (even ``kill -9``)
+resumes with only the missing shards and ends with the same bytes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .digest import canonical_json, file_sha256
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
+from .tario import PARTIAL_SUFFIX, ShardWriter
+
+log = logging.getLogger(__name__)
+STATS_DIR = ".stats"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input quarantined instead of written: its key and why."""
+
+    key: str
+    reason: str
+
+
+def config_digest(identity: dict) -> str:
+    return hashlib.sha256(canonical_json(dict(identity, format_version=FORMAT_VERSION))).hexdigest()
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.tar"
+
+
+def write_shard(produce: Callable[[int], Iterable], out_dir: str, digest: str, item: tuple[int, str]) -> dict:
+    """One task: write shard ``item = (index, name)`` unless an identical one is already there."""
+    index, name = item
+    out = Path(out_dir)
+    final, stats_path = out / name, out / STATS_DIR / f"{name}.json"
+    if final.exists() and stats_path.exists():
+        rec = json.loads(stats_path.read_bytes())
+        if rec.get("config_digest") == digest and rec.get("bytes") == final.stat().st_size:
+            if file_sha256(final) == rec["sha256"]:
+                return dict(rec, skipped=True)
+    rejected = []
+    with ShardWriter(final) as writer:
+        for sample in produce(index):
+            if isinstance(sample, Rejected):
+                rejected.append({"key": sample.key, "reason": sample.reason})
+            else:
+                writer.write(sample)
+        rec = writer.close()
+    rec.update(index=index, config_digest=digest, rejected=rejected)
+    atomic_write(stats_path, canonical_json(rec))
+    return dict(rec, skipped=False)
+
+
+def build_shard_set(
+    produce: Callable[[int], Iterable],
+    out_dir: str | Path,
+    prefix: str,
+    shard_samples: list[int],
+    identity: dict,
+    runner,
+    desc: str = "",
+) -> dict:
+    """Write ``len(shard_samples)`` shards and their manifest; ``identity`` goes into the manifest.
+
+    ``identity`` holds every manifest field that decides the bytes (kind, dataset, split,
+    config, seed, sources, encoder, ...); its digest decides which existing shards are reused.
+    """
+    out = Path(out_dir)
+    (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
+    names = [shard_name(prefix, i) for i in range(len(shard_samples))]
+    _remove_stale(out, prefix, set(names))
+    digest = config_digest(identity)
+    task = partial(write_shard, produce, str(out), digest)
+    records = runner.map(task, list(enumerate(names)), weights=shard_samples, desc=desc)
+    skipped = sum(r["skipped"] for r in records)
+    if skipped:
+        log.info("%s: reused %d of %d shards already complete", out, skipped, len(records))
+    manifest = dict(identity)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["shards"] = [{k: r[k] for k in ("name", "sha256", "bytes", "content_digest", "samples", "first_key", "last_key")} for r in records]
+    manifest["rejected"] = [x for r in records for x in r["rejected"]]
+    manifest["totals"] = {
+        "shards": len(records),
+        "samples": sum(r["samples"] for r in records),
+        "bytes": sum(r["bytes"] for r in records),
+        "rejected": len(manifest["rejected"]),
+    }
+    manifest = write_manifest(out / MANIFEST_NAME, manifest)
+    manifest["_skipped"] = skipped
+    return manifest
+
+
+def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
+    """Drop this set's shards and partial files that the new shard count does not include."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar(" + re.escape(PARTIAL_SUFFIX) + ")?")
+    for p in sorted(out.iterdir()):
+        if pattern.fullmatch(p.name) and p.name not in keep:
+            log.info("removing %s, which the current config does not produce", p)
+            p.unlink()
+            (out / STATS_DIR / f"{p.name}.json").unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Sources turn raw dataset files into records; they never see tokenizers or token ids."""

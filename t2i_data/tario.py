@@ -1,0 +1,142 @@
+"""Deterministic WebDataset tar shards: a fast writer and a streaming reader.
+
+``tarfile.addfile`` costs ~150 µs per member; a ustar header is 512 fixed bytes, so this
+writer builds it from a template (fixed mode 0644, uid/gid 0, empty user names, mtime 0) and
+writes raw bytes, ~4 µs per member. Headers are byte-identical to
+``tarfile.TarInfo.tobuf(tarfile.USTAR_FORMAT)`` for the same name and size (tested).
+
+A shard is written under ``<name>.partial`` and renamed when closed, so a final name always
+means a complete shard; a crash leaves only a ``.partial`` file that the next run overwrites.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from .digest import ContentHasher, canonical_field
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar's default blocking factor; GNU tar and tarfile pad archives to it
+_ZERO_BLOCK = bytes(BLOCK)
+# ustar header after the size field: mtime 0, checksum placeholder, type '0', no link name,
+# magic "ustar\0" + version "00", empty user/group names, device 0/0, empty prefix.
+_MID = b"00000000000\x00" + b" " * 8 + b"0" + bytes(100) + b"ustar\x0000" + bytes(64)
+_TAIL = b"0000000\x00" * 2 + bytes(155 + 12)
+_MODE_IDS = b"0000644\x00" + b"0000000\x00" * 2
+PARTIAL_SUFFIX = ".partial"
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    nb = name.encode("utf-8")
+    if len(nb) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    if size >= 8**11:
+        raise ValueError(f"tar member {name!r} is {size} bytes; ustar allows at most {8**11 - 1}")
+    hdr = bytearray(nb.ljust(100, b"\0") + _MODE_IDS + b"%011o\x00" % size + _MID + _TAIL)
+    hdr[148:156] = b"%06o\x00 " % sum(hdr)
+    return bytes(hdr)
+
+
+class ShardWriter:
+    """Writes samples ``{"__key__": k, ext: bytes, ...}`` as contiguous tar members.
+
+    A sample may carry ``"__content__": {ext: canonical bytes}`` for fields whose canonical form
+    the producer already has (raw pixels), which saves decoding them again to hash them.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self._f = open(self.partial, "wb", buffering=1 << 20)
+        self._sha = hashlib.sha256()
+        self._content = ContentHasher()
+        self._pos = 0
+        self.samples = 0
+        self.first_key: str | None = None
+        self.last_key: str | None = None
+
+    def _put(self, data: bytes) -> None:
+        self._f.write(data)
+        self._sha.update(data)
+        self._pos += len(data)
+
+    def write(self, sample: dict) -> None:
+        key = sample["__key__"]
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key must not contain '.' or '/': {key!r}")
+        if self.last_key is not None and key <= self.last_key:
+            raise ValueError(f"keys must increase within a shard: {key!r} after {self.last_key!r}")
+        content = sample.get("__content__", {})
+        for ext, data in sample.items():
+            if ext.startswith("__"):
+                continue
+            name = f"{key}.{ext}"
+            self._put(ustar_header(name, len(data)) + data + bytes(-len(data) % BLOCK))
+            self._content.update(name, content[ext] if ext in content else canonical_field(ext, data))
+        self.first_key = self.first_key or key
+        self.last_key = key
+        self.samples += 1
+
+    def close(self) -> dict:
+        """Finish the archive, rename it to its final name, and return its record."""
+        end = 2 * BLOCK
+        self._put(bytes(end + (-(self._pos + end) % RECORD)))
+        self._f.close()
+        os.replace(self.partial, self.path)
+        return {
+            "name": self.path.name,
+            "sha256": self._sha.hexdigest(),
+            "bytes": self._pos,
+            "content_digest": self._content.hexdigest(),
+            "samples": self.samples,
+            "first_key": self.first_key,
+            "last_key": self.last_key,
+        }
+
+    def abort(self) -> None:
+        self._f.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def iter_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) in archive order; raises ``tarfile.ReadError`` on a broken archive."""
+    with tarfile.open(path, mode="r|") as tf:
+        for info in tf:
+            if info.isfile():
+                yield info.name, tf.extractfile(info).read()
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key is the basename up to its first dot."""
+    base = name.rsplit("/", 1)[-1]
+    key, dot, ext = base.partition(".")
+    if not dot:
+        raise ValueError(f"tar member {name!r} has no extension, so it has no WebDataset field")
+    return name[: len(name) - len(base)] + key, ext
+
+
+def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
+    """Samples ``{"__key__": key, ext: bytes}`` grouped from contiguous members."""
+    sample: dict | None = None
+    for name, data in iter_members(path):
+        key, ext = split_name(name)
+        if sample is not None and sample["__key__"] != key:
+            yield sample
+            sample = None
+        if sample is None:
+            sample = {"__key__": key}
+        if ext in sample:
+            raise ValueError(f"{path}: member {name!r} appears twice in sample {key!r}")
+        sample[ext] = data
+    if sample is not None:
+        yield sample
