@@ -22,9 +22,11 @@ def _add_runner_args(p: argparse.ArgumentParser) -> None:
 def cmd_mdmnist_build(args) -> int:
     from .mdmnist import MDMNISTConfig, build
     from .runner import make_runner
+    from .sources.mnist import load_mnist
 
     cfg = MDMNISTConfig(seed=args.seed, train=args.train, test=args.test, shard_size=args.shard_size, mnist=args.mnist, png_level=args.png_level)
     log.info("mdmnist build: %s -> %s", json.dumps(cfg.identity() | {"mnist": cfg.mnist}, sort_keys=True), args.out)
+    load_mnist(cfg.mnist)  # fail on a bad source before any cluster starts
     t0 = time.perf_counter()
     with make_runner(args.workers, args.scheduler) as runner:
         log.info("runner: %s", runner.description)

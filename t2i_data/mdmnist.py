@@ -25,6 +25,7 @@ from .errors import T2IError
 from .pngio import encode_png, encoder_id
 from .rng import stream_id, uniform_int
 from .shardset import build_shard_set
+from .tario import WRITER_ID
 from .sources.mnist import EMBEDDED, load_mnist
 
 IMAGE_SIZE = 128
@@ -167,7 +168,7 @@ def build(cfg: MDMNISTConfig, out: str | Path, runner, splits: tuple[str, ...] =
             "seed": cfg.seed,
             "sources": {"mnist": source.fingerprint},
             "aligned_to": None,
-            "encoder": {"png": encoder_id(cfg.png_level)},
+            "encoder": {"png": encoder_id(cfg.png_level), "tar": WRITER_ID},
         }
         produce = partial(produce_shard, cfg, split)
         manifests[split] = build_shard_set(produce, Path(out) / split, f"mdmnist-{split}", sizes, identity, runner, desc=f"mdmnist {split}")

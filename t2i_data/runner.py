@@ -61,6 +61,7 @@ class DaskRunner(InProcessRunner):
             self.description = f"dask scheduler {address}"
         else:
             n = workers or os.cpu_count() or 1
+            logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO chatter drowns the progress bar
             self._cluster = LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
             )
@@ -79,8 +80,9 @@ class DaskRunner(InProcessRunner):
                     fut.result()  # re-raises the task's exception here
                     bar.update(weight_of[fut.key])
             return [f.result() for f in futures]
-        finally:
-            self._client.cancel(futures)
+        except BaseException:
+            self._client.cancel(futures)  # stop the rest of the run; the first failure is re-raised
+            raise
 
     def close(self) -> None:
         self._client.close()

@@ -22,11 +22,14 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default blocking factor; GNU tar and tarfile pad archives to it
 _ZERO_BLOCK = bytes(BLOCK)
 # ustar header after the size field: mtime 0, checksum placeholder, type '0', no link name,
-# magic "ustar\0" + version "00", empty user/group names, device 0/0, empty prefix.
+# magic "ustar\0" + version "00", empty user/group names, no device numbers, empty prefix.
 _MID = b"00000000000\x00" + b" " * 8 + b"0" + bytes(100) + b"ustar\x0000" + bytes(64)
-_TAIL = b"0000000\x00" * 2 + bytes(155 + 12)
+_TAIL = bytes(8 + 8 + 155 + 12)  # device numbers left empty for regular files, as tarfile does
 _MODE_IDS = b"0000644\x00" + b"0000000\x00" * 2
 PARTIAL_SUFFIX = ".partial"
+# Names the header layout below; bump it when the bytes this writer produces change, so that
+# reruns do not reuse shards written by an older writer (it is part of every config digest).
+WRITER_ID = "t2i-tar/1 ustar mode=0644 mtime=0 record=10240"
 
 
 def ustar_header(name: str, size: int) -> bytes:

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2i_data.cli import main
+
+
+def test_build_preview_and_verify_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "md"
+    assert main(["-q", "mdmnist", "build", "--out", str(out), "--train", "30", "--test", "10", "--shard-size", "16", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 30 samples in 2 shards" in printed and "test: 10 samples in 1 shards" in printed
+    grid = tmp_path / "grid.png"
+    assert main(["preview", str(out / "train" / "mdmnist-train-000000.tar"), str(out / "train" / "mdmnist-train-000001.tar"),
+                 "--out", str(grid), "-n", "6", "--cols", "3"]) == 0
+    with Image.open(grid) as im:
+        px = np.asarray(im.convert("RGB"))
+    assert im.size[0] == 3 * (256 + 8) + 8 and im.size[1] > 2 * 256
+    # each 256-px cell holds a black MD-MNIST image (mostly black, some colour), text below it is dark on white
+    cell = px[8 : 8 + 256, 8 : 8 + 256]
+    assert (cell.sum(axis=2) == 0).mean() > 0.7 and cell.max() > 100
+    caption_band = px[8 + 256 : 8 + 256 + 40, 8 : 8 + 256]
+    assert (caption_band.min(axis=2) < 100).sum() > 50 and (caption_band == 255).all(axis=2).mean() > 0.5
+    assert main(["verify", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["mdmnist", "build", "--out", "X", "--shard-size", "0"], "--shard-size must be >= 1, got 0"),
+        (["mdmnist", "build", "--out", "X", "--workers", "-1"], "--workers must be 0"),
+        (["mdmnist", "build", "--out", "X", "--mnist", "/nonexistent/mnist"], "not a folder; give 'embedded' or the folder"),
+        (["verify", "/nonexistent/shards"], "no manifest.json in it or in its subfolders"),
+        (["preview", "/nonexistent/a.tar", "--out", "g.png"], "no such shard file"),
+    ],
+)
+def test_wrong_use_stops_with_one_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t2i: error: ") and message in err and err.count("\n") == 1
+
+
+def test_workers_and_scheduler_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["mdmnist", "build", "--out", "X", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

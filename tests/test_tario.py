@@ -1,0 +1,86 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from t2i_data.digest import canonical_json, canonical_pixels
+from t2i_data.pngio import decode_image, encode_png
+from t2i_data.tario import RECORD, ShardWriter, iter_samples, ustar_header
+
+
+@pytest.mark.parametrize("name,size", [("a.png", 0), ("mdmnist-train-00000001.json", 511), ("k" * 95 + ".npy", 8**11 - 1)])
+def test_header_equals_tarfile_ustar(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_header_limits():
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        ustar_header("x" * 101, 1)
+    with pytest.raises(ValueError, match="at most"):
+        ustar_header("x.bin", 8**11)
+
+
+def _samples(n):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        px = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        yield {"__key__": f"s-{i:04d}", "png": encode_png(px), "json": canonical_json({"i": i}), "__content__": {"png": canonical_pixels(px)}}
+
+
+def test_shard_reads_back_with_tarfile_webdataset_and_our_reader(tmp_path):
+    path = tmp_path / "set-000000.tar"
+    w = ShardWriter(path)
+    samples = list(_samples(5))
+    for s in samples:
+        w.write(s)
+    rec = w.close()
+    data = path.read_bytes()
+    assert len(data) % RECORD == 0 and rec["bytes"] == len(data) and rec["samples"] == 5
+    assert (rec["first_key"], rec["last_key"]) == ("s-0000", "s-0004")
+    with tarfile.open(path) as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == [f"s-{i:04d}.{e}" for i in range(5) for e in ("png", "json")]
+    assert all(m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in members)
+    ours = list(iter_samples(path))
+    assert [s["__key__"] for s in ours] == [s["__key__"] for s in samples]
+    assert all(a["png"] == b["png"] and a["json"] == b["json"] for a, b in zip(ours, samples))
+    theirs = list(wds.WebDataset(str(path), shardshuffle=False))
+    assert [s["__key__"] for s in theirs] == [s["__key__"] for s in samples]
+    assert all(a["png"] == b["png"] for a, b in zip(theirs, samples))
+    assert np.array_equal(decode_image(theirs[2]["png"]), decode_image(samples[2]["png"]))
+
+
+def test_content_digest_from_canonical_hint_equals_decoded(tmp_path):
+    hinted, plain = ShardWriter(tmp_path / "a.tar"), ShardWriter(tmp_path / "b.tar")
+    for s in _samples(3):
+        hinted.write(s)
+        plain.write({k: v for k, v in s.items() if k != "__content__"})
+    assert hinted.close()["content_digest"] == plain.close()["content_digest"]
+
+
+def test_partial_name_until_close_and_abort_leaves_nothing(tmp_path):
+    path = tmp_path / "x-000000.tar"
+    w = ShardWriter(path)
+    w.write(next(_samples(1)))
+    assert not path.exists() and (tmp_path / "x-000000.tar.partial").exists()
+    w.close()
+    assert path.exists() and not (tmp_path / "x-000000.tar.partial").exists()
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "y-000000.tar") as w2:
+            w2.write(next(_samples(1)))
+            raise RuntimeError("boom")
+    assert list(p.name for p in tmp_path.iterdir()) == ["x-000000.tar"]
+
+
+def test_keys_must_increase_and_be_plain(tmp_path):
+    w = ShardWriter(tmp_path / "z.tar")
+    w.write({"__key__": "b", "txt": b"1"})
+    with pytest.raises(ValueError, match="keys must increase"):
+        w.write({"__key__": "a", "txt": b"1"})
+    with pytest.raises(ValueError, match="must not contain"):
+        w.write({"__key__": "c.d", "txt": b"1"})
+    w.abort()
