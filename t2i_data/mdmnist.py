@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterator
 
@@ -91,6 +91,30 @@ def resize_digit(digit: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR))
 
 
+class GlyphTable:
+    """Each pool digit resized to each size at most once per process, on first use.
+
+    The tables are ``np.zeros`` arrays, so untouched rows cost no memory (calloc'd pages);
+    with the full MNIST train pool a worker holds at most 60,000 × (20² + 30² + 40²) = 174 MB.
+    """
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.tables = [np.zeros((len(images), s, s), np.uint8) for s in SIZES]
+        self.done = np.zeros((len(SIZES), len(images)), bool)
+
+    def get(self, row: int, size_id: int) -> np.ndarray:
+        if not self.done[size_id, row]:
+            self.tables[size_id][row] = resize_digit(self.images[row], SIZES[size_id])
+            self.done[size_id, row] = True
+        return self.tables[size_id][row]
+
+
+@lru_cache(maxsize=4)
+def glyph_table(mnist: str, split: str) -> GlyphTable:
+    return GlyphTable(load_mnist(mnist).pools[split].images)
+
+
 def digit_box(slot: int, size: int, position: int) -> tuple[int, int]:
     """(y, x) of the top-left corner of digit ``slot`` with this size and position id."""
     off = (CELL - size) // 2
@@ -112,16 +136,13 @@ def produce_shard(cfg: MDMNISTConfig, split: str, index: int) -> Iterator[dict]:
     start, stop = index * cfg.shard_size, min((index + 1) * cfg.shard_size, cfg.count(split))
     ids = np.arange(start, stop)
     a = draw_attributes(cfg.seed, split, ids, len(pool.labels))
-    glyphs: dict[tuple[int, int], np.ndarray] = {}  # (pool row, size id) -> resized digit, per shard
+    glyphs = glyph_table(cfg.mnist, split)
     for n, i in enumerate(ids.tolist()):
         canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         digits, symbols = [], []
         for d in range(3):
             row, s, c, p = int(a["digit"][n, d]), int(a["size"][n, d]), int(a["color"][n, d]), int(a["position"][n, d])
-            glyph = glyphs.get((row, s))
-            if glyph is None:
-                glyph = glyphs[(row, s)] = resize_digit(pool.images[row], SIZES[s])
-            paste(canvas, glyph, d, c, p)
+            paste(canvas, glyphs.get(row, s), d, c, p)
             value = int(pool.labels[row])
             digits.append({"value": value, "size": SIZES[s], "color": COLORS[c], "position": POSITIONS[p], "mnist_index": int(pool.ids[row])})
             symbols += [str(value), str(SIZES[s]), COLORS[c], POSITIONS[p]]

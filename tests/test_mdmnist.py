@@ -56,6 +56,13 @@ def test_symbol_ids_follow_the_thesis():
     assert [SYMBOL_ID[s] for s in ("0", "9", "20", "30", "40", "w", "r", "g", "b", "up", "middle", "down")] == [0, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
 
 
+def test_png_level_changes_bytes_not_pixels():
+    a = render_sample(MDMNISTConfig(png_level=1), "test", 7)
+    b = render_sample(MDMNISTConfig(png_level=0), "test", 7)  # stored, not compressed
+    assert len(a["png"]) < len(b["png"]) and a["json"] == b["json"]
+    assert np.array_equal(decode_image(a["png"]), decode_image(b["png"]))
+
+
 def test_sample_is_a_pure_function_of_seed_split_index():
     a = MDMNISTConfig(seed=5, train=3000, shard_size=1000)
     b = MDMNISTConfig(seed=5, train=5000, shard_size=333)  # other shard layout and size
@@ -113,5 +120,7 @@ def test_config_validation_messages():
         MDMNISTConfig(shard_size=0)
     with pytest.raises(T2IError, match="--train must be >= 0"):
         MDMNISTConfig(train=-1)
+    with pytest.raises(T2IError, match="--png-level must be in 0..9 \\(zlib levels\\), got 10"):
+        MDMNISTConfig(png_level=10)
     with pytest.raises(T2IError, match="outside the test split of size 10"):
         render_sample(MDMNISTConfig(test=10), "test", 10)

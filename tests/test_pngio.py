@@ -23,7 +23,7 @@ def test_bytes_are_deterministic_and_named_by_encoder_id():
     px = np.zeros((16, 16, 3), np.uint8)
     px[3:9, 2:5, 1] = 200
     assert encode_png(px) == encode_png(px.copy())
-    assert encoder_id(1) == f"t2i-png/1 filter=0 level=1 zlib={zlib.ZLIB_RUNTIME_VERSION}"
+    assert encoder_id(1) == f"t2i-png/1 filter=0 strategy=rle level=1 zlib-{zlib.ZLIB_RUNTIME_VERSION}"
 
 
 def test_rejects_wrong_dtype_and_channels():
@@ -31,3 +31,4 @@ def test_rejects_wrong_dtype_and_channels():
         encode_png(np.zeros((2, 2, 3), np.float32))
     with pytest.raises(ValueError, match="1 or 3 channels"):
         encode_png(np.zeros((2, 2, 4), np.uint8))
+
