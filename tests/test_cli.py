@@ -1,8 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from t2i_data.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_build_preview_and_verify_from_the_command_line(tmp_path, capsys):
@@ -45,3 +49,24 @@ def test_workers_and_scheduler_are_exclusive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["mdmnist", "build", "--out", "X", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_pipeline_file_then_flags_over_dataclass_defaults(tmp_path, capsys):
+    from t2i_data.config import resolve
+    from t2i_data.errors import T2IError
+    from t2i_data.mdmnist import MDMNISTConfig
+
+    shipped = resolve(MDMNISTConfig, ROOT / "pipelines" / "mdmnist.toml", "mdmnist", {})
+    assert shipped == MDMNISTConfig()  # the shipped pipeline is the embedded default
+    full = resolve(MDMNISTConfig, ROOT / "pipelines" / "mdmnist-full.toml", "mdmnist", {"mnist": "/data/mnist", "seed": None})
+    assert (full.mnist, full.train, full.test, full.seed) == ("/data/mnist", 100_000, 10_000, 0)
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("[mdmnist]\ntrain = 20\ntest = 4\nshard_size = 8\n")
+    assert main(["-q", "mdmnist", "build", "--config", str(cfg), "--test", "9", "--out", str(tmp_path / "o"), "--workers", "0"]) == 0
+    assert "train: 20 samples in 3 shards" in capsys.readouterr().out and len(list((tmp_path / "o" / "test").glob("*.tar"))) == 2
+    cfg.write_text("[mdmnist]\ntrian = 20\n")
+    with pytest.raises(T2IError, match="unknown key\\(s\\) trian in \\[mdmnist\\]; known: mnist, png_level, seed"):
+        resolve(MDMNISTConfig, cfg, "mdmnist", {})
+    cfg.write_text("[other]\n")
+    with pytest.raises(T2IError, match="no \\[mdmnist\\] table"):
+        resolve(MDMNISTConfig, cfg, "mdmnist", {})
