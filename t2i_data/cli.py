@@ -48,9 +48,10 @@ def cmd_verify(args) -> int:
     from .verify import verify_manifest
 
     counts: dict[str, int] = {}
-    for mpath in find_manifests(args.path):
+    manifests = find_manifests(args.path)
+    for mpath in manifests:
         data_dir = Path(args.data) if args.data else None
-        if data_dir is not None and len(find_manifests(args.path)) > 1:
+        if data_dir is not None and len(manifests) > 1:
             data_dir = data_dir / mpath.parent.name  # a build directory: one subfolder per split
         checks = verify_manifest(mpath, data_dir, deep=args.deep)
         print(f"{mpath}  ({len(checks)} shards, data in {data_dir or mpath.parent})")

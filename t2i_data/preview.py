@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .digest import IMAGE_EXTS
 from .errors import T2IError
 from .pngio import decode_image
 from .tario import iter_samples
-
-IMAGE_EXTS = ("png", "jpg", "jpeg")
 
 
 def _font(size: int):
