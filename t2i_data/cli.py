@@ -43,6 +43,39 @@ def cmd_mdmnist_build(args) -> int:
     return 0
 
 
+def cmd_preprocess(args) -> int:
+    from .config import resolve
+    from .preprocess import PreprocessConfig, preprocess
+    from .runner import make_runner
+    from .shardset import rejection_counts
+
+    flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split",
+                                           "bbox_crop", "captions", "limit")}
+    flags["dataset"] = args.dataset
+    flags["splits"] = tuple(args.split.split(",")) if args.split else None
+    flags["strict"] = args.strict or None
+    cfg = resolve(PreprocessConfig, args.config, "preprocess", flags)
+    log.info("preprocess %s: %s -> %s", cfg.dataset, json.dumps(cfg.identity(), sort_keys=True), args.out)
+    t0 = time.perf_counter()
+    from .preprocess import load_records
+
+    load_records(cfg)  # fail on a bad --root or metadata before any cluster starts
+    with make_runner(args.workers, args.scheduler) as runner:
+        log.info("runner: %s", runner.description)
+        manifests = preprocess(cfg, args.out, runner)
+    dt = time.perf_counter() - t0
+    total = 0
+    for split, m in manifests.items():
+        t = m["totals"]
+        total += t["samples"] + t["rejected"]
+        print(f"{split}: {t['samples']} images in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, {t['rejected']} quarantined, "
+              f"{m['_skipped']} shards reused -> {Path(args.out) / split / 'manifest.json'}")
+        for kind, n in rejection_counts(m["rejected"]).items():
+            print(f"  quarantined {kind}: {n}")
+    print(f"{total} inputs in {dt:.1f} s ({total / dt:,.0f}/s)")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .manifest import find_manifests
     from .verify import verify_manifest
@@ -94,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--png-level", type=int, help=f"zlib level of the PNGs, 0-9 (default {d.png_level})")
     _add_runner_args(b)
     b.set_defaults(func=cmd_mdmnist_build)
+
+    pp = sub.add_parser("preprocess", help="CUB-200-2011 or MS-COCO -> image shards for regime ae or prior")
+    pp.add_argument("dataset", choices=("cub", "coco"))
+    pp.add_argument("--root", help="the download: for cub the folder holding CUB_200_2011/ and birds/; for coco the one holding annotations/ and train2017/ val2017/")
+    pp.add_argument("--out", required=True)
+    pp.add_argument("--config", help="a pipeline file, e.g. pipelines/cub-128.toml; flags given here override it")
+    pp.add_argument("--regime", choices=("ae", "prior"), help="ae: shorter side N+10; prior: mirror-pad square, (N+20)^2")
+    pp.add_argument("--size", type=int, help="N, the final crop size")
+    pp.add_argument("--split", help="comma-separated splits (cub: train,test; coco: train2017,val2017); default all present")
+    pp.add_argument("--shard-size", type=int)
+    pp.add_argument("--jpeg-quality", type=int)
+    pp.add_argument("--seed", type=int, help="seed recorded for the random part applied downstream")
+    pp.add_argument("--cub-split", choices=("official", "attngan"))
+    pp.add_argument("--bbox-crop", type=float, help="cub: crop to the bounding box enlarged by this factor (AttnGAN: 1.5)")
+    pp.add_argument("--captions", help="cub: the text_c10 caption folder (default ROOT/birds/text)")
+    pp.add_argument("--limit", type=int, help="only the first N images of each split")
+    pp.add_argument("--strict", action="store_true", help="stop at the first bad input instead of quarantining it")
+    _add_runner_args(pp)
+    pp.set_defaults(func=cmd_preprocess)
 
     v = sub.add_parser("verify", help="check shards against their manifest; exit 0 only if all match")
     v.add_argument("path", help="a manifest.json, a shard folder, or a build folder of split subfolders")

@@ -35,10 +35,11 @@ def keyed_u64(seed: int, stream: int, index, slot: int) -> np.ndarray:
     if seed < 0 or stream < 0 or slot < 0:
         raise ValueError(f"seed, stream and slot must be non-negative, got {seed}, {stream}, {slot}")
     idx = np.asarray(index, dtype=np.uint64)
-    h = _mix(np.full(idx.shape, np.uint64(seed % 2**64)) + _GOLDEN)
-    h = _mix(h ^ np.uint64(stream % 2**64))
-    h = _mix(h ^ (idx * _GOLDEN))
-    return _mix(h ^ np.uint64(slot))
+    with np.errstate(over="ignore"):  # 0-d inputs become numpy scalars, which warn on wrap-around
+        h = _mix(np.full(idx.shape, np.uint64(seed % 2**64)) + _GOLDEN)
+        h = _mix(h ^ np.uint64(stream % 2**64))
+        h = _mix(h ^ (idx * _GOLDEN))
+        return _mix(h ^ np.uint64(slot))
 
 
 def uniform_int(seed: int, stream: int, index, slot: int, n: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Build a shard set: one task per shard, resumable, identical bytes for any worker count.
 
-Every pipeline hands this module a ``produce(index)`` function that yields the samples of shard
-``index`` (or ``Rejected`` records for inputs it quarantined). A task writes its shard under a
+Every pipeline hands this module a ``produce(payload)`` function that yields the samples of one
+shard (or ``Rejected`` records for inputs it quarantined); a shard's payload is its index, or
+what the pipeline passes for it (its slice of source records), so a task ships only its own. A task writes its shard under a
 temporary name, renames it, then writes a small record in ``.stats/``, last, as img2dataset
 writes its ``_stats.json``. A rerun skips a shard whose record names the same config digest and
 whose file still has the recorded sha256, so a build killed at any moment (even ``kill -9``)
@@ -28,10 +29,26 @@ STATS_DIR = ".stats"
 
 @dataclass(frozen=True)
 class Rejected:
-    """An input quarantined instead of written: its key and why."""
+    """An input quarantined instead of written: its key and why (``"<kind>: <detail>"``)."""
 
     key: str
     reason: str
+
+
+class Quarantine(ValueError):
+    """Raised for one bad input; ``kind`` is a short stable code that counts group by."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def rejection_counts(rejected: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejected:
+        kind = r["reason"].split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def config_digest(identity: dict) -> str:
@@ -42,9 +59,9 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def write_shard(produce: Callable[[int], Iterable], out_dir: str, digest: str, item: tuple[int, str]) -> dict:
-    """One task: write shard ``item = (index, name)`` unless an identical one is already there."""
-    index, name = item
+def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> dict:
+    """One task: write shard ``item = (index, name, payload)`` unless an identical one is there."""
+    index, name, payload = item
     out = Path(out_dir)
     final, stats_path = out / name, out / STATS_DIR / f"{name}.json"
     if final.exists() and stats_path.exists():
@@ -54,7 +71,7 @@ def write_shard(produce: Callable[[int], Iterable], out_dir: str, digest: str, i
                 return dict(rec, skipped=True)
     rejected = []
     with ShardWriter(final) as writer:
-        for sample in produce(index):
+        for sample in produce(payload):
             if isinstance(sample, Rejected):
                 rejected.append({"key": sample.key, "reason": sample.reason})
             else:
@@ -66,15 +83,18 @@ def write_shard(produce: Callable[[int], Iterable], out_dir: str, digest: str, i
 
 
 def build_shard_set(
-    produce: Callable[[int], Iterable],
+    produce: Callable[..., Iterable],
     out_dir: str | Path,
     prefix: str,
     shard_samples: list[int],
     identity: dict,
     runner,
     desc: str = "",
+    payloads: list | None = None,
 ) -> dict:
     """Write ``len(shard_samples)`` shards and their manifest; ``identity`` goes into the manifest.
+
+    Shard i is ``produce(payloads[i])``, or ``produce(i)`` without payloads.
 
     ``identity`` holds every manifest field that decides the bytes (kind, dataset, split,
     config, seed, sources, encoder, ...); its digest decides which existing shards are reused.
@@ -85,7 +105,8 @@ def build_shard_set(
     _remove_stale(out, prefix, set(names))
     digest = config_digest(identity)
     task = partial(write_shard, produce, str(out), digest)
-    records = runner.map(task, list(enumerate(names)), weights=shard_samples, desc=desc)
+    payloads = list(range(len(names))) if payloads is None else payloads
+    records = runner.map(task, list(zip(range(len(names)), names, payloads)), weights=shard_samples, desc=desc)
     skipped = sum(r["skipped"] for r in records)
     if skipped:
         log.info("%s: reused %d of %d shards already complete", out, skipped, len(records))

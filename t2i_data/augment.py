@@ -1,0 +1,58 @@
+"""The random part of a regime, as a streaming stage and as K materialised views.
+
+``augment(samples, regime, seed, epoch)`` is a webdataset-style generator stage: it takes sample
+dicts from image shards and adds ``image`` (an N×N×3 uint8 array) and ``view`` (its
+parameters), drawn from (seed, key, epoch). ``views(...)`` gives K views drawn from
+(seed, key, view), view 0 being the identity, for pre-encoding into image-token shards.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .digest import IMAGE_EXTS
+from .errors import T2IError
+from .regimes import Regime, ViewParams
+
+
+def regime_of(manifest: dict) -> Regime:
+    """The regime an image shard set was prepared for, from its manifest."""
+    if manifest.get("regime") not in ("ae", "prior"):
+        raise T2IError(f"shard set {manifest.get('dataset')}/{manifest.get('split')} has regime "
+                       f"{manifest.get('regime')!r}; the random part needs one prepared with --regime ae or prior")
+    return Regime(manifest["regime"], manifest["size"])
+
+
+def stored_image(sample: dict) -> Image.Image:
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise T2IError(f"sample {sample.get('__key__')} has no image field ({', '.join(IMAGE_EXTS)})")
+    im = Image.open(io.BytesIO(sample[ext]))
+    im.load()
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def augment(samples: Iterable[dict], regime: Regime, seed: int, epoch: int) -> Iterator[dict]:
+    for sample in samples:
+        im = stored_image(sample)
+        p = regime.draw(seed, sample["__key__"], epoch, im.size, online=True)
+        yield dict(sample, image=np.asarray(regime.apply_view(im, p)), view=p.to_json())
+
+
+def views(sample: dict, regime: Regime, seed: int, k: int) -> list[tuple[ViewParams, np.ndarray]]:
+    if k < 1:
+        raise T2IError(f"--views must be >= 1, got {k}")
+    im = stored_image(sample)
+    out = []
+    for v in range(k):
+        p = regime.draw(seed, sample["__key__"], v, im.size, online=False)
+        out.append((p, np.asarray(regime.apply_view(im, p))))
+    return out
+
+
+def captions_of(sample: dict) -> list[str]:
+    return json.loads(sample["json"])["captions"]
