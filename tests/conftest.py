@@ -36,3 +36,8 @@ def built20k(tmp_path_factory):
     cfg = MDMNISTConfig(seed=3, train=20_000, test=2_000, shard_size=2_500)
     manifests = build(cfg, out, InProcessRunner())
     return cfg, out, manifests
+
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for fixtures_sources

@@ -1,0 +1,85 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2i_data.augment import augment, views
+from t2i_data.regimes import Regime, ViewParams, _mirror_pad_square
+
+
+def image(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("w,h", [(500, 375), (333, 500), (640, 229), (140, 153), (64, 64), (50, 300)])
+@pytest.mark.parametrize("n", [32, 64, 128])
+def test_stored_and_view_geometry(w, h, n):
+    ae, prior = Regime("ae", n), Regime("prior", n)
+    s = ae.prepare(image(w, h))
+    assert min(s.size) == n + 10 and abs(s.size[0] / s.size[1] - w / h) < 0.05
+    assert prior.prepare(image(w, h)).size == (n + 20, n + 20)
+    for regime, stored in ((ae, s), (prior, prior.prepare(image(w, h)))):
+        for v in range(5):
+            p = regime.draw(7, "k", v, stored.size, online=False)
+            assert regime.apply_view(stored, p).size == (n, n)
+            assert -2 <= p.angle <= 2 and 0 <= p.x <= stored.size[0] - n and 0 <= p.y <= stored.size[1] - n
+
+
+def test_view_zero_is_the_identity_and_views_are_reproducible_and_distinct():
+    r = Regime("ae", 64)
+    stored = r.prepare(image(300, 200))
+    assert r.draw(0, "cub-00001", 0, stored.size, False) == ViewParams(0.0, (stored.size[0] - 64) // 2, 5, False)
+    v0 = np.asarray(r.apply_view(stored, r.draw(0, "cub-00001", 0, stored.size, False)))
+    assert np.array_equal(v0, np.asarray(stored)[5:69, (stored.size[0] - 64) // 2 : (stored.size[0] - 64) // 2 + 64])
+    a = [r.draw(0, "cub-00001", v, stored.size, False) for v in range(1, 9)]
+    assert a == [r.draw(0, "cub-00001", v, stored.size, False) for v in range(1, 9)]
+    assert len({(p.angle, p.x, p.y, p.flip) for p in a}) == 8
+    assert a != [r.draw(1, "cub-00001", v, stored.size, False) for v in range(1, 9)]  # seed matters
+    assert a != [r.draw(0, "cub-00002", v, stored.size, False) for v in range(1, 9)]  # key matters
+    online = [r.draw(0, "cub-00001", e, stored.size, True) for e in range(8)]
+    assert online[0].angle != 0.0 and online != a  # epoch 0 online is random, and its own stream
+
+
+def test_draws_cover_their_ranges():
+    r = Regime("ae", 32)
+    ps = [r.draw(3, f"k{i}", 1, (60, 42), False) for i in range(4000)]
+    angles = np.array([p.angle for p in ps])
+    assert angles.min() < -1.95 and angles.max() > 1.95 and abs(angles.mean()) < 0.06
+    assert {p.x for p in ps} == set(range(29)) and {p.y for p in ps} == set(range(11))
+    assert abs(np.mean([p.flip for p in ps]) - 0.5) < 0.03
+    assert {(p.x, p.y) for p in (Regime("prior", 32).draw(3, f"k{i}", 1, (52, 52), False) for i in range(50))} == {(10, 10)}
+
+
+def test_affine_view_equals_rotate_crop_flip():
+    r = Regime("ae", 48)
+    stored = r.prepare(image(200, 150, seed=4))
+    for v in range(1, 12):
+        p = r.draw(0, "x", v, stored.size, False)
+        ref = stored.rotate(p.angle, Image.Resampling.BILINEAR).crop((p.x, p.y, p.x + 48, p.y + 48))
+        if p.flip:
+            ref = ref.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        diff = np.abs(np.asarray(r.apply_view(stored, p), int) - np.asarray(ref, int))
+        assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_mirror_pad_is_symmetric():
+    arr = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    out = np.asarray(_mirror_pad_square(Image.fromarray(arr)))
+    assert out.shape == (4, 4, 3)
+    assert np.array_equal(out[1:3], arr) and np.array_equal(out[0], arr[0]) and np.array_equal(out[3], arr[1])
+
+
+def test_online_stage_and_views_on_samples():
+    buf = io.BytesIO()
+    Regime("prior", 32).prepare(image(90, 60)).save(buf, "JPEG", quality=95)
+    samples = [{"__key__": f"s{i}", "jpg": buf.getvalue(), "json": json.dumps({"captions": ["c"]}).encode()} for i in range(3)]
+    e0 = list(augment(samples, Regime("prior", 32), seed=0, epoch=0))
+    e0b = list(augment(samples, Regime("prior", 32), seed=0, epoch=0))
+    e1 = list(augment(samples, Regime("prior", 32), seed=0, epoch=1))
+    assert all(s["image"].shape == (32, 32, 3) for s in e0)
+    assert all(np.array_equal(a["image"], b["image"]) and a["view"] == b["view"] for a, b in zip(e0, e0b))
+    assert any(a["view"] != b["view"] for a, b in zip(e0, e1))
+    vs = views(samples[0], Regime("prior", 32), seed=0, k=4)
+    assert [p.angle for p, _ in vs][0] == 0.0 and len({p.angle for p, _ in vs}) == 4
