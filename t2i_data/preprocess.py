@@ -3,7 +3,7 @@
 Per image: open, let the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT (``Image.draft``)
 while staying at least as large as the output needs, optionally crop to the enlarged bounding
 box (CUB), convert to RGB, apply the regime's deterministic part (``Regime.prepare``: box
-reduce then LANCZOS), and store as JPEG (quality 95 by default). Every problem with an input
+reduce then LANCZOS), and store as JPEG (quality 95 by default, 4:4:4 chroma). Every problem with an input
 becomes a ``Rejected`` record with its reason, or stops the run with ``strict``.
 """
 from __future__ import annotations
@@ -98,7 +98,8 @@ def bbox_square(bbox, factor: float, w: int, h: int) -> tuple[int, int, int, int
 
 
 def load_prepared(path: Path, regime: Regime, bbox=None, bbox_crop: float | None = None) -> tuple[Image.Image, dict]:
-    """Decode (DCT-scaled where possible), crop, convert to RGB and apply the deterministic part."""
+    """Decode (DCT-scaled where possible), convert to RGB and apply the deterministic part,
+    resizing from the exact, possibly fractional, region the source (or its crop) occupies."""
     with Image.open(path) as im:
         src_w, src_h = im.size
         info = {"source_size": [src_w, src_h], "source_mode": im.mode, "source_format": im.format}
@@ -106,21 +107,29 @@ def load_prepared(path: Path, regime: Regime, bbox=None, bbox_crop: float | None
         cw, ch = box[2] - box[0], box[3] - box[1]
         if cw < 1 or ch < 1:
             raise Quarantine("bad-bbox", f"bounding-box crop {box} is empty")
-        rw, rh = regime.draft_request(cw, ch)
-        if im.format == "JPEG":
-            im.draft(None, (max(1, rw * src_w // cw), max(1, rh * src_h // ch)))
-        im.load()
-        sx, sy = im.size[0] / src_w, im.size[1] / src_h
         if box != (0, 0, src_w, src_h):
-            im = im.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)))
             info["crop"] = list(box)
+        scale = 1.0
+        if im.format == "JPEG":
+            rw, rh = regime.draft_request(cw, ch)
+            drafted = im.draft(None, (max(1, rw * src_w // cw), max(1, rh * src_h // ch)))
+            if drafted is not None:  # (mode, (0, 0, src_w / k, src_h / k)) for a 1/k decode
+                scale = drafted[1][2] / src_w
+        im.load()
         try:
             rgb = to_rgb(im)
         except ValueError as e:
             raise Quarantine("unsupported-mode", str(e)) from None
-        out = regime.prepare(rgb, (cw, ch))
-    info["decoded_scale"] = round(sx, 6)
+        out = regime.prepare(rgb, tuple(v * scale for v in box), scale)
+    info["decoded_scale"] = scale
     return out, info
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """The stored form: baseline JPEG, 4:4:4 chroma (no halving of the colour resolution)."""
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
 
 
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Rejected]:
@@ -148,12 +157,10 @@ def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
             yield Rejected(rec.key, str(e))
             continue
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=cfg.jpeg_quality)
         meta = dict(rec.meta, captions=captions, split=rec.split, regime=cfg.regime, size=list(image.size), **info)
         if fixes:
             meta["caption_fixes"] = fixes
-        yield {"__key__": rec.key, "jpg": buf.getvalue(), "json": canonical_json(meta)}
+        yield {"__key__": rec.key, "jpg": encode_jpeg(image, cfg.jpeg_quality), "json": canonical_json(meta)}
 
 
 def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], dict]:
@@ -195,7 +202,7 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner) -> dict[str, dict
             "seed": cfg.seed,
             "sources": {cfg.dataset: source},
             "aligned_to": None,
-            "encoder": {"jpeg": f"pillow-{Image.__version__} quality={cfg.jpeg_quality}", "tar": WRITER_ID},
+            "encoder": {"jpeg": f"pillow-{Image.__version__} quality={cfg.jpeg_quality} subsampling=4:4:4", "tar": WRITER_ID},
         }
         manifests[split] = build_shard_set(
             partial(produce_shard, cfg), Path(out) / split, f"{cfg.dataset}-{split}", [len(c) for c in chunks],

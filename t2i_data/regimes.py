@@ -11,9 +11,10 @@ pre-encoding. Its parameters are a pure function of (seed, key, epoch) online, o
 
 One deviation from the thesis order, for speed: prior rotates the (N+20)² image instead of the
 full-size padded square before resizing (rotation and isotropic resizing commute up to
-interpolation). ``bench/bench_preprocess.py`` measures the resulting pixel difference. The
-rotation, crop and flip are one affine resampling (bilinear, black outside the image), so only
-the N×N output pixels are computed.
+interpolation); ``bench/bench_preprocess.py`` measures the resulting pixel difference against
+the thesis order. The rotation, crop and flip
+are one affine resampling (bicubic, black outside the image), so only the N×N output pixels
+are computed.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class Regime:
             raise ValueError(f"regime size N must be positive, got {self.size}")
 
     # -- deterministic part -------------------------------------------------------------
-    def target_size(self, w: int, h: int) -> tuple[int, int]:
+    def target_size(self, w: float, h: float) -> tuple[int, int]:
         """Size of the stored image for a w×h source."""
         if self.name == "ae":
             s = self.size + AE_MARGIN
@@ -88,18 +89,42 @@ class Regime:
             s = (self.size + PRIOR_MARGIN) / max(w, h)
         return max(1, math.ceil(w * s)), max(1, math.ceil(h * s))
 
-    def prepare(self, im: Image.Image, source_size: tuple[int, int] | None = None) -> Image.Image:
-        """RGB image (possibly decoded at a DCT-scaled size) → the stored image.
+    def prepare(self, im: Image.Image, box: tuple[float, float, float, float] | None = None, scale: float = 1.0) -> Image.Image:
+        """RGB image → the stored image, with the geometry of a full-resolution decode.
 
-        ``source_size`` is the full-resolution size the target is computed from, so that the
-        rounding of a scaled decode never changes the stored size."""
-        tw, th = self.target_size(*(source_size or im.size))
-        if self.name == "prior":
-            im = _mirror_pad_square(im)
-        if im.size == (tw, th):
-            return im
-        # reducing_gap: box-reduce by an integer factor first, then LANCZOS the rest of the way
-        return im.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        ``box`` is the region of ``im`` holding the source (or its crop) and ``scale`` the decoded
+        pixels per source pixel: a JPEG decoded at 1/2 from 375 rows is 188 rows tall but holds
+        187.5 rows of source, and resizing from that exact box (not from the 188 rows) keeps the
+        output where a full decode would put it. prior pads with whole mirrored pixels and then
+        resizes from the fractional box the full-resolution padded square occupies, so the pad
+        split (in source pixels, as the thesis pads) lands where it would at full resolution.
+        """
+        box = box or (0.0, 0.0, float(im.width), float(im.height))
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        if self.name == "ae":
+            size = self.target_size(bw / scale, bh / scale)
+            if im.size == size and box == (0, 0, im.width, im.height):
+                return im
+            # reducing_gap: box-reduce by an integer factor first, then LANCZOS the rest of the way
+            return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+        sw, sh = round(bw / scale), round(bh / scale)  # the source (crop) size in source pixels
+        before = (abs(sw - sh) // 2) * scale  # mirror pad before the content, in decoded pixels
+        side = max(sw, sh) * scale
+        x0, y0 = math.floor(box[0]), math.floor(box[1])
+        region = im.crop((x0, y0, math.ceil(box[2]), math.ceil(box[3])))
+        qx0, qy0 = box[0] - x0, box[1] - y0  # the content box inside the region
+        if sw >= sh:
+            sq = (qx0, qy0 - before, qx0 + bw, qy0 - before + side)
+        else:
+            sq = (qx0 - before, qy0, qx0 - before + side, qy0 + bh)
+        pads = (max(0, math.ceil(-sq[0])), max(0, math.ceil(-sq[1])),
+                max(0, math.ceil(sq[2] - region.width)), max(0, math.ceil(sq[3] - region.height)))
+        if any(pads):
+            arr = np.pad(np.asarray(region), ((pads[1], pads[3]), (pads[0], pads[2]), (0, 0)), mode="symmetric")
+            region = Image.fromarray(arr)
+            sq = (sq[0] + pads[0], sq[1] + pads[1], sq[2] + pads[0], sq[3] + pads[1])
+        n = self.size + PRIOR_MARGIN
+        return region.resize((n, n), Image.Resampling.LANCZOS, box=sq, reducing_gap=3.0)
 
     # -- random part ----------------------------------------------------------------------
     def draw(self, seed: int, key: str, index: int, stored: tuple[int, int], online: bool) -> ViewParams:
@@ -125,9 +150,9 @@ class Regime:
         return ViewParams(0.0, (w - self.size) // 2, (h - self.size) // 2, False)
 
     def apply_view(self, im: Image.Image, p: ViewParams) -> Image.Image:
-        """Rotate about the centre, crop N×N at (x, y), flip: one bilinear affine resampling.
+        """Rotate about the centre, crop N×N at (x, y), flip: one bicubic affine resampling.
 
-        Equal, up to rounding, to ``im.rotate(angle, BILINEAR).crop(...)`` then a mirror."""
+        Equal, up to rounding, to ``im.rotate(angle, BICUBIC).crop(...)`` then a mirror."""
         n = self.size
         if p.angle == 0.0:
             out = im.crop((p.x, p.y, p.x + n, p.y + n))
@@ -140,7 +165,7 @@ class Regime:
         s, t = (-1.0, float(n)) if p.flip else (1.0, 0.0)
         rx, ry = t + p.x - cx, p.y - cy
         coeffs = (ca * s, sa, ca * rx + sa * ry + cx, -sa * s, ca, -sa * rx + ca * ry + cy)
-        return im.transform((n, n), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+        return im.transform((n, n), Image.Transform.AFFINE, coeffs, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -52,12 +52,12 @@ def test_draws_cover_their_ranges():
     assert {(p.x, p.y) for p in (Regime("prior", 32).draw(3, f"k{i}", 1, (52, 52), False) for i in range(50))} == {(10, 10)}
 
 
-def test_affine_view_equals_rotate_crop_flip():
+def test_affine_view_equals_rotate_crop_flip():  # bicubic, as apply_view
     r = Regime("ae", 48)
     stored = r.prepare(image(200, 150, seed=4))
     for v in range(1, 12):
         p = r.draw(0, "x", v, stored.size, False)
-        ref = stored.rotate(p.angle, Image.Resampling.BILINEAR).crop((p.x, p.y, p.x + 48, p.y + 48))
+        ref = stored.rotate(p.angle, Image.Resampling.BICUBIC).crop((p.x, p.y, p.x + 48, p.y + 48))
         if p.flip:
             ref = ref.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         diff = np.abs(np.asarray(r.apply_view(stored, p), int) - np.asarray(ref, int))
