@@ -83,3 +83,38 @@ def test_online_stage_and_views_on_samples():
     assert any(a["view"] != b["view"] for a, b in zip(e0, e1))
     vs = views(samples[0], Regime("prior", 32), seed=0, k=4)
     assert [p.angle for p, _ in vs][0] == 0.0 and len({p.angle for p, _ in vs}) == 4
+
+
+@pytest.mark.parametrize("w,h", [(500, 375), (333, 500), (640, 229), (75, 75), (101, 47)])
+def test_prepare_equals_the_thesis_order_at_full_resolution(w, h):
+    im = image(w, h, seed=w)
+    expected = _mirror_pad_square(im).resize((148, 148), Image.Resampling.LANCZOS)  # pad, then resize
+    assert np.array_equal(np.asarray(Regime("prior", 128).prepare(im)), np.asarray(expected))
+    tw, th = Regime("ae", 128).target_size(w, h)
+    assert np.array_equal(np.asarray(Regime("ae", 128).prepare(im)), np.asarray(im.resize((tw, th), Image.Resampling.LANCZOS)))
+
+
+@pytest.mark.parametrize("regime", ["ae", "prior"])
+def test_dct_scaled_decode_keeps_the_geometry(tmp_path, regime):
+    """A 1/8-scale decode of a 1001x751 JPEG holds 125.125 x 93.875 source pixels in 126 x 94
+    decoded ones; resizing from the exact box, not the whole decoded image, keeps a feature near
+    the far edge where a full decode puts it (stretching by the remainder moves it ~0.35 px)."""
+    from t2i_data.preprocess import load_prepared
+
+    yy, xx = np.mgrid[0:751, 0:1001]
+    disc = (((xx - 930) ** 2 + (yy - 680) ** 2) < 45**2).astype(np.uint8) * 255
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.stack([disc] * 3, axis=2)).save(path, quality=98, subsampling=0)
+    r = Regime(regime, 32)
+    drafted, info = load_prepared(path, r)
+    assert info["decoded_scale"] == 0.125
+    full = r.prepare(Image.open(path).convert("RGB"))
+
+    def centroid(im):
+        a = np.asarray(im, float)[..., 0]
+        ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+        return (a * xs).sum() / a.sum(), (a * ys).sum() / a.sum()
+
+    assert drafted.size == full.size
+    (dx, dy), (fx, fy) = centroid(drafted), centroid(full)
+    assert abs(dx - fx) < 0.12 and abs(dy - fy) < 0.12, ((dx, dy), (fx, fy))
