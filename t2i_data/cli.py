@@ -44,7 +44,7 @@ def cmd_mdmnist_build(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from .config import resolve
+    from .config import resolve, table
     from .preprocess import PreprocessConfig, preprocess
     from .runner import make_runner
     from .shardset import rejection_counts
@@ -54,6 +54,9 @@ def cmd_preprocess(args) -> int:
     flags["dataset"] = args.dataset
     flags["splits"] = tuple(args.split.split(",")) if args.split else None
     flags["strict"] = args.strict or None
+    named = table(args.config, "preprocess").get("dataset", args.dataset) if args.config else args.dataset
+    if named != args.dataset:
+        raise T2IError(f"--config {args.config} is a {named} pipeline; run it as 't2i preprocess {named}'")
     cfg = resolve(PreprocessConfig, args.config, "preprocess", flags)
     log.info("preprocess %s: %s -> %s", cfg.dataset, json.dumps(cfg.identity(), sort_keys=True), args.out)
     t0 = time.perf_counter()

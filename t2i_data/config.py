@@ -12,23 +12,28 @@ from pathlib import Path
 from .errors import T2IError
 
 
+def table(path: str | Path, section: str) -> dict:
+    """The ``[section]`` table of a TOML pipeline file."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise T2IError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise T2IError(f"--config {path}: not valid TOML ({e})") from None
+    if section not in data:
+        raise T2IError(f"--config {path}: no [{section}] table in it")
+    return data[section]
+
+
 def resolve(cls, path: str | Path | None, section: str, flags: dict):
     """Build ``cls`` from ``[section]`` of the TOML file at ``path`` and the flags that were given
     (``None`` means not given)."""
     values: dict = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise T2IError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise T2IError(f"--config {path}: not valid TOML ({e})") from None
-        if section not in data:
-            raise T2IError(f"--config {path}: no [{section}] table in it")
+        values = dict(table(path, section))
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data[section]) - fields)
+        unknown = sorted(set(values) - fields)
         if unknown:
             raise T2IError(f"--config {path}: unknown key(s) {', '.join(unknown)} in [{section}]; known: {', '.join(sorted(fields))}")
-        values.update(data[section])
     values.update({k: v for k, v in flags.items() if v is not None})
     return cls(**values)

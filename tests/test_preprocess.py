@@ -139,3 +139,19 @@ def test_wrong_use_messages(argv, message, capsys, tmp_path, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name,dataset,size", [("cub-64", "cub", 64), ("cub-128", "cub", 128), ("coco-256", "coco", 256)])
+def test_shipped_pipeline_configs(name, dataset, size, tmp_path, capsys, cub_root, coco_root):
+    from pathlib import Path
+
+    from t2i_data.config import resolve
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
+    cfg = resolve(PreprocessConfig, path, "preprocess", {"regime": "prior"})
+    assert (cfg.dataset, cfg.size, cfg.jpeg_quality, cfg.regime) == (dataset, size, 95, "prior")
+    root = cub_root if dataset == "cub" else coco_root
+    assert main(["-q", "preprocess", dataset, "--config", str(path), "--root", str(root), "--out", str(tmp_path / "o"), "--workers", "0"]) == 0
+    other = "coco" if dataset == "cub" else "cub"
+    assert main(["preprocess", other, "--config", str(path), "--root", str(root), "--out", str(tmp_path / "x")]) == 2
+    assert f"is a {dataset} pipeline; run it as 't2i preprocess {dataset}'" in capsys.readouterr().err
