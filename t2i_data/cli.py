@@ -79,6 +79,54 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+TRAIN_SPLITS = ("train", "train2017")
+
+
+def training_captions(images: str) -> tuple[list[str], dict]:
+    """Every caption of the training split of an image shard set (never the test split)."""
+    from .manifest import find_manifests, load_manifest
+    from .tario import iter_samples
+
+    paths = find_manifests(images)
+    train = [p for p in paths if load_manifest(p)["split"] in TRAIN_SPLITS]
+    if not train:
+        found = ", ".join(sorted(load_manifest(p)["split"] for p in paths))
+        raise T2IError(f"{images}: no training split here (found {found}); tokenizers train on {' or '.join(TRAIN_SPLITS)} captions only")
+    m = load_manifest(train[0])
+    captions = [c for s in m["shards"] for smp in iter_samples(train[0].parent / s["name"]) for c in json.loads(smp["json"])["captions"]]
+    return captions, {"digest": m["digest"], "dataset": m["dataset"], "split": m["split"], "captions": len(captions)}
+
+
+def cmd_tokenizer(args) -> int:
+    from . import text
+
+    if args.action == "train":
+        captions, origin = training_captions(args.images)
+        tok = text.train(args.kind, captions, args.vocab_size, args.min_frequency)
+        tok.source = dict(tok.source, trained_on=origin)
+    else:
+        tok = text.load_pretrained(args.kind, getattr(args, "from"))
+    fp = tok.save(args.out)
+    print(f"{tok.kind} tokenizer: {tok.vocab_size} ids, pad {tok.pad_id}, bos {tok.bos_id}, eos {tok.eos_id}, unk {tok.unk_id}; "
+          f"fingerprint {fp[:16]} -> {args.out}")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .runner import make_runner
+    from .tokenize import TokenizeConfig, tokenize
+
+    cfg = TokenizeConfig(length=args.length, add_bos=args.bos, add_eos=args.eos)
+    with make_runner(args.workers, args.scheduler) as runner:
+        manifests = tokenize(args.tokenizer, args.images, args.out, cfg, runner)
+    for split, m in manifests.items():
+        st = m["stats"]
+        print(f"{split}: {st['samples']} samples, {st['captions']} captions in {m['totals']['shards']} shards; "
+              f"truncated {st['truncated']}, empty {st['empty']}, control characters removed in {st['control']}, "
+              f"repaired UTF-8 in {st['repaired']}; aligned to {m['aligned_to'][:16]}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .manifest import find_manifests
     from .verify import verify_manifest
@@ -149,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--strict", action="store_true", help="stop at the first bad input instead of quarantining it")
     _add_runner_args(pp)
     pp.set_defaults(func=cmd_preprocess)
+
+    tk = sub.add_parser("tokenizer", help="train a tokenizer on training captions, or load local pretrained files")
+    tka = tk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tr = tka.add_parser("train", help="train bpe, wordpiece or word on the training split's captions")
+    tr.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "word"))
+    tr.add_argument("--images", required=True, help="an image shard set (a build folder, or its train split)")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--vocab-size", type=int, help="needed for bpe and wordpiece; caps the word vocabulary")
+    tr.add_argument("--min-frequency", type=int, help="default 2 (bpe, wordpiece), 1 (word)")
+    tr.set_defaults(func=cmd_tokenizer)
+    ld = tka.add_parser("load", help="local pretrained files -> a saved tokenizer")
+    ld.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "mdmnist"))
+    ld.add_argument("--from", help="bpe: tokenizer.json, a GPT-2 folder (vocab.json + merges.txt) or CLIP's bpe_simple_vocab_16e6.txt.gz; "
+                    "wordpiece: vocab.txt, tokenizer.json or a Hugging Face tokenizer folder; mdmnist: nothing")
+    ld.add_argument("--out", required=True)
+    ld.set_defaults(func=cmd_tokenizer)
+
+    tz = sub.add_parser("tokenize", help="captions of an image shard set -> aligned text-token shards")
+    tz.add_argument("--tokenizer", required=True, help="a folder made by 't2i tokenizer train|load'")
+    tz.add_argument("--images", required=True, help="an image shard set: a split folder, or a build folder of splits")
+    tz.add_argument("--out", required=True)
+    tz.add_argument("--length", type=int, required=True, help="L, tokens per caption (DALL·E 256, CUB 64, MD-MNIST 12)")
+    tz.add_argument("--bos", action="store_true", help="start each caption with the tokenizer's BOS")
+    tz.add_argument("--eos", action="store_true", help="end each caption with the tokenizer's EOS")
+    _add_runner_args(tz)
+    tz.set_defaults(func=cmd_tokenize)
 
     v = sub.add_parser("verify", help="check shards against their manifest; exit 0 only if all match")
     v.add_argument("path", help="a manifest.json, a shard folder, or a build folder of split subfolders")

@@ -35,6 +35,18 @@ class Rejected:
     reason: str
 
 
+class ShardStats(dict):
+    """Yielded by a producer (last) to add counts to its shard's record; the manifest's ``stats``
+    sums them over shards (numbers added, nested dicts added key by key)."""
+
+
+def merge_stats(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge_stats(out.get(k, {}), v) if isinstance(v, dict) else out.get(k, 0) + v
+    return out
+
+
 class Quarantine(ValueError):
     """Raised for one bad input; ``kind`` is a short stable code that counts group by."""
 
@@ -69,15 +81,19 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
         if rec.get("config_digest") == digest and rec.get("bytes") == final.stat().st_size:
             if file_sha256(final) == rec["sha256"]:
                 return dict(rec, skipped=True)
-    rejected = []
+    rejected, stats = [], {}
     with ShardWriter(final) as writer:
         for sample in produce(payload):
             if isinstance(sample, Rejected):
                 rejected.append({"key": sample.key, "reason": sample.reason})
+            elif isinstance(sample, ShardStats):
+                stats = merge_stats(stats, sample)
             else:
                 writer.write(sample)
         rec = writer.close()
     rec.update(index=index, config_digest=digest, rejected=rejected)
+    if stats:
+        rec["stats"] = stats
     atomic_write(stats_path, canonical_json(rec))
     return dict(rec, skipped=False)
 
@@ -114,6 +130,11 @@ def build_shard_set(
     manifest["format_version"] = FORMAT_VERSION
     manifest["shards"] = [{k: r[k] for k in ("name", "sha256", "bytes", "content_digest", "samples", "first_key", "last_key")} for r in records]
     manifest["rejected"] = [x for r in records for x in r["rejected"]]
+    if any("stats" in r for r in records):
+        stats: dict = {}
+        for r in records:
+            stats = merge_stats(stats, r.get("stats", {}))
+        manifest["stats"] = stats
     manifest["totals"] = {
         "shards": len(records),
         "samples": sum(r["samples"] for r in records),

@@ -1,0 +1,87 @@
+"""What every text tokenizer offers, and its saved form.
+
+A saved tokenizer is a folder: ``t2i_tokenizer.json`` (kind, special ids, vocabulary size,
+where it came from) plus the kind's own files. Its fingerprint is the sha256 over the names and
+bytes of those files, so any change to the vocabulary, merges or special ids changes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..digest import canonical_json
+from ..errors import T2IError
+
+META_NAME = "t2i_tokenizer.json"
+
+
+def folder_fingerprint(folder: Path, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(names):
+        data = (folder / name).read_bytes()
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+class TextTokenizer:
+    """Subclasses set ``kind`` and the special ids, and implement the four methods below.
+
+    ``vocab_size`` counts every id the tokenizer can emit, pad included: an embedding table of
+    that many rows covers all of them. ``pad_id`` is never produced for real text.
+    """
+
+    kind: str = ""
+    vocab_size: int
+    pad_id: int
+    bos_id: int | None = None
+    eos_id: int | None = None
+    unk_id: int | None = None
+    source: dict
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without BOS/EOS (the tokenize stage adds those)."""
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def _save_files(self, folder: Path) -> list[str]:
+        """Write the kind's own files; return their names."""
+        raise NotImplementedError
+
+    @classmethod
+    def _load_files(cls, folder: Path, meta: dict) -> "TextTokenizer":
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {
+            "kind": self.kind, "vocab_size": self.vocab_size, "pad_id": self.pad_id, "bos_id": self.bos_id,
+            "eos_id": self.eos_id, "unk_id": self.unk_id, "source": self.source,
+        }
+
+    def save(self, folder: str | Path) -> str:
+        """Write the saved form and return its fingerprint."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = self._save_files(folder)
+        (folder / META_NAME).write_bytes(canonical_json(dict(self.meta(), files=sorted(names))) + b"\n")
+        self.fingerprint = folder_fingerprint(folder, names + [META_NAME])
+        return self.fingerprint
+
+    def describe(self) -> dict:
+        """What a manifest or checkpoint records about the tokenizer."""
+        return dict(self.meta(), fingerprint=self.fingerprint)
+
+
+def read_meta(folder: Path) -> dict:
+    path = folder / META_NAME
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise T2IError(f"{folder}: no {META_NAME}; make a tokenizer with 't2i tokenizer train' or 't2i tokenizer load'") from None
+    missing = [n for n in meta.get("files", []) if not (folder / n).is_file()]
+    if missing:
+        raise T2IError(f"{folder}: tokenizer files missing: {', '.join(missing)}")
+    return meta

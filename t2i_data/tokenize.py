@@ -1,0 +1,142 @@
+"""Captions of an image shard set → aligned text-token shards.
+
+Shard i of the output holds, for each key of image shard i in the same order,
+``<key>.text_tokens.npy``: every caption of the sample as one row of L ids (uint16, or int32 for
+vocabularies over 65,535), right-padded with the tokenizer's pad id.
+
+Defined behaviour for awkward captions (each counted in the manifest's ``stats``):
+- control characters (Unicode Cc/Cf) are removed, tab/newline/CR become spaces (``control``);
+- invalid UTF-8 in a sample's JSON is decoded with U+FFFD replacements (``repaired``);
+- a caption longer than L is cut to L, keeping EOS last when EOS is on (``truncated``);
+- a caption with no tokens (empty, or punctuation only for the word tokenizer) becomes BOS/EOS
+  if configured, then padding (``empty``); the sample is kept, so alignment holds.
+"""
+from __future__ import annotations
+
+import io
+import json
+import unicodedata
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import T2IError
+from .manifest import MANIFEST_NAME, find_manifests, load_manifest
+from .shardset import ShardStats, build_shard_set
+from .tario import WRITER_ID, iter_samples
+from .text import cached_tokenizer, load_tokenizer
+
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    length: int
+    add_bos: bool = False
+    add_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.length < 1 + self.add_bos + self.add_eos:
+            raise T2IError(f"--length must leave room for at least one token besides BOS/EOS, got {self.length}")
+
+
+def clean_caption(text: str) -> tuple[str, bool]:
+    """Drop control and format characters; whitespace controls become spaces."""
+    if text.isprintable():
+        return text, False
+    out = []
+    changed = False
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf", "Cs"):
+            changed = True
+            if ch in "\t\n\r\x0b\x0c":
+                out.append(" ")
+            continue
+        out.append(ch)
+    return "".join(out), changed
+
+
+def encode_rows(tok, captions: list[str], cfg: TokenizeConfig, dtype) -> tuple[np.ndarray, dict]:
+    cleaned, control = [], 0
+    for c in captions:
+        c2, changed = clean_caption(c)
+        cleaned.append(c2)
+        control += changed
+    ids = tok.encode_batch(cleaned) if cleaned else []
+    room = cfg.length - cfg.add_bos - cfg.add_eos
+    rows = np.full((len(ids), cfg.length), tok.pad_id, dtype=dtype)
+    lengths, truncated, empty = [], 0, 0
+    for r, seq in enumerate(ids):
+        lengths.append(len(seq))
+        truncated += len(seq) > room
+        empty += len(seq) == 0
+        row = ([tok.bos_id] if cfg.add_bos else []) + seq[:room] + ([tok.eos_id] if cfg.add_eos else [])
+        rows[r, : len(row)] = row
+    return rows, {"captions": len(ids), "truncated": truncated, "empty": empty, "control": control, "lengths": lengths}
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_shard: str) -> Iterator:
+    tok = cached_tokenizer(tokenizer_dir)
+    hist: dict[int, int] = {}
+    totals = {"samples": 0, "captions": 0, "truncated": 0, "empty": 0, "control": 0, "repaired": 0}
+    for sample in iter_samples(image_shard):
+        raw = sample.get("json")
+        if raw is None:
+            raise T2IError(f"{image_shard}: sample {sample['__key__']} has no .json with captions")
+        try:
+            meta = json.loads(raw)
+        except UnicodeDecodeError:
+            meta = json.loads(raw.decode("utf-8", errors="replace"))
+            totals["repaired"] += 1
+        rows, st = encode_rows(tok, [str(c) for c in meta.get("captions", [])], cfg, dtype)
+        for n in st.pop("lengths"):
+            hist[n] = hist.get(n, 0) + 1
+        for k, v in st.items():
+            totals[k] += v
+        totals["samples"] += 1
+        yield {"__key__": sample["__key__"], "text_tokens.npy": npy_bytes(rows)}
+    yield ShardStats(dict(totals, token_length_histogram={str(k): v for k, v in sorted(hist.items())}))
+
+
+def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg: TokenizeConfig, runner) -> dict[str, dict]:
+    tok = load_tokenizer(tokenizer_dir)
+    dtype = "uint16" if tok.vocab_size <= 65536 else "int32"
+    manifests = {}
+    paths = find_manifests(images)
+    for mpath in paths:
+        base = load_manifest(mpath)
+        if base.get("kind") != "images":
+            raise T2IError(f"{mpath}: a {base.get('kind')} set; t2i tokenize reads the captions of an image shard set")
+        split_dir = mpath.parent
+        missing = [s["name"] for s in base["shards"] if not (split_dir / s["name"]).is_file()]
+        if missing:
+            raise T2IError(f"{split_dir}: shards listed in its manifest are missing ({', '.join(missing[:3])}); run t2i verify")
+        identity = {
+            "kind": "text_tokens",
+            "dataset": base["dataset"],
+            "split": base["split"],
+            "regime": base.get("regime"),
+            "size": base.get("size"),
+            "config": asdict(cfg),
+            "seed": None,
+            "sources": {"images": {"digest": base["digest"], "dataset": base["dataset"], "split": base["split"]}},
+            "aligned_to": base["digest"],
+            "tokenizer": dict(tok.describe(), length=cfg.length, dtype=dtype),
+            "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID},
+        }
+        target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
+        manifests[base["split"]] = build_shard_set(
+            partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype), target,
+            f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
+            desc=f"tokenize {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
+        )
+    return manifests
