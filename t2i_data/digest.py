@@ -39,9 +39,13 @@ def canonical_field(ext: str, data: bytes) -> bytes:
     if ext == "json":
         return canonical_json(json.loads(data))
     if ext == "npy":
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-        return b"npy %s %s\n" % (arr.dtype.str.encode(), repr(arr.shape).encode()) + np.ascontiguousarray(arr).tobytes()
+        return canonical_array(np.load(io.BytesIO(data), allow_pickle=False))
     return data
+
+
+def canonical_array(arr: np.ndarray) -> bytes:
+    """Canonical bytes of an array: dtype, shape, then its elements in C order."""
+    return b"npy %s %s\n" % (arr.dtype.str.encode(), repr(arr.shape).encode()) + np.ascontiguousarray(arr).tobytes()
 
 
 class ContentHasher:

@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 from .errors import T2IError
 
 log = logging.getLogger(__name__)
+# One process per core already: a library's own thread pool in each (tokenizers' rayon, BLAS)
+# would put several threads on every core.
+WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _bar(total: int, desc: str):
@@ -63,7 +66,8 @@ class DaskRunner(InProcessRunner):
             n = workers or os.cpu_count() or 1
             logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO chatter drowns the progress bar
             self._cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                env=WORKER_ENV,
             )
             self._client = Client(self._cluster)
             self.description = f"dask local cluster, {n} worker processes"

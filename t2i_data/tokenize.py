@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .digest import canonical_array
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, find_manifests, load_manifest
 from .shardset import ShardStats, build_shard_set
@@ -78,16 +79,24 @@ def encode_rows(tok, captions: list[str], cfg: TokenizeConfig, dtype) -> tuple[n
     return rows, {"captions": len(ids), "truncated": truncated, "empty": empty, "control": control, "lengths": lengths}
 
 
+_NPY_HEADERS: dict = {}
+
+
 def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, arr, allow_pickle=False)
-    return buf.getvalue()
+    """``np.save`` output, with the header built once per (dtype, shape) instead of per array."""
+    key = (arr.dtype.str, arr.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.zeros(arr.shape, arr.dtype), allow_pickle=False)
+        header = _NPY_HEADERS[key] = buf.getvalue()[: len(buf.getvalue()) - arr.nbytes]
+    return header + np.ascontiguousarray(arr).tobytes()
 
 
 def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_shard: str) -> Iterator:
+    """One image shard → its text-token shard: every caption of the shard encoded in one batch."""
     tok = cached_tokenizer(tokenizer_dir)
-    hist: dict[int, int] = {}
-    totals = {"samples": 0, "captions": 0, "truncated": 0, "empty": 0, "control": 0, "repaired": 0}
+    keys, counts, captions, repaired = [], [], [], 0
     for sample in iter_samples(image_shard):
         raw = sample.get("json")
         if raw is None:
@@ -96,15 +105,21 @@ def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_sha
             meta = json.loads(raw)
         except UnicodeDecodeError:
             meta = json.loads(raw.decode("utf-8", errors="replace"))
-            totals["repaired"] += 1
-        rows, st = encode_rows(tok, [str(c) for c in meta.get("captions", [])], cfg, dtype)
-        for n in st.pop("lengths"):
-            hist[n] = hist.get(n, 0) + 1
-        for k, v in st.items():
-            totals[k] += v
-        totals["samples"] += 1
-        yield {"__key__": sample["__key__"], "text_tokens.npy": npy_bytes(rows)}
-    yield ShardStats(dict(totals, token_length_histogram={str(k): v for k, v in sorted(hist.items())}))
+            repaired += 1
+        caps = [str(c) for c in meta.get("captions", [])]
+        keys.append(sample["__key__"])
+        counts.append(len(caps))
+        captions += caps
+    rows, st = encode_rows(tok, captions, cfg, dtype)
+    hist: dict[str, int] = {}
+    for n in st.pop("lengths"):
+        hist[str(n)] = hist.get(str(n), 0) + 1
+    start = 0
+    for key, n in zip(keys, counts):
+        arr = rows[start : start + n]
+        start += n
+        yield {"__key__": key, "text_tokens.npy": npy_bytes(arr), "__content__": {"text_tokens.npy": canonical_array(arr)}}
+    yield ShardStats(dict(st, samples=len(keys), repaired=repaired, token_length_histogram=hist))
 
 
 def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg: TokenizeConfig, runner) -> dict[str, dict]:
