@@ -84,3 +84,33 @@ def test_keys_must_increase_and_be_plain(tmp_path):
     with pytest.raises(ValueError, match="must not contain"):
         w.write({"__key__": "c.d", "txt": b"1"})
     w.abort()
+
+
+def test_reader_reports_truncation_and_bad_checksums(tmp_path):
+    path = tmp_path / "t-000000.tar"
+    w = ShardWriter(path)
+    for s in _samples(3):
+        w.write(s)
+    w.close()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:1500])
+    with pytest.raises(tarfile.ReadError, match="truncated"):
+        list(iter_samples(cut))
+    bad = bytearray(data)
+    bad[10] ^= 0x20  # a letter of the first member's name: the header checksum no longer holds
+    (tmp_path / "bad.tar").write_bytes(bytes(bad))
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(iter_samples(tmp_path / "bad.tar"))
+
+
+def test_reader_falls_back_to_tarfile_for_pax_and_gnu_archives(tmp_path):
+    long_key = "k" * 120  # longer than a ustar name: pax / GNU headers
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        path = tmp_path / f"f{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tf:
+            for name, payload in ((f"{long_key}.txt", b"hello"), ("short.txt", b"x" * 700)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+        assert [(s["__key__"], s["txt"]) for s in iter_samples(path)] == [(long_key, b"hello"), ("short", b"x" * 700)]

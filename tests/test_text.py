@@ -183,3 +183,15 @@ def test_cli_train_refuses_the_test_split(md_images, tmp_path, capsys):
     assert main(["-q", "tokenizer", "train", "--kind", "bpe", "--vocab-size", "300", "--images", str(md_images), "--out", str(tmp_path / "b")]) == 0
     meta = json.loads((tmp_path / "b" / "t2i_tokenizer.json").read_text())
     assert meta["source"]["trained_on"]["split"] == "train" and meta["source"]["trained_on"]["captions"] == 300
+
+
+@pytest.mark.parametrize("bos,eos", [(False, False), (True, False), (False, True), (True, True)])
+def test_vectorised_rows_equal_the_per_caption_reference(trained, bos, eos):
+    from t2i_data.tokenize import encode_rows_reference
+
+    caps = TRAIN[:7] + ["", "!!!", "a " * 40, "brisket brisket", "a\tbird"]
+    for kind in ("bpe", "wordpiece", "word"):
+        cfg = TokenizeConfig(length=9, add_bos=bos, add_eos=eos)
+        rows, _ = encode_rows(trained[kind], caps, cfg, "uint16")
+        assert np.array_equal(rows, encode_rows_reference(trained[kind], caps, cfg, "uint16"))
+    assert encode_rows(trained["word"], [], TokenizeConfig(length=4), "uint16")[0].shape == (0, 4)

@@ -26,6 +26,7 @@ class HFTokenizer(TextTokenizer):
     def __init__(self, kind: str, tok: Tokenizer, specials: dict, source: dict) -> None:
         self.kind = kind
         self.tok = tok
+        self._fast = None
         self.tok.encode_special_tokens = True
         self.tok.no_padding()
         self.tok.no_truncation()
@@ -49,6 +50,14 @@ class HFTokenizer(TextTokenizer):
         self.specials = specials
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is None:
+            from .fastpath import FastEncoder
+
+            self._fast = FastEncoder(self.tok)
+        return self._fast.encode_batch(texts)
+
+    def encode_batch_rust(self, texts: list[str]) -> list[list[int]]:
+        """The library's own path, for every text (what the fast path is tested against)."""
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
