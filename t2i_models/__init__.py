@@ -1,5 +1,4 @@
-"""t2i_models: discrete autoencoders (dVAE, VQ-VAE) and transformer priors (G1, G2).
+"""t2i_models: discrete autoencoders (dVAE, VQ-VAE) and, to come, the transformer priors (G1, G2).
 
-Empty until the autoencoder and prior issues land; the package exists so the layout of
-DESIGN.md holds from the first commit.
+``builders.build_autoencoder(name)`` makes the thesis' named configurations (``CONFIGS``).
 """

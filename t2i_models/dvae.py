@@ -1,0 +1,118 @@
+"""Discrete VAE with a Gumbel-softmax relaxation (thesis, after DALL·E).
+
+Training: logits over V codes per grid cell; soft Gumbel-softmax sample at temperature τ
+(annealed linearly τ_start → τ_end over ``tau_steps``); loss = reconstruction (BCE on [0, 1]
+pixels, as the thesis, or DALL·E's log-Laplace) + λ · KL(mean code usage ‖ uniform), λ growing
+linearly from 0 to ``kl_weight`` over ``kl_steps``. Tokens: argmax of the logits, no noise.
+
+Schedule defaults are DALL·E's published ones (τ 1 → 1/16, KL weight up to 6.6 over 5,000 steps);
+every value is a config field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import check_shape, decoder, encoder, init_output_bias
+
+
+@dataclass(frozen=True)
+class DVAEConfig:
+    vocab: int = 256  # V
+    hidden: int = 256  # H
+    downsamples: int = 2
+    n_rd: int = 4  # residual blocks after every down/up-sample
+    n_rb: int = 4  # residual blocks before the bottleneck
+    image_size: int = 128
+    tau_start: float = 1.0
+    tau_end: float = 1.0 / 16
+    tau_steps: int = 150_000
+    kl_weight: float = 6.6
+    kl_steps: int = 5_000
+    loss: str = "bce"  # "bce" (thesis) or "laplace" (DALL·E)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bce", "laplace"):
+            raise ValueError(f"loss must be 'bce' or 'laplace', got {self.loss!r}")
+        if self.image_size % 2**self.downsamples:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2^downsamples = {2**self.downsamples}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 2**self.downsamples
+
+    def tau(self, step: int) -> float:
+        f = min(max(step, 0) / max(self.tau_steps, 1), 1.0)
+        return self.tau_start + f * (self.tau_end - self.tau_start)
+
+    def kl_lambda(self, step: int) -> float:
+        return self.kl_weight * min(max(step, 0) / max(self.kl_steps, 1), 1.0)
+
+
+class DVAE(nn.Module):
+    kind = "dvae"
+
+    def __init__(self, cfg: DVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder(3, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, cfg.vocab)
+        out = 6 if cfg.loss == "laplace" else 3  # laplace: mean and log-scale per channel
+        self.decoder = decoder(cfg.vocab, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, out)
+
+    def _check(self, x: torch.Tensor) -> None:
+        s = self.cfg.image_size
+        check_shape(x, (None, 3, s, s), f"{self.kind} input")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.encoder(x)  # (B, V, h, w)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, 3, S, S) → tokens (B, h, w), argmax, no noise."""
+        return self.logits(x).argmax(dim=1)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        g = self.cfg.grid
+        check_shape(tokens, (None, g, g), f"{self.kind} tokens")
+        one_hot = F.one_hot(tokens.long(), self.cfg.vocab).permute(0, 3, 1, 2).float()  # (B, V, h, w)
+        return self._pixels(self.decoder(one_hot))
+
+    def _pixels(self, out: torch.Tensor) -> torch.Tensor:
+        return out[:, :3]  # the decoder ends in a sigmoid: [0, 1]
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> dict:
+        """One training pass: loss terms, reconstruction and code-usage statistics."""
+        logits = self.logits(x)  # (B, V, h, w)
+        tau = self.cfg.tau(step)
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype).clamp_(1e-9, 1 - 1e-9)
+        soft = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=1)  # Gumbel-softmax, (B, V, h, w)
+        out = self.decoder(soft)
+        recon = self._pixels(out)
+        if self.cfg.loss == "bce":
+            rec = F.binary_cross_entropy(recon.float().clamp(1e-6, 1 - 1e-6), x.float())
+        else:  # log-Laplace likelihood, DALL·E's choice for natural images
+            mu, log_b = out[:, :3].float(), out[:, 3:].float() * 4 - 2
+            rec = (torch.abs(x.float() - mu) * torch.exp(-log_b) + log_b + math.log(2)).mean()
+        q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # mean code usage, (V,)
+        kl = (q * torch.log(q * self.cfg.vocab + 1e-10)).sum()
+        lam = self.cfg.kl_lambda(step)
+        usage = torch.bincount(logits.argmax(1).flatten(), minlength=self.cfg.vocab).float()
+        p = usage / usage.sum()
+        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+        return {"loss": rec + lam * kl, "rec": rec.detach(), "kl": kl.detach(), "tau": tau, "lambda": lam, "recon": recon,
+                "perplexity": perplexity, "used": (usage > 0).float().mean()}
+
+    @torch.no_grad()
+    def init_output_bias(self, x: torch.Tensor) -> None:
+        """Start the output layer at the data's mean pixel instead of 0.5: the bias in front of the
+        sigmoid would otherwise need thousands of optimizer steps to reach a mostly black (or
+        mostly bright) background."""
+        init_output_bias(self.decoder, x)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
