@@ -127,6 +127,28 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from t2i_models.encode import EncodeConfig, check_reencode, encode
+
+    from .manifest import find_manifests
+    from .runner import make_runner
+
+    cfg = EncodeConfig(views=args.views, seed=args.seed, batch_size=args.batch_size)
+    with make_runner(args.workers, args.scheduler) as runner:
+        manifests = encode(args.autoencoder, args.images, args.out, cfg, runner)
+    multi = len(find_manifests(args.images)) > 1
+    for split, m in manifests.items():
+        used = len(m["stats"]["code_usage"])
+        print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
+              f"{used} of {m['autoencoder']['vocab']} codes used; aligned to {m['aligned_to'][:16]}")
+        if args.check:
+            img_dir = Path(args.images) / split if multi else Path(args.images)
+            tok_dir = Path(args.out) / split if multi else Path(args.out)
+            n = check_reencode(args.autoencoder, img_dir, tok_dir, n=args.check)
+            print(f"  re-encoded {n} samples in another batch order: identical tokens")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .manifest import find_manifests
     from .verify import verify_manifest
@@ -153,7 +175,14 @@ def cmd_verify(args) -> int:
 def cmd_preview(args) -> int:
     from .preview import contact_sheet
 
-    out = contact_sheet(args.shards, args.out, n=args.n, cols=args.cols)
+    decode = None
+    if args.autoencoder:
+        from t2i_models.checkpoint import load_autoencoder
+        from t2i_models.encode import decode_tokens
+
+        model, _ = load_autoencoder(args.autoencoder)
+        decode = lambda tokens: decode_tokens(model, tokens)  # noqa: E731
+    out = contact_sheet(args.shards, args.out, n=args.n, cols=args.cols, decode_tokens=decode)
     print(f"wrote {out}")
     return 0
 
@@ -224,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_args(tz)
     tz.set_defaults(func=cmd_tokenize)
 
+    en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
+    en.add_argument("--autoencoder", required=True, help="a t2i autoencoder checkpoint")
+    en.add_argument("--images", required=True, help="an image shard set (regime prior or ae, size = the autoencoder's)")
+    en.add_argument("--out", required=True)
+    en.add_argument("--views", type=int, default=1, help="K views per image; view 0 is the identity")
+    en.add_argument("--seed", type=int, default=0, help="seed of the views' random part")
+    en.add_argument("--batch-size", type=int, default=64)
+    en.add_argument("--check", type=int, default=32, help="re-encode this many samples in another batch order and compare (0: skip)")
+    _add_runner_args(en)
+    en.set_defaults(func=cmd_encode)
+
     v = sub.add_parser("verify", help="check shards against their manifest; exit 0 only if all match")
     v.add_argument("path", help="a manifest.json, a shard folder, or a build folder of split subfolders")
     v.add_argument("--data", help="where the shards are, when the manifest lies elsewhere (e.g. a committed one)")
@@ -236,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("-n", type=int, default=16, help="samples to show")
     p.add_argument("--cols", type=int, default=4)
+    p.add_argument("--autoencoder", help="checkpoint that decodes image-token shards for the preview")
     p.set_defaults(func=cmd_preview)
     return parser
 

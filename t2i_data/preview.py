@@ -1,6 +1,7 @@
 """Contact sheets: samples in a grid with each caption written under its image."""
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from itertools import islice
@@ -22,22 +23,30 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def iter_previews(shards: list[str | Path]):
+def iter_previews(shards: list[str | Path], decode_tokens=None):
+    """(key, pixels, caption) per sample; image-token samples are decoded (view 0) with
+    ``decode_tokens``, a function from (B, h, w) tokens to (B, S, S, 3) uint8 images."""
     for shard in shards:
         if not Path(shard).is_file():
             raise T2IError(f"{shard}: no such shard file")
         for sample in iter_samples(shard):
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            if ext is None:
-                raise T2IError(f"{shard}: sample {sample['__key__']} has no image field ({', '.join(IMAGE_EXTS)})")
             meta = json.loads(sample["json"]) if "json" in sample else {}
-            caption = (meta.get("captions") or [""])[0]
-            yield sample["__key__"], decode_image(sample[ext]), caption
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is not None:
+                yield sample["__key__"], decode_image(sample[ext]), (meta.get("captions") or [""])[0]
+            elif "image_tokens.npy" in sample:
+                if decode_tokens is None:
+                    raise T2IError(f"{shard}: image-token shards need --autoencoder CKPT to be decoded for a preview")
+                tokens = np.load(io.BytesIO(sample["image_tokens.npy"]))
+                view = (meta.get("views") or [{}])[0]
+                yield sample["__key__"], decode_tokens(tokens[:1])[0], "view 0 decoded: " + json.dumps(view, sort_keys=True)
+            else:
+                raise T2IError(f"{shard}: sample {sample['__key__']} has no image field ({', '.join(IMAGE_EXTS)}) and no image tokens")
 
 
-def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: int = 4, cell: int = 256) -> Path:
+def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: int = 4, cell: int = 256, decode_tokens=None) -> Path:
     """Write a PNG grid of the first ``n`` samples; images are scaled to ``cell`` px wide."""
-    items = list(islice(iter_previews(shards), n))
+    items = list(islice(iter_previews(shards, decode_tokens), n))
     if not items:
         raise T2IError("the shards given hold no samples to preview")
     font = _font(max(10, cell // 18))

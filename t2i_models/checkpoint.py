@@ -1,0 +1,62 @@
+"""Autoencoder checkpoints: config, weights and training state in one ``torch.save`` file that
+``torch.load(weights_only=True)`` reads (plain dicts, lists, numbers, strings and tensors only).
+
+The weights fingerprint is the sha256 over the state dict (names, dtypes, shapes and bytes, in
+name order): the same weights give the same fingerprint on any machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from t2i_data.errors import T2IError
+
+from .dvae import DVAE, DVAEConfig
+from .vqvae import VQVAE, VQVAEConfig
+
+FORMAT = "t2i-autoencoder/1"
+KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_autoencoder(path: str | Path, model, **state) -> str:
+    """Write atomically; ``state`` holds training state (step, optimizer, stream position...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "kind": model.kind, "config": model.config_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "fingerprint": weights_fingerprint(model)}
+    payload.update(state)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return payload["fingerprint"]
+
+
+def load_autoencoder(path: str | Path, map_location: str = "cpu"):
+    """(model in eval mode, the checkpoint dict). Refuses files that are not t2i autoencoders."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise T2IError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # pickle errors, a non-checkpoint file, a disallowed global
+        raise T2IError(f"{path}: not a loadable t2i checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") not in KINDS:
+        raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
+    model_cls, cfg_cls = KINDS[ck["kind"]]
+    model = model_cls(cfg_cls(**ck["config"]))
+    model.load_state_dict(ck["state_dict"], strict=True)
+    model.eval()
+    if weights_fingerprint(model) != ck["fingerprint"]:
+        raise T2IError(f"{path}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
+    return model, ck

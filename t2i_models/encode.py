@@ -1,0 +1,145 @@
+"""Pre-encoding: an image shard set → aligned image-token shards, K views per image.
+
+Shard i of the output holds, for each key of image shard i in order, ``<key>.image_tokens.npy``
+(uint16, (K, h, w); int32 above 65,536 codes) and ``<key>.json`` with the parameters of each
+view. View 0 is the identity; the others come from the regime's random part drawn from
+(seed, key, view). Tokens are the fp32 argmax (dVAE) or nearest codeword (VQ-VAE) in eval mode.
+The manifest records the autoencoder (kind, weights fingerprint, V, grid), the digest of the
+image set it is aligned to, and the code-usage histogram.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from t2i_data.augment import regime_of, views
+from t2i_data.digest import canonical_array, canonical_json
+from t2i_data.errors import T2IError
+from t2i_data.manifest import find_manifests, load_manifest
+from t2i_data.shardset import ShardStats, build_shard_set
+from t2i_data.tario import WRITER_ID, iter_samples
+from t2i_data.tokenize import npy_bytes
+
+from .checkpoint import load_autoencoder
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    views: int = 1
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise T2IError(f"--views must be >= 1, got {self.views}")
+        if self.batch_size < 1:
+            raise T2IError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@lru_cache(maxsize=2)
+def cached_autoencoder(path: str):
+    return load_autoencoder(path)
+
+
+def encode_arrays(model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 views → (N, h, w) int64 tokens, in batches, fp32."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.stack(images[i : i + batch_size])).permute(0, 3, 1, 2).float().div_(255)
+            out.append(model.encode(x).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.grid, model.cfg.grid), np.int64)
+
+
+def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dtype: str, image_shard: str) -> Iterator:
+    from t2i_data.regimes import Regime
+
+    model, _ = cached_autoencoder(ckpt)
+    regime = Regime(regime_name, size)
+    keys, params, arrays = [], [], []
+    for sample in iter_samples(image_shard):
+        vs = views(sample, regime, cfg.seed, cfg.views)
+        keys.append(sample["__key__"])
+        params.append([p.to_json() for p, _ in vs])
+        arrays += [a for _, a in vs]
+    tokens = encode_arrays(model, arrays, cfg.batch_size).astype(dtype)
+    usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab)
+    for i, key in enumerate(keys):
+        t = tokens[i * cfg.views : (i + 1) * cfg.views]  # (K, h, w)
+        meta = canonical_json({"views": params[i]})
+        yield {"__key__": key, "image_tokens.npy": npy_bytes(t), "json": meta, "__content__": {"image_tokens.npy": canonical_array(t), "json": meta}}
+    yield ShardStats({"samples": len(keys), "views": len(arrays), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
+
+
+def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeConfig, runner) -> dict[str, dict]:
+    model, ck = load_autoencoder(ckpt)
+    dtype = "uint16" if model.cfg.vocab <= 65536 else "int32"
+    paths = find_manifests(images)
+    manifests = {}
+    for mpath in paths:
+        base = load_manifest(mpath)
+        if base.get("kind") != "images":
+            raise T2IError(f"{mpath}: a {base.get('kind')} set; t2i encode reads an image shard set")
+        regime = regime_of(base)
+        if regime.size != model.cfg.image_size:
+            raise T2IError(f"{mpath}: views are {regime.size}x{regime.size} ({base['regime']}-{regime.size}) but the "
+                           f"autoencoder takes {model.cfg.image_size}x{model.cfg.image_size}; preprocess with --size {model.cfg.image_size}")
+        identity = {
+            "kind": "image_tokens", "dataset": base["dataset"], "split": base["split"], "regime": base["regime"], "size": base["size"],
+            "config": asdict(cfg) | {"batch_size": None}, "seed": cfg.seed,
+            "sources": {"images": {"digest": base["digest"], "dataset": base["dataset"], "split": base["split"]}},
+            "aligned_to": base["digest"],
+            "autoencoder": {"kind": ck["kind"], "fingerprint": ck["fingerprint"], "vocab": model.cfg.vocab, "grid": model.cfg.grid,
+                            "config": ck["config"], "dtype": dtype, "precision": "fp32"},
+            "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID, "torch": torch.__version__},
+        }
+        split_dir = mpath.parent
+        target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
+        manifests[base["split"]] = build_shard_set(
+            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name, regime.size, dtype), target,
+            f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
+            desc=f"encode {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
+        )
+    return manifests
+
+
+def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: int = 32, seed: int = 0) -> int:
+    """Re-encode up to ``n`` samples chosen by ``seed`` (spread over the shards), in another order
+    and batch size, and compare
+    with the stored tokens; returns the number checked, raises on any difference."""
+    model, _ = load_autoencoder(ckpt)
+    images, tokens = Path(images), Path(tokens)
+    tm = load_manifest(tokens / "manifest.json")
+    base = load_manifest(images / "manifest.json")
+    if tm["aligned_to"] != base["digest"]:
+        raise T2IError(f"{tokens} is aligned to {tm['aligned_to'][:16]}, not to {images} ({base['digest'][:16]})")
+    regime = regime_of(base)
+    k = tm["config"]["views"]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for shard in base["shards"]:
+        pairs = list(zip(iter_samples(images / shard["name"]), iter_samples(tokens / shard["name"])))
+        chosen += [pairs[i] for i in rng.permutation(len(pairs))[: -(-n // len(base["shards"]))]]  # spread over shards
+    chosen = chosen[:n][::-1]  # reversed: another batch composition than the build's
+    arrays = [a for img, _ in chosen for _, a in views(img, regime, tm["seed"], k)]
+    again = encode_arrays(model, arrays, batch_size=7)
+    for i, (img, tok) in enumerate(chosen):
+        stored = np.load(io.BytesIO(tok["image_tokens.npy"]))
+        if not np.array_equal(stored, again[i * k : (i + 1) * k]):
+            diff = int((stored != again[i * k : (i + 1) * k]).sum())
+            raise T2IError(f"{img['__key__']}: {diff} of {stored.size} tokens differ when re-encoded in another batch order")
+    return len(chosen)
+
+
+def decode_tokens(model, tokens: np.ndarray) -> np.ndarray:
+    """(B, h, w) tokens → (B, S, S, 3) uint8 images."""
+    with torch.inference_mode():
+        x = model.decode(torch.from_numpy(np.asarray(tokens, dtype=np.int64)))
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
