@@ -26,7 +26,7 @@ import numpy as np
 
 from .digest import canonical_array
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, find_manifests, load_manifest
+from .manifest import find_manifests, load_manifest
 from .shardset import ShardStats, build_shard_set
 from .tario import WRITER_ID, iter_samples
 from .text import cached_tokenizer, load_tokenizer

@@ -79,3 +79,27 @@ def init_output_bias(dec: nn.Sequential, x: torch.Tensor) -> None:
     last = dec[-2][-1]  # ChangeChannels' final conv1, before the sigmoid
     m = x.float().mean(dim=(0, 2, 3)).clamp(1e-3, 1 - 1e-3)  # (3,)
     last.bias[:3] = torch.log(m / (1 - m)).to(last.bias.dtype)
+
+
+@torch.no_grad()
+def code_usage(tokens: torch.Tensor, vocab: int) -> dict:
+    """Perplexity of the code histogram (V when every code is used equally) and the share of codes used."""
+    usage = torch.bincount(tokens.flatten(), minlength=vocab).float()
+    p = usage[usage > 0] / usage.sum()
+    return {"perplexity": torch.exp(-(p * p.log()).sum()), "used": (usage > 0).float().mean()}
+
+
+class Autoencoder(nn.Module):
+    """What the dVAE and the VQ-VAE share: a ``cfg`` dataclass and a ``decoder`` stack."""
+
+    @torch.no_grad()
+    def init_output_bias(self, x: torch.Tensor) -> None:
+        """Start the output layer at the data's mean pixel instead of 0.5: the bias in front of the
+        sigmoid would otherwise need thousands of optimizer steps to reach a mostly black (or
+        mostly bright) background."""
+        init_output_bias(self.decoder, x)
+
+    def config_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self.cfg)

@@ -11,13 +11,12 @@ every value is a config field.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .blocks import check_shape, decoder, encoder, init_output_bias
+from .blocks import Autoencoder, check_shape, code_usage, decoder, encoder
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class DVAEConfig:
         return self.kl_weight * min(max(step, 0) / max(self.kl_steps, 1), 1.0)
 
 
-class DVAE(nn.Module):
+class DVAE(Autoencoder):
     kind = "dvae"
 
     def __init__(self, cfg: DVAEConfig) -> None:
@@ -101,18 +100,4 @@ class DVAE(nn.Module):
         q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # mean code usage, (V,)
         kl = (q * torch.log(q * self.cfg.vocab + 1e-10)).sum()
         lam = self.cfg.kl_lambda(step)
-        usage = torch.bincount(logits.argmax(1).flatten(), minlength=self.cfg.vocab).float()
-        p = usage / usage.sum()
-        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
-        return {"loss": rec + lam * kl, "rec": rec.detach(), "kl": kl.detach(), "tau": tau, "lambda": lam, "recon": recon,
-                "perplexity": perplexity, "used": (usage > 0).float().mean()}
-
-    @torch.no_grad()
-    def init_output_bias(self, x: torch.Tensor) -> None:
-        """Start the output layer at the data's mean pixel instead of 0.5: the bias in front of the
-        sigmoid would otherwise need thousands of optimizer steps to reach a mostly black (or
-        mostly bright) background."""
-        init_output_bias(self.decoder, x)
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
+        return {"loss": rec + lam * kl, "rec": rec.detach(), "kl": kl.detach(), "tau": tau, "lambda": lam, "recon": recon, **code_usage(logits.argmax(1), self.cfg.vocab)}

@@ -10,7 +10,6 @@ image set it is aligned to, and the code-usage histogram.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path

@@ -10,13 +10,13 @@ falls below ``restart_threshold`` are restarted at encoder outputs of the curren
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_shape, decoder, encoder, init_output_bias
+from .blocks import Autoencoder, check_shape, code_usage, decoder, encoder
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class EMACodebook(nn.Module):
         return len(dead)
 
 
-class VQVAE(nn.Module):
+class VQVAE(Autoencoder):
     kind = "vqvae"
 
     def __init__(self, cfg: VQVAEConfig, generator: torch.Generator | None = None) -> None:
@@ -129,18 +129,4 @@ class VQVAE(nn.Module):
         q_st = z + (q - z).detach()  # straight-through: decoder gradients flow to the encoder
         recon = self.decoder(q_st)
         rec = F.mse_loss(recon.float(), x.float())
-        usage = torch.bincount(idx, minlength=self.cfg.vocab).float()
-        p = usage / usage.sum()
-        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
-        return {"loss": rec + self.cfg.beta * commit, "rec": rec.detach(), "commit": commit.detach(), "recon": recon,
-                "perplexity": perplexity, "used": (usage > 0).float().mean()}
-
-    @torch.no_grad()
-    def init_output_bias(self, x: torch.Tensor) -> None:
-        """Start the output layer at the data's mean pixel instead of 0.5: the bias in front of the
-        sigmoid would otherwise need thousands of optimizer steps to reach a mostly black (or
-        mostly bright) background."""
-        init_output_bias(self.decoder, x)
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
+        return {"loss": rec + self.cfg.beta * commit, "rec": rec.detach(), "commit": commit.detach(), "recon": recon, **code_usage(idx, self.cfg.vocab)}

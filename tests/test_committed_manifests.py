@@ -1,5 +1,4 @@
 """The canonical builds committed in manifests/ are reproduced byte for byte."""
-import json
 
 import pytest
 

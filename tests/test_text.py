@@ -11,7 +11,6 @@ from t2i_data.align import check_tokenizer, zip_aligned
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import DaskRunner, InProcessRunner
-from t2i_data.shardset import ShardStats
 from t2i_data.tario import ShardWriter, iter_samples
 from t2i_data.text import load_pretrained, load_tokenizer, train
 from t2i_data.tokenize import TokenizeConfig, clean_caption, encode_rows, tokenize
