@@ -19,8 +19,11 @@ from .errors import T2IError
 from .regimes import Regime, ViewParams
 
 
-def regime_of(manifest: dict) -> Regime:
-    """The regime an image shard set was prepared for, from its manifest."""
+def regime_of(manifest: dict, allow_none: bool = False) -> Regime | None:
+    """The regime an image shard set was prepared for, from its manifest. Sets built without one
+    (MD-MNIST: final-size images, no augmentation) give None when ``allow_none``."""
+    if manifest.get("regime") is None and allow_none:
+        return None
     if manifest.get("regime") not in ("ae", "prior"):
         raise T2IError(f"shard set {manifest.get('dataset')}/{manifest.get('split')} has regime "
                        f"{manifest.get('regime')!r}; the random part needs one prepared with --regime ae or prior")

@@ -127,6 +127,28 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_train_autoencoder(args) -> int:
+    import dataclasses
+
+    from t2i_models.train_autoencoder import TrainConfig, parse_overrides, train
+
+    from .config import table
+
+    values = dict(table(args.config, "train_autoencoder")) if args.config else {}
+    over = parse_overrides(args.overrides)
+    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
+    values.update(over)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
+    cfg = TrainConfig(**values)
+    log.info("train autoencoder: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    result = train(cfg)
+    print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}); weights {result['fingerprint'][:16]} -> {result['checkpoint']}")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
@@ -252,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     tz.add_argument("--eos", action="store_true", help="end each caption with the tokenizer's EOS")
     _add_runner_args(tz)
     tz.set_defaults(func=cmd_tokenize)
+
+    trn = sub.add_parser("train", help="train a model on streaming shards").add_subparsers(dest="what", required=True, metavar="MODEL")
+    ta = trn.add_parser("autoencoder", help="dVAE / VQ-VAE on ae-regime image shards (torchrun for several GPUs)")
+    ta.add_argument("--config", help="a pipeline file with a [train_autoencoder] table")
+    ta.add_argument("overrides", nargs="*", help="key=value settings (arch, images, out, steps, batch_size, lr, num_workers, seed, "
+                    "ckpt_every, ...) and model.<field>=value for the architecture")
+    ta.set_defaults(func=cmd_train_autoencoder)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
     en.add_argument("--autoencoder", required=True, help="a t2i autoencoder checkpoint")

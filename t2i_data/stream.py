@@ -170,13 +170,16 @@ def _collate(items: list[dict]) -> dict:
 
 def image_decoder(regime, seed: int):
     """decode(sample, epoch) for autoencoder training: the regime's random part, drawn from
-    (seed, key, epoch), as a float tensor (3, N, N) in [0, 1]."""
+    (seed, key, epoch), as a float tensor (3, N, N) in [0, 1]; regime None (MD-MNIST): the image."""
     from .augment import stored_image
 
     def decode(sample: dict, epoch: int) -> dict:
         im = stored_image(sample)
-        p = regime.draw(seed, sample["__key__"], epoch, im.size, online=True)
-        arr = np.asarray(regime.apply_view(im, p))
+        if regime is None:
+            arr = np.array(im)
+        else:
+            p = regime.draw(seed, sample["__key__"], epoch, im.size, online=True)
+            arr = np.array(regime.apply_view(im, p))  # a writable copy for torch
         return {"image": torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), "key": sample["__key__"]}
 
     return decode

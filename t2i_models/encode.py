@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from t2i_data.augment import regime_of, views
+from t2i_data.augment import regime_of, stored_image, views
 from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.errors import T2IError
 from t2i_data.manifest import find_manifests, load_manifest
@@ -42,6 +42,13 @@ class EncodeConfig:
             raise T2IError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
+def sample_views(sample: dict, regime, seed: int, k: int) -> list:
+    """[(ViewParams or None, (S, S, 3) uint8)]: K views, or the image itself without a regime."""
+    if regime is None:
+        return [(None, np.array(stored_image(sample)))]
+    return views(sample, regime, seed, k)
+
+
 @lru_cache(maxsize=2)
 def cached_autoencoder(path: str):
     return load_autoencoder(path)
@@ -61,12 +68,12 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     from t2i_data.regimes import Regime
 
     model, _ = cached_autoencoder(ckpt)
-    regime = Regime(regime_name, size)
+    regime = Regime(regime_name, size) if regime_name else None
     keys, params, arrays = [], [], []
     for sample in iter_samples(image_shard):
-        vs = views(sample, regime, cfg.seed, cfg.views)
+        vs = sample_views(sample, regime, cfg.seed, cfg.views)
         keys.append(sample["__key__"])
-        params.append([p.to_json() for p, _ in vs])
+        params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
         arrays += [a for _, a in vs]
     tokens = encode_arrays(model, arrays, cfg.batch_size).astype(dtype)
     usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab)
@@ -86,9 +93,12 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         base = load_manifest(mpath)
         if base.get("kind") != "images":
             raise T2IError(f"{mpath}: a {base.get('kind')} set; t2i encode reads an image shard set")
-        regime = regime_of(base)
-        if regime.size != model.cfg.image_size:
-            raise T2IError(f"{mpath}: views are {regime.size}x{regime.size} ({base['regime']}-{regime.size}) but the "
+        regime = regime_of(base, allow_none=True)
+        if regime is None and cfg.views != 1:
+            raise T2IError(f"{mpath}: {base['dataset']} images have no augmentation regime, so there is one view; drop --views")
+        size = regime.size if regime else base["size"]
+        if size != model.cfg.image_size:
+            raise T2IError(f"{mpath}: views are {size}x{size} ({base['regime']}-{size}) but the "
                            f"autoencoder takes {model.cfg.image_size}x{model.cfg.image_size}; preprocess with --size {model.cfg.image_size}")
         identity = {
             "kind": "image_tokens", "dataset": base["dataset"], "split": base["split"], "regime": base["regime"], "size": base["size"],
@@ -102,7 +112,7 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         split_dir = mpath.parent
         target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
         manifests[base["split"]] = build_shard_set(
-            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name, regime.size, dtype), target,
+            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
             desc=f"encode {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
         )
@@ -119,7 +129,7 @@ def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: 
     base = load_manifest(images / "manifest.json")
     if tm["aligned_to"] != base["digest"]:
         raise T2IError(f"{tokens} is aligned to {tm['aligned_to'][:16]}, not to {images} ({base['digest'][:16]})")
-    regime = regime_of(base)
+    regime = regime_of(base, allow_none=True)
     k = tm["config"]["views"]
     rng = np.random.default_rng(seed)
     chosen = []
@@ -127,7 +137,7 @@ def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: 
         pairs = list(zip(iter_samples(images / shard["name"]), iter_samples(tokens / shard["name"])))
         chosen += [pairs[i] for i in rng.permutation(len(pairs))[: -(-n // len(base["shards"]))]]  # spread over shards
     chosen = chosen[:n][::-1]  # reversed: another batch composition than the build's
-    arrays = [a for img, _ in chosen for _, a in views(img, regime, tm["seed"], k)]
+    arrays = [a for img, _ in chosen for _, a in sample_views(img, regime, tm["seed"], k)]
     again = encode_arrays(model, arrays, batch_size=7)
     for i, (img, tok) in enumerate(chosen):
         stored = np.load(io.BytesIO(tok["image_tokens.npy"]))

@@ -1,0 +1,185 @@
+"""Train a dVAE or VQ-VAE on a streaming image shard set (regime ae, random part online).
+
+The same command runs on CPU, one GPU, or several through ``torchrun`` (DistributedDataParallel,
+NCCL on GPUs, gloo on CPU). On GPU: bf16 autocast and channels_last. ``out/last.pt`` is written
+every ``ckpt_every`` steps (on a dataloader-worker boundary, where a resume is exact) and at the
+end; a rerun with the same ``out`` resumes from it at the exact next batch. Every random draw is a
+function of (seed, step) or (seed, key, epoch), so a resumed run continues as if never stopped.
+
+Known limit: under DDP the VQ-VAE's EMA buffers are broadcast from rank 0 each step, so the
+codebook follows rank 0's batches only (an all-reduce of the EMA statistics is the fix).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from t2i_data.augment import regime_of
+from t2i_data.errors import T2IError
+from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.rng import keyed_u64, stream_id
+from t2i_data.stream import ShardStream, image_decoder
+
+from .builders import CONFIGS, build_autoencoder
+from .checkpoint import save_autoencoder, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "dvae_mdmnist"
+    images: str = ""  # the train split of an image shard set prepared with --regime ae
+    out: str = ""
+    steps: int = 10_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    num_workers: int = 2
+    seed: int = 0
+    shuffle_buffer: int = 256
+    log_every: int = 50
+    grid_every: int = 1_000
+    ckpt_every: int = 500
+    model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
+
+    def __post_init__(self) -> None:
+        if self.arch not in CONFIGS:
+            raise T2IError(f"arch must be one of {', '.join(CONFIGS)}, got {self.arch!r}")
+        if not self.images or not self.out:
+            raise T2IError("images=DIR and out=DIR are needed (the ae-regime train split, and where checkpoints go)")
+        for name in ("steps", "batch_size", "ckpt_every", "log_every", "grid_every"):
+            if getattr(self, name) < 1:
+                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``key=value`` pairs → a dict; ``model.X=v`` go into the model overrides. Values are read as
+    JSON when they parse (numbers, true/false), else as strings."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise T2IError(f"override {item!r} is not key=value")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        if key.startswith("model."):
+            out.setdefault("model", {})[key[len("model."):]] = parsed
+        else:
+            out[key] = parsed
+    return out
+
+
+def _step_generator(seed: int, step: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(keyed_u64(seed, stream_id("train-step"), step, 0)) & (2**63 - 1))
+    return g
+
+
+def _grid(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 8) -> None:
+    """Originals above reconstructions, as a PNG."""
+    rows = [torch.cat(list(t[:n].float().clamp(0, 1)), dim=2) for t in (x, recon)]  # (3, S, n·S) each
+    img = (torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def train(cfg: TrainConfig) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    base = load_manifest(Path(cfg.images) / MANIFEST_NAME)
+    regime = regime_of(base, allow_none=True)
+    size = regime.size if regime else base["size"]
+    torch.manual_seed(cfg.seed)  # the weights' initialisation; everything after draws from (seed, step)
+    model = build_autoencoder(cfg.arch, **cfg.model)
+    if size != model.cfg.image_size:
+        what = f"{regime.name}-{size}" if regime else f"{size}x{size}"
+        raise T2IError(f"{cfg.images} holds {what} images; {cfg.arch} takes {model.cfg.image_size}x{model.cfg.image_size}")
+    if regime is not None and regime.name != "ae":
+        log.warning("training an autoencoder on %s-regime shards; the thesis uses regime ae", regime.name)
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    ds = ShardStream(cfg.images, image_decoder(regime, cfg.seed), cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
+    per_epoch = ds.batches_per_epoch(cfg.num_workers)
+    step, epoch, in_epoch = 0, 0, 0
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        if ck.get("train_config", {}).get("arch") != cfg.arch:
+            raise T2IError(f"{last} is a {ck.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+        log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    metrics_path = out / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_autoencoder(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
+                             train_config=asdict(cfg), images_digest=base["digest"])
+
+    t0, seen = time.perf_counter(), 0
+    while step < cfg.steps:
+        ds.set_epoch(epoch, in_epoch, cfg.num_workers)
+        loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda)
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            if step == 0 and in_epoch == 0 and epoch == 0:
+                model.init_output_bias(x)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model.train()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                res = ddp(x, step=step, generator=_step_generator(cfg.seed, step, device))
+            opt.zero_grad(set_to_none=True)
+            res["loss"].backward()
+            opt.step()
+            step, in_epoch, seen = step + 1, in_epoch + 1, seen + len(x)
+            bar.update(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                rate = seen * world / (time.perf_counter() - t0)
+                row = {"step": step, "epoch": epoch, "images_per_s": round(rate, 1)}
+                row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in res.items() if k != "recon"})
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", ppl=f"{row['perplexity']:.1f}")
+            if rank == 0 and step % cfg.grid_every == 0:
+                _grid(x, res["recon"].detach(), out / f"grid-{step:07d}.png")
+            on_boundary = in_epoch % max(cfg.num_workers, 1) == 0
+            if step % cfg.ckpt_every == 0 and on_boundary or step == cfg.steps:
+                checkpoint()
+            if step >= cfg.steps:
+                break
+            if in_epoch == per_epoch:
+                break
+        if in_epoch >= per_epoch:
+            epoch, in_epoch = epoch + 1, 0
+    bar.close()
+    if rank == 0:
+        _grid(x, res["recon"].detach(), out / "grid-last.png")
+    if world > 1:
+        torch.distributed.barrier()
+    return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last)}

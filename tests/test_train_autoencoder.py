@@ -1,0 +1,97 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from t2i_data.cli import main
+from t2i_data.errors import T2IError
+from t2i_data.preprocess import PreprocessConfig, preprocess
+from t2i_data.runner import InProcessRunner
+from t2i_models.checkpoint import load_autoencoder
+from t2i_models.train_autoencoder import TrainConfig, parse_overrides, train
+
+from fixtures_sources import make_coco
+
+
+@pytest.fixture(scope="module")
+def ae_images(tmp_path_factory):
+    root = make_coco(tmp_path_factory.mktemp("coco") / "coco")
+    out = tmp_path_factory.mktemp("img")
+    preprocess(PreprocessConfig("coco", str(root), regime="ae", size=32, shard_size=2), out, InProcessRunner())
+    return out / "val2017"
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(ae_images, tmp_path, workers):
+    common = dict(arch="dvae_tiny", images=str(ae_images), batch_size=1, num_workers=workers, ckpt_every=2, log_every=1, grid_every=100)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=8, **common))
+    train(TrainConfig(out=str(tmp_path / "cut"), steps=4, **common))  # "killed" after step 4
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), steps=8, **common))
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert resumed["fingerprint"] == whole["fingerprint"]  # the same weights, bit for bit
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (ck["step"], ck["train_config"]["arch"]) == (8, "dvae_tiny") and "optimizer" in ck
+
+
+def test_checkpoint_feeds_encode_and_grids_show_originals_above_reconstructions(ae_images, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "autoencoder", "arch=vqvae_tiny", f"images={ae_images}", f"out={out}", "steps=3", "batch_size=2",
+                 "num_workers=0", "grid_every=3", "model.restart_threshold=0.5"]) == 0
+    assert "trained vqvae_tiny to step 3" in capsys.readouterr().out
+    model, ck = load_autoencoder(out / "last.pt")
+    assert model.cfg.restart_threshold == 0.5 and ck["images_digest"] == json.loads((ae_images / "manifest.json").read_text())["digest"]
+    with Image.open(out / "grid-0000003.png") as im:
+        assert im.size == (2 * 32, 2 * 32)
+    row = metrics(out)[-1]
+    assert {"loss", "rec", "commit", "perplexity", "used", "images_per_s"} <= set(row)
+    assert main(["-q", "encode", "--autoencoder", str(out / "last.pt"), "--images", str(ae_images), "--out", str(tmp_path / "tok"),
+                 "--views", "2", "--workers", "0", "--check", "2"]) == 0
+
+
+def test_settings_are_checked(ae_images, tmp_path, capsys):
+    assert parse_overrides(["steps=5", "lr=0.01", "model.vocab=64", "arch=dvae_tiny"]) == {"steps": 5, "lr": 0.01, "model": {"vocab": 64}, "arch": "dvae_tiny"}
+    assert main(["train", "autoencoder", "arch=dvae_tiny", "stepz=3", f"images={ae_images}", f"out={tmp_path}"]) == 2
+    assert "unknown setting(s) stepz" in capsys.readouterr().err
+    with pytest.raises(T2IError, match="ae-32 images; dvae_mdmnist takes 128x128"):
+        train(TrainConfig(arch="dvae_mdmnist", images=str(ae_images), out=str(tmp_path / "x"), steps=1))
+    with pytest.raises(T2IError, match="arch must be one of"):
+        TrainConfig(arch="dvae_huge", images="a", out="b")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_gloo(ae_images, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "t2i_data.cli", "-q", "train", "autoencoder", "arch=dvae_tiny",
+           f"images={ae_images}", f"out={tmp_path / 'ddp'}", "steps=2", "batch_size=1", "num_workers=0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ck = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert ck["step"] == 2
+    assert [r["step"] for r in metrics(tmp_path / "ddp")] == [2]  # rank 0 logs alone
+
+
+def test_mdmnist_trains_and_encodes_with_the_identity_view(tmp_path, capsys):
+    from t2i_data.mdmnist import MDMNISTConfig, build
+
+    build(MDMNISTConfig(seed=0, train=8, test=0, shard_size=4), tmp_path / "md", InProcessRunner())
+    out = tmp_path / "run"
+    train(TrainConfig(arch="dvae_tiny", model={"image_size": 128, "downsamples": 2}, images=str(tmp_path / "md" / "train"),
+                      out=str(out), steps=2, batch_size=2, num_workers=0))
+    assert main(["-q", "encode", "--autoencoder", str(out / "last.pt"), "--images", str(tmp_path / "md" / "train"),
+                 "--out", str(tmp_path / "tok"), "--workers", "0", "--check", "2"]) == 0
+    assert "8 images x 1 views -> 32x32 tokens" in capsys.readouterr().out
+    assert main(["encode", "--autoencoder", str(out / "last.pt"), "--images", str(tmp_path / "md" / "train"),
+                 "--out", str(tmp_path / "tok2"), "--views", "3"]) == 2
+    assert "there is one view; drop --views" in capsys.readouterr().err
