@@ -95,3 +95,14 @@ def test_mdmnist_trains_and_encodes_with_the_identity_view(tmp_path, capsys):
     assert main(["encode", "--autoencoder", str(out / "last.pt"), "--images", str(tmp_path / "md" / "train"),
                  "--out", str(tmp_path / "tok2"), "--views", "3"]) == 2
     assert "there is one view; drop --views" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,arch", [("mdmnist", "dvae_mdmnist"), ("cub-64", "dvae_cub64"), ("cub-128", "dvae_cub128")])
+def test_shipped_pipelines_have_a_valid_training_table(name, arch):
+    from pathlib import Path
+
+    from t2i_data.config import table
+
+    values = table(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml", "train_autoencoder")
+    cfg = TrainConfig(**values)
+    assert cfg.arch == arch and cfg.batch_size == 32
