@@ -92,11 +92,13 @@ class DVAE(Autoencoder):
         soft = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=1)  # Gumbel-softmax, (B, V, h, w)
         out = self.decoder(soft)
         recon = self._pixels(out)
-        if self.cfg.loss == "bce":
-            rec = F.binary_cross_entropy(recon.float().clamp(1e-6, 1 - 1e-6), x.float())
-        else:  # log-Laplace likelihood, DALL·E's choice for natural images
-            mu, log_b = out[:, :3].float(), out[:, 3:].float() * 4 - 2
-            rec = (torch.abs(x.float() - mu) * torch.exp(-log_b) + log_b + math.log(2)).mean()
+        # losses in fp32 with autocast off: CUDA autocast refuses binary_cross_entropy outright
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.cfg.loss == "bce":
+                rec = F.binary_cross_entropy(recon.float().clamp(1e-6, 1 - 1e-6), x.float())
+            else:  # log-Laplace likelihood, DALL·E's choice for natural images
+                mu, log_b = out[:, :3].float(), out[:, 3:].float() * 4 - 2
+                rec = (torch.abs(x.float() - mu) * torch.exp(-log_b) + log_b + math.log(2)).mean()
         q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # mean code usage, (V,)
         kl = (q * torch.log(q * self.cfg.vocab + 1e-10)).sum()
         lam = self.cfg.kl_lambda(step)

@@ -51,6 +51,7 @@ class TrainConfig:
     log_every: int = 50
     grid_every: int = 1_000
     ckpt_every: int = 500
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
     model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class TrainConfig:
             raise T2IError(f"arch must be one of {', '.join(CONFIGS)}, got {self.arch!r}")
         if not self.images or not self.out:
             raise T2IError("images=DIR and out=DIR are needed (the ae-regime train split, and where checkpoints go)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("steps", "batch_size", "ckpt_every", "log_every", "grid_every"):
             if getattr(self, name) < 1:
                 raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -104,6 +107,7 @@ def train(cfg: TrainConfig) -> dict:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
 
     base = load_manifest(Path(cfg.images) / MANIFEST_NAME)
     regime = regime_of(base, allow_none=True)
@@ -152,7 +156,7 @@ def train(cfg: TrainConfig) -> dict:
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             model.train()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 res = ddp(x, step=step, generator=_step_generator(cfg.seed, step, device))
             opt.zero_grad(set_to_none=True)
             res["loss"].backward()

@@ -121,12 +121,14 @@ class VQVAE(Autoencoder):
             self.codebook.init_from(flat.detach(), generator)
         idx = self.codebook.nearest(flat.detach())
         q = self.codebook.codebook[idx].view(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, h, w)
-        commit = F.mse_loss(z.float(), q.float())
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            commit = F.mse_loss(z.float(), q.float())
         if self.training:
             self.codebook.update(flat.detach(), idx)
             if self.cfg.restart_threshold > 0:
                 self.codebook.restart_dead(flat.detach(), self.cfg.restart_threshold, generator)
         q_st = z + (q - z).detach()  # straight-through: decoder gradients flow to the encoder
         recon = self.decoder(q_st)
-        rec = F.mse_loss(recon.float(), x.float())
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            rec = F.mse_loss(recon.float(), x.float())
         return {"loss": rec + self.cfg.beta * commit, "rec": rec.detach(), "commit": commit.detach(), "recon": recon, **code_usage(idx, self.cfg.vocab)}
