@@ -30,6 +30,17 @@ def check_tokenizer(manifest: dict, expected_fingerprint: str, what: str = "the 
         )
 
 
+def merge_aligned(parts: tuple[dict, ...], where: str) -> dict:
+    """One sample from each aligned set → one dict; the keys must agree."""
+    key = parts[0]["__key__"]
+    if any(p["__key__"] != key for p in parts[1:]):
+        raise T2IError(f"{where}: key {key} in the base set meets {[p['__key__'] for p in parts[1:]]} in the derived sets")
+    merged: dict = {}
+    for p in parts:
+        merged.update(p)
+    return merged
+
+
 def zip_aligned(base_dir: str | Path, *derived_dirs: str | Path) -> Iterator[dict]:
     """Samples of the base set merged with those of each derived set, shard by shard."""
     base_dir = Path(base_dir)
@@ -42,10 +53,4 @@ def zip_aligned(base_dir: str | Path, *derived_dirs: str | Path) -> Iterator[dic
     for shard in base["shards"]:
         streams = [iter_samples(base_dir / shard["name"])] + [iter_samples(d / shard["name"]) for d in derived]
         for parts in zip(*streams, strict=True):
-            key = parts[0]["__key__"]
-            if any(p["__key__"] != key for p in parts[1:]):
-                raise T2IError(f"{shard['name']}: key {key} in the base set meets {[p['__key__'] for p in parts[1:]]} in the derived sets")
-            merged = {}
-            for p in parts:
-                merged.update(p)
-            yield merged
+            yield merge_aligned(parts, shard["name"])

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .align import check_aligned
+from .align import check_aligned, merge_aligned
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .rng import stream_id
@@ -109,13 +109,7 @@ class ShardStream(IterableDataset):
                     break
                 if i < a:
                     continue
-                key = parts[0]["__key__"]
-                if any(p["__key__"] != key for p in parts[1:]):
-                    raise T2IError(f"{self.names[shard]}: key {key} meets {[p['__key__'] for p in parts[1:]]} in the aligned sets")
-                merged = {}
-                for p in parts:
-                    merged.update(p)
-                yield merged
+                yield merge_aligned(parts, self.names[shard])
 
     def __iter__(self):
         rank, world = self._dist()

@@ -11,7 +11,6 @@ codebook follows rank 0's batches only (an all-reduce of the EMA statistics is t
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
