@@ -1,0 +1,106 @@
+"""G2: a separate text encoder (bidirectional, padding masked) and a causal image decoder that
+cross-attends to it. The decoder's input is a learned BOS (the thesis used a zero vector) then
+the first h·w − 1 image tokens, at learned row + column positions."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Block, sample_next
+from .blocks import check_shape
+
+
+@dataclass(frozen=True)
+class G2Config:
+    text_vocab: int
+    text_len: int
+    pad_id: int
+    image_vocab: int
+    grid: int
+    encoder_layers: int = 6
+    decoder_layers: int = 12
+    heads: int = 8
+    width: int = 256
+    dropout: float = 0.1
+
+
+class G2(nn.Module):
+    kind = "g2"
+
+    def __init__(self, cfg: G2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.text_emb = nn.Embedding(cfg.text_vocab, w)
+        self.text_pos = nn.Parameter(torch.zeros(cfg.text_len, w))
+        self.encoder = nn.ModuleList(Block(w, cfg.heads, cfg.dropout) for _ in range(cfg.encoder_layers))
+        self.ln_enc = nn.LayerNorm(w)
+        self.image_emb = nn.Embedding(cfg.image_vocab, w)
+        self.bos = nn.Parameter(torch.zeros(w))
+        self.row = nn.Parameter(torch.zeros(cfg.grid, w))
+        self.col = nn.Parameter(torch.zeros(cfg.grid, w))
+        self.decoder = nn.ModuleList(Block(w, cfg.heads, cfg.dropout, cross=True) for _ in range(cfg.decoder_layers))
+        self.ln = nn.LayerNorm(w)
+        self.head = nn.Linear(w, cfg.image_vocab, bias=False)
+        for p in (self.text_pos, self.row, self.col, self.bos):
+            nn.init.normal_(p, std=0.02)
+
+    def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) → encoder states (B, L, w) and the key mask (B, 1, 1, L) of real tokens."""
+        check_shape(text, (None, self.cfg.text_len), "G2 text tokens")
+        real = text != self.cfg.pad_id
+        real = real | ~real.any(dim=1, keepdim=True)  # an all-padding caption attends to its padding, not to nothing
+        key_mask = real[:, None, None, :]
+        x = self.text_emb(text.clamp(max=self.cfg.text_vocab - 1)) + self.text_pos
+        for blk in self.encoder:
+            x = blk(x, key_mask)
+        return self.ln_enc(x), key_mask
+
+    def _positions(self) -> torch.Tensor:
+        g = self.cfg.grid
+        return (self.row[:, None, :] + self.col[None, :, :]).reshape(g * g, -1)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> dict:
+        c = self.cfg
+        n = c.grid * c.grid
+        check_shape(image, (None, n), "G2 image tokens (flattened grid)")
+        ctx, key_mask = self.encode_text(text)
+        b = image.shape[0]
+        x = torch.cat([self.bos.expand(b, 1, -1), self.image_emb(image[:, :-1])], dim=1) + self._positions()
+        causal = torch.ones(n, n, dtype=torch.bool, device=image.device).tril()
+        for blk in self.decoder:
+            x = blk(x, causal, context=ctx, context_mask=key_mask)
+        logits = self.head(self.ln(x))  # (B, h·w, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, c.image_vocab), image.reshape(-1))
+        return {"image_logits": logits, "loss": loss, "loss_image": loss}
+
+    @torch.no_grad()
+    def generate(self, text: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        c = self.cfg
+        n = c.grid * c.grid
+        b = text.shape[0]
+        ctx, key_mask = self.encode_text(text)
+        pos = self._positions()
+        out = torch.zeros(b, n, dtype=torch.long, device=text.device)
+        causal = torch.ones(n, n, dtype=torch.bool, device=text.device).tril()
+        caches = [dict() for _ in self.decoder] if use_cache else None
+        for i in range(n):
+            if use_cache:
+                h = (self.bos if i == 0 else self.image_emb(out[:, i - 1])) + pos[i]
+                h = h.expand(b, -1)[:, None] if h.dim() == 1 else h[:, None]
+                for blk, cache in zip(self.decoder, caches):
+                    h = blk(h, None, context=ctx, context_mask=key_mask, cache=cache)  # one query sees all cached keys
+            else:  # the whole sequence again; tokens after i are still 0, which the causal mask hides
+                h = torch.cat([self.bos.expand(b, 1, -1), self.image_emb(out[:, :-1])], dim=1) + pos
+                for blk in self.decoder:
+                    h = blk(h, causal, context=ctx, context_mask=key_mask)
+                h = h[:, : i + 1]
+            out[:, i] = sample_next(self.head(self.ln(h[:, -1])), temperature, top_k, top_p, generator)
+        return out
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
