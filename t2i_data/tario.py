@@ -125,7 +125,8 @@ def iter_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         yield from members
 
 
-def _parse_ustar(data: bytes, where: str) -> list[tuple[str, bytes]] | None:
+def _parse_ustar(data: bytes, where: str, offsets: bool = False) -> list[tuple] | None:
+    """[(name, bytes)], or with ``offsets`` [(name, data offset, size)] without copying."""
     out, pos, n = [], 0, len(data)
     view = memoryview(data)
     while pos + BLOCK <= n:
@@ -145,7 +146,7 @@ def _parse_ustar(data: bytes, where: str) -> list[tuple[str, bytes]] | None:
         start = pos + BLOCK
         if start + size > n:
             raise tarfile.ReadError(f"{where}: truncated: member {name.decode('utf-8', 'replace')} needs {size} bytes, {n - start} left")
-        out.append((name.decode("utf-8"), bytes(view[start : start + size])))
+        out.append((name.decode("utf-8"), start, size) if offsets else (name.decode("utf-8"), bytes(view[start : start + size])))
         pos = start + size + (-size % BLOCK)
     if pos != n:
         raise tarfile.ReadError(f"{where}: truncated inside a tar header at byte {pos}")
