@@ -149,6 +149,28 @@ def cmd_train_autoencoder(args) -> int:
     return 0
 
 
+def cmd_train_prior(args) -> int:
+    import dataclasses
+
+    from t2i_models.train_autoencoder import parse_overrides
+    from t2i_models.train_prior import PriorTrainConfig, train_prior
+
+    from .config import table
+
+    values = dict(table(args.config, "train_prior")) if args.config else {}
+    over = parse_overrides(args.overrides)
+    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
+    values.update(over)
+    known = {f.name for f in dataclasses.fields(PriorTrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
+    cfg = PriorTrainConfig(**values)
+    result = train_prior(cfg)
+    print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
@@ -281,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("overrides", nargs="*", help="key=value settings (arch, images, out, steps, batch_size, lr, num_workers, seed, "
                     "ckpt_every, ...) and model.<field>=value for the architecture")
     ta.set_defaults(func=cmd_train_autoencoder)
+
+    tp = trn.add_parser("prior", help="G1 / G2 on aligned image-token and text-token shards (torchrun for several GPUs)")
+    tp.add_argument("--config", help="a pipeline file with a [train_prior] table")
+    tp.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, out, steps, batch_size, "
+                    "grad_accum, lr, warmup, ...) and model.<field>=value")
+    tp.set_defaults(func=cmd_train_prior)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
     en.add_argument("--autoencoder", required=True, help="a t2i autoencoder checkpoint")

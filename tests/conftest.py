@@ -41,3 +41,28 @@ def built20k(tmp_path_factory):
 import sys  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for fixtures_sources
+
+
+MD_TOKENS_N = 103
+
+
+@pytest.fixture(scope="session")
+def md_tokens(tmp_path_factory):
+    """A real chain: MD-MNIST (103 train samples in 7 uneven shards) → text tokens (L = 12) and
+    image tokens (one view: MD-MNIST has no regime) from a tiny random dVAE (V = 16, 32×32 grid)."""
+    import torch
+
+    from t2i_data.text import load_pretrained
+    from t2i_data.tokenize import TokenizeConfig, tokenize
+    from t2i_models.builders import build_autoencoder
+    from t2i_models.checkpoint import save_autoencoder
+    from t2i_models.encode import EncodeConfig, encode
+
+    root = tmp_path_factory.mktemp("tok")
+    build(MDMNISTConfig(seed=0, train=MD_TOKENS_N, test=0, shard_size=16), root / "md", InProcessRunner())
+    load_pretrained("mdmnist", None).save(root / "tk")
+    tokenize(root / "tk", root / "md" / "train", root / "text", TokenizeConfig(length=12), InProcessRunner())
+    torch.manual_seed(0)
+    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
+    encode(root / "ae.pt", root / "md" / "train", root / "img", EncodeConfig(), InProcessRunner())
+    return root

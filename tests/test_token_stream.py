@@ -7,29 +7,15 @@ from torch.utils.data import DataLoader
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import InProcessRunner
-from t2i_data.text import load_pretrained
 from t2i_data.token_stream import TokenStream
 from t2i_data.tokenize import TokenizeConfig, tokenize
-from t2i_models.builders import build_autoencoder
-from t2i_models.checkpoint import save_autoencoder
-from t2i_models.encode import EncodeConfig, encode
 
-N = 103
+from conftest import MD_TOKENS_N as N
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    """A real chain: MD-MNIST (103 train samples in 7 uneven shards) → text tokens (L = 12) and
-    image tokens from a tiny random dVAE (3 identical 'views' are not possible without a regime,
-    so K = 1 here; view choice is tested on the plan level below)."""
-    root = tmp_path_factory.mktemp("tok")
-    build(MDMNISTConfig(seed=0, train=N, test=0, shard_size=16), root / "md", InProcessRunner())
-    load_pretrained("mdmnist", None).save(root / "tk")
-    tokenize(root / "tk", root / "md" / "train", root / "text", TokenizeConfig(length=12), InProcessRunner())
-    torch.manual_seed(0)
-    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
-    encode(root / "ae.pt", root / "md" / "train", root / "img", EncodeConfig(), InProcessRunner())
-    return root
+def tokens(md_tokens):
+    return md_tokens
 
 
 def collect(tokens, rank, world, workers, batch, epoch=0, skip=0, **kw):

@@ -1,0 +1,202 @@
+"""Train a prior (G1 or G2) on streaming image-token + text-token shards.
+
+Same command on CPU, one GPU (bf16 autocast; fused attention through scaled_dot_product_attention)
+or several through ``torchrun`` (DDP). Each optimizer step takes ``grad_accum`` micro-batches; the
+loss is the mean image-token cross-entropy over the *valid* samples of the whole window (padding
+entries from ``TokenStream`` weigh nothing), so accumulating k micro-batches of B equals one batch
+of k·B — the thesis code summed micro-batch means without rescaling. Learning rate: linear warmup,
+then cosine decay to 10%. ``out/last.pt`` holds the config, weights, optimizer, step, stream
+position and the tokenizer and autoencoder fingerprints; a rerun resumes at the exact next batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from t2i_data.errors import T2IError
+from t2i_data.token_stream import TokenStream
+
+from .prior_builders import PRIORS
+
+FORMAT = "t2i-prior/1"
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    arch: str = "g1_mdmnist"
+    image_tokens: str = ""
+    text_tokens: str = ""
+    out: str = ""
+    steps: int = 10_000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    num_workers: int = 1
+    seed: int = 0
+    precision: str = "auto"
+    log_every: int = 50
+    ckpt_every: int = 500
+    stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
+    model: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in PRIORS:
+            raise T2IError(f"arch must be one of {', '.join(PRIORS)}, got {self.arch!r}")
+        if not (self.image_tokens and self.text_tokens and self.out):
+            raise T2IError("image_tokens=DIR, text_tokens=DIR and out=DIR are needed")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def lr_at(cfg: PriorTrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    f = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
+
+
+def window_loss(model, micro: list[dict], device, bf16: bool, world: int) -> tuple[list[torch.Tensor], float, int]:
+    """Losses to backpropagate for one optimizer step's micro-batches, each already divided by the
+    number of valid samples in the whole window (all ranks), and the window's mean loss."""
+    valid = torch.tensor(float(sum(int(b["valid"].sum()) for b in micro)), device=device)
+    if world > 1:
+        torch.distributed.all_reduce(valid)
+    denom = valid.clamp(min=1.0)
+    losses, total = [], 0.0
+    for b in micro:
+        text, image, ok = b["text"].to(device), b["image"].to(device), b["valid"].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(text, image)["image_logits"]
+        per_sample = F.cross_entropy(logits.float().transpose(1, 2), image, reduction="none").mean(dim=1)  # (B,)
+        loss = (per_sample * ok).sum() * world / denom  # DDP averages gradients over ranks: undo that
+        losses.append(loss)
+        total += float((per_sample.detach() * ok).sum())
+    return losses, total / max(float(valid), 1.0), int(valid)
+
+
+def save_prior(path: Path, model, **state) -> None:
+    payload = {"format": FORMAT, "kind": model.kind, "config": model.config_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(state)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train_prior(cfg: PriorTrainConfig) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
+    expect = (resume or {}).get("fingerprints", {})
+    ds = TokenStream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed,
+                     expect_tokenizer=expect.get("tokenizer"), expect_autoencoder=expect.get("autoencoder"))
+    tok, ae = ds.txt_m["tokenizer"], ds.img_m["autoencoder"]
+    tokens = dict(text_vocab=tok["vocab_size"], text_len=tok["length"], pad_id=tok["pad_id"], image_vocab=ae["vocab"], grid=ae["grid"])
+    clash = sorted(set(tokens) & set(cfg.model))
+    if clash:
+        raise T2IError(f"model.{', model.'.join(clash)} come from the token shards' manifests and cannot be overridden")
+    torch.manual_seed(cfg.seed)
+    model = PRIORS[cfg.arch](**tokens, **cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, epoch, in_epoch = 0, 0, 0
+    if resume is not None:
+        if resume.get("train_config", {}).get("arch") != cfg.arch:
+            raise T2IError(f"{last} is a {resume.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
+        model.load_state_dict(resume["state_dict"])
+        opt.load_state_dict(resume["optimizer"])
+        step, epoch, in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    nw = max(cfg.num_workers, 1)
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
+    fingerprints = {"tokenizer": tok["fingerprint"], "autoencoder": ae["fingerprint"]}
+    t0, tokens_seen = time.perf_counter(), 0
+    end = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after > 0 else cfg.steps
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_prior(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
+                       train_config=asdict(cfg), fingerprints=fingerprints, tokens=tokens)
+
+    while step < end:
+        ds.set_epoch(epoch, in_epoch, cfg.num_workers)
+        it = iter(DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda))
+        exhausted = False
+        while step < end:
+            micro = []
+            for _ in range(cfg.grad_accum):
+                b = next(it, None)
+                if b is None:
+                    exhausted = True
+                    break
+                micro.append(b)
+            if not micro:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            model.train()
+            losses, mean_loss, valid = window_loss(ddp, micro, device, bf16, world)
+            opt.zero_grad(set_to_none=True)
+            for i, loss in enumerate(losses):
+                if world > 1 and i < len(losses) - 1:
+                    with ddp.no_sync():
+                        loss.backward()
+                else:
+                    loss.backward()
+            opt.step()
+            step, in_epoch = step + 1, in_epoch + len(micro)
+            tokens_seen += valid * (tokens["text_len"] + tokens["grid"] ** 2)
+            bar.update(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                rate = tokens_seen / (time.perf_counter() - t0)
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr_at(cfg, step - 1),
+                                        "valid": valid, "tokens_per_s": round(rate, 1)}) + "\n")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
+            if (step % cfg.ckpt_every == 0 and in_epoch % nw == 0) or step == end:
+                checkpoint()
+            if exhausted:
+                break
+        else:
+            break
+        if step < end:
+            epoch, in_epoch = epoch + 1, 0
+    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return {"step": step, "epoch": epoch, "checkpoint": str(last)}
+
+
+def load_prior(path: str | Path, map_location: str = "cpu"):
+    """(model in eval mode, checkpoint dict); ``torch.load(weights_only=True)``."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise T2IError(f"{path}: no such checkpoint") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise T2IError(f"{path}: not a t2i prior checkpoint")
+    arch = ck["train_config"]["arch"]
+    model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck
