@@ -171,6 +171,21 @@ def cmd_train_prior(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from t2i_models.sample import sample_grid
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        try:
+            prompts += [ln.strip() for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except FileNotFoundError:
+            raise T2IError(f"--prompts {args.prompts}: no such file") from None
+    out = sample_grid(args.prior, args.autoencoder, args.tokenizer, prompts, args.out, n=args.n, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(f"wrote {out} ({len(prompts)} prompts x {args.n} samples)")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
@@ -309,6 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, out, steps, batch_size, "
                     "grad_accum, lr, warmup, ...) and model.<field>=value")
     tp.set_defaults(func=cmd_train_prior)
+
+    sm = sub.add_parser("sample", help="images from prompts with a trained prior, as a PNG grid")
+    sm.add_argument("--prior", required=True)
+    sm.add_argument("--autoencoder", required=True, help="the checkpoint that made the prior's image tokens")
+    sm.add_argument("--tokenizer", required=True, help="the tokenizer the prior's captions were tokenized with")
+    sm.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    sm.add_argument("--prompts", help="a file of prompts, one per line")
+    sm.add_argument("--out", required=True)
+    sm.add_argument("-n", type=int, default=4, help="samples per prompt")
+    sm.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    sm.add_argument("--top-k", type=int)
+    sm.add_argument("--top-p", type=float)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(func=cmd_sample)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
     en.add_argument("--autoencoder", required=True, help="a t2i autoencoder checkpoint")

@@ -137,7 +137,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     def checkpoint() -> None:
         if rank == 0:
             save_prior(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                       train_config=asdict(cfg), fingerprints=fingerprints, tokens=tokens)
+                       train_config=asdict(cfg), fingerprints=fingerprints, tokens=tokens, text_config=ds.txt_m["config"])
 
     while step < end:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)

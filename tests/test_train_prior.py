@@ -73,3 +73,31 @@ def test_schedule_and_settings(md_tokens, tmp_path, capsys):
     assert "trained g1_tiny to step 1" in capsys.readouterr().out
     with pytest.raises(T2IError, match="model.grid come from the token shards' manifests"):
         train_prior(cfg(md_tokens, tmp_path / "clash", steps=1, model={"grid": 8}))
+
+
+def test_sample_writes_a_prompt_grid_and_refuses_other_tokenizers(md_tokens, tmp_path, capsys):
+    from PIL import Image
+
+    from t2i_data.text import train
+
+    train_prior(cfg(md_tokens, tmp_path / "p", steps=2))
+    ck = str(tmp_path / "p" / "last.pt")
+    args = ["sample", "--prior", ck, "--autoencoder", str(md_tokens / "ae.pt"), "--tokenizer", str(md_tokens / "tk"),
+            "--prompt", "4 30 g down 8 40 b up 6 40 b middle", "--prompt", "1 20 w up 2 20 r middle 3 20 b down",
+            "--out", str(tmp_path / "grid.png"), "-n", "3", "--top-k", "4"]
+    assert main(args) == 0
+    assert "2 prompts x 3 samples" in capsys.readouterr().out
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[0] == 3 * (128 + 4) + 4 and im.size[1] > 2 * 128
+    train("word", ["a b c"], None).save(tmp_path / "wrong")
+    assert main(args[:6] + [str(tmp_path / "wrong")] + args[7:]) == 2
+    assert "is not the one the prior was trained with" in capsys.readouterr().err
+
+
+def test_shipped_prior_table():
+    from pathlib import Path
+
+    from t2i_data.config import table
+
+    values = table(Path(__file__).resolve().parents[1] / "pipelines" / "mdmnist.toml", "train_prior")
+    assert PriorTrainConfig(**values).arch == "g1_mdmnist"

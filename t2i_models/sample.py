@@ -1,0 +1,61 @@
+"""Prompts → image tokens with a trained prior → pixels with the autoencoder → a PNG grid.
+
+The prompt is tokenized exactly as the training captions were (same tokenizer, whose fingerprint
+must equal the checkpoint's, same L and BOS/EOS settings); the autoencoder must be the one that
+made the training image tokens (fingerprint checked too).
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from t2i_data.errors import T2IError
+from t2i_data.preview import _font
+from t2i_data.text import load_tokenizer
+from t2i_data.tokenize import TokenizeConfig, encode_rows
+
+from .checkpoint import load_autoencoder
+from .encode import decode_tokens
+from .train_prior import load_prior
+
+
+def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str], out, n: int = 4, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0, cell: int = 128) -> Path:
+    if not prompts:
+        raise T2IError("no prompts given: --prompt TEXT or --prompts FILE (one per line)")
+    prior, ck = load_prior(prior_ckpt)
+    tok = load_tokenizer(tokenizer_dir)
+    want = ck["fingerprints"]
+    if tok.fingerprint != want["tokenizer"]:
+        raise T2IError(f"tokenizer {tok.fingerprint[:16]} is not the one the prior was trained with ({want['tokenizer'][:16]}); pass that tokenizer")
+    ae, ae_ck = load_autoencoder(autoencoder_ckpt)
+    if ae_ck["fingerprint"] != want["autoencoder"]:
+        raise T2IError(f"autoencoder {ae_ck['fingerprint'][:16]} did not make the prior's image tokens ({want['autoencoder'][:16]}); pass that checkpoint")
+    tc = ck.get("text_config", {})
+    cfg = TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
+    rows, _ = encode_rows(tok, prompts, cfg, "int64")
+    text = torch.from_numpy(rows).repeat_interleave(n, dim=0)  # (P·n, L)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = prior.generate(text, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)  # (P·n, h·w)
+    g = ck["tokens"]["grid"]
+    pixels = decode_tokens(ae, tokens.view(-1, g, g).numpy())  # (P·n, S, S, 3)
+    font = _font(12)
+    line = font.getbbox("Ag")[3] + 3
+    text_h = 3 * line + 6
+    sheet = Image.new("RGB", (n * (cell + 4) + 4, len(prompts) * (cell + text_h + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for p, prompt in enumerate(prompts):
+        y = 4 + p * (cell + text_h + 4)
+        for j in range(n):
+            im = Image.fromarray(pixels[p * n + j]).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(im, (4 + j * (cell + 4), y))
+        for k, ln in enumerate(textwrap.wrap(prompt, max(20, n * cell // 7))[:3]):
+            draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
