@@ -58,7 +58,8 @@ class G1(nn.Module):
         self.blocks = nn.ModuleList(Block(w, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(w)
         self.image_head = nn.Linear(w, cfg.image_vocab, bias=False)
-        self.text_head = nn.Linear(w, cfg.text_vocab, bias=False)
+        # only with a text loss: an unused parameter leaves DDP's gradient buckets unreduced
+        self.text_head = nn.Linear(w, cfg.text_vocab, bias=False) if cfg.text_loss_weight > 0 else None
         for p in (self.text_pos, self.row, self.col, self.bos) + ((self.pad_emb,) if self.pad_emb is not None else ()):
             nn.init.normal_(p, std=0.02)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 

@@ -101,3 +101,33 @@ def test_shipped_prior_table():
 
     values = table(Path(__file__).resolve().parents[1] / "pipelines" / "mdmnist.toml", "train_prior")
     assert PriorTrainConfig(**values).arch == "g1_mdmnist"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_gradients_of_one_process_on_the_same_global_batch(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ddp_prior_worker import global_batch, grads
+    from t2i_models.prior_builders import g1_tiny
+    from t2i_models.train_prior import window_loss
+
+    here = Path(__file__).resolve().parent
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(here / "ddp_prior_worker.py"), str(tmp_path / "g.pt")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = torch.load(tmp_path / "g.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = g1_tiny(image_vocab=16, grid=4)
+    losses, _, valid = window_loss(model, [global_batch()], torch.device("cpu"), False, 1)
+    for loss in losses:
+        loss.backward()
+    single = grads(model)
+    assert ddp["valid"] == valid == 6
+    assert set(ddp["grads"]) == set(single) == {n for n, _ in model.named_parameters()}  # every parameter takes part
+    assert all(torch.allclose(ddp["grads"][n], single[n], atol=1e-6, rtol=1e-4) for n in single)
