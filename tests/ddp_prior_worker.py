@@ -33,4 +33,5 @@ if __name__ == "__main__":
         loss.backward()
     if rank == 0:
         torch.save({"grads": grads(model), "valid": valid}, sys.argv[1])
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()  # no rank tears gloo down while another still works: that aborts it
+    # no destroy_process_group(): with gloo it can abort the process (std::terminate) under load
