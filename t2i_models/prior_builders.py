@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .g1 import G1, G1Config
 from .g2 import G2, G2Config
+from .g3 import G3, G3Config
 
 MDMNIST_TOKENS = dict(text_vocab=24, text_len=12, pad_id=20, image_vocab=256, grid=32)
 
@@ -34,4 +35,13 @@ def g2_tiny(**tokens) -> G2:
                        width=64, dropout=0.0))
 
 
-PRIORS = {f.__name__: f for f in (g1_mdmnist, g2_mdmnist, g2_cub64, g2_cub128, g1_tiny, g2_tiny)}
+def g3_mdmnist(**tokens) -> G3:
+    """BERT2GPT2 with the MD-MNIST G2's depths (optional; the seed report's variant)."""
+    return G3(G3Config(**{**MDMNIST_TOKENS, **tokens}, encoder_layers=6, decoder_layers=12, heads=8, width=256))
+
+
+def g3_tiny(**tokens) -> G3:
+    return G3(G3Config(**{**MDMNIST_TOKENS, "image_vocab": 32, "grid": 4, **tokens}, encoder_layers=1, decoder_layers=2, heads=2, width=64))
+
+
+PRIORS = {f.__name__: f for f in (g1_mdmnist, g2_mdmnist, g2_cub64, g2_cub128, g3_mdmnist, g1_tiny, g2_tiny, g3_tiny)}
