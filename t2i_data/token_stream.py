@@ -143,13 +143,12 @@ class TokenStream(IterableDataset):
             log.warning("%s: unreadable (%s); %d samples lost this epoch", name, e, b - a)
             return [], b - a
         kh = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys], dtype=np.uint64)
-        cap = keyed_u64(self.seed, stream_id("caption"), kh, self.epoch)
-        view = keyed_u64(self.seed, stream_id("view"), kh, self.epoch)
-        out = []
-        for i, (t, v) in enumerate(zip(txts, imgs)):  # t (C, L), v (K, h, w)
-            row = t[int(cap[i] % np.uint64(len(t)))] if len(t) else np.full(self.L, self.pad_id, t.dtype)
-            out.append((row, v[int(view[i] % np.uint64(len(v)))].reshape(-1), keys[i]))
-        return out, 0
+        n_caps = np.array([len(t) for t in txts], dtype=np.uint64)
+        n_views = np.array([len(v) for v in imgs], dtype=np.uint64)
+        cap = (keyed_u64(self.seed, stream_id("caption"), kh, self.epoch) % np.maximum(n_caps, 1)).tolist()
+        view = (keyed_u64(self.seed, stream_id("view"), kh, self.epoch) % n_views).tolist()
+        empty = np.full(self.L, self.pad_id, np.uint16)
+        return [(t[c] if len(t) else empty, v[w].reshape(-1), k) for t, v, k, c, w in zip(txts, imgs, keys, cap, view)], 0
 
     def __iter__(self):
         rank, world = self._dist()
@@ -177,21 +176,27 @@ class TokenStream(IterableDataset):
                 yield buf.pop(int(rng.integers(len(buf))))
 
         it = samples()
+        pad_text = np.full(self.L, self.pad_id, dtype=np.int64)
+        pad_image = np.zeros(self.hw, dtype=np.int64)
         for bi in range(batches):
-            text = np.full((B, self.L), self.pad_id, dtype=np.int64)
-            image = np.zeros((B, self.hw), dtype=np.int64)
-            valid = np.zeros(B, dtype=bool)
-            keys = [""] * B
-            lost, n = 0, 0
-            while n < B:
+            texts, images, keys, lost = [], [], [], 0
+            while len(texts) < B:
                 item = next(it, None)
                 if item is None:
                     break
                 if isinstance(item[0], str):  # ("lost", count) from an unreadable shard
                     lost += item[1]
                     continue
-                text[n], image[n], keys[n], valid[n] = item[0], item[1], item[2], True
-                n += 1
+                texts.append(item[0])
+                images.append(item[1])
+                keys.append(item[2])
             if bi < skip:
                 continue  # consumed before the checkpoint (tokens are cheap: no decoding to save)
-            yield {"text": torch.from_numpy(text), "image": torch.from_numpy(image), "valid": torch.from_numpy(valid), "keys": keys, "lost": lost}
+            n = len(texts)
+            valid = np.zeros(B, dtype=bool)
+            valid[:n] = True
+            # one stack per batch (C speed), then padding entries after the real ones
+            text = np.stack(texts + [pad_text] * (B - n)).astype(np.int64, copy=False)
+            image = np.stack(images + [pad_image] * (B - n)).astype(np.int64, copy=False)
+            yield {"text": torch.from_numpy(text), "image": torch.from_numpy(image), "valid": torch.from_numpy(valid),
+                   "keys": keys + [""] * (B - n), "lost": lost}
