@@ -120,10 +120,9 @@ class ShardStream(IterableDataset):
         # this rank's batches come round-robin from its workers: worker wid made every nw-th one
         skip = (self.skip_batches - wid + nw - 1) // nw if self.skip_batches > wid else 0
         rng = np.random.default_rng([self.seed, self.epoch, g, stream_id("shuffle")])
-        buf: list = []
         produced, batch = 0, []
         total = plan.batches * self.batch_size
-        for sample in self._shuffled(self._samples(plan.ranges[g]), rng, buf):
+        for sample in shuffled(self._samples(plan.ranges[g]), rng, self.shuffle_buffer):
             produced += 1
             if produced <= skip * self.batch_size:
                 continue  # consumed before the checkpoint: skipped before decoding
@@ -134,19 +133,21 @@ class ShardStream(IterableDataset):
             if produced == total:
                 return
 
-    def _shuffled(self, samples: Iterator[dict], rng: np.random.Generator, buf: list) -> Iterator[dict]:
-        if self.shuffle_buffer <= 1:
-            yield from samples
-            return
-        for s in samples:
-            if len(buf) < self.shuffle_buffer:
-                buf.append(s)
-                continue
-            j = int(rng.integers(len(buf)))
-            buf[j], s = s, buf[j]
-            yield s
-        while buf:
-            yield buf.pop(int(rng.integers(len(buf))))
+def shuffled(items: Iterator, rng: np.random.Generator, size: int) -> Iterator:
+    """A seeded shuffle buffer of ``size`` items (webdataset's ``shuffle``, with an explicit rng)."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], item = item, buf[j]
+        yield item
+    while buf:
+        yield buf.pop(int(rng.integers(len(buf))))
 
 
 def _collate(items: list[dict]) -> dict:

@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .rng import keyed_u64, stream_id
+from .stream import shuffled
 from .tario import _parse_ustar, split_name
 
 log = logging.getLogger(__name__)
@@ -160,22 +161,13 @@ class TokenStream(IterableDataset):
         B = self.batch_size
 
         def samples():
-            buf: list = []
             for shard, a, b in ranges[rank * nw + wid]:
                 got, lost = self._shard(shard, a, b)
                 if lost:
                     yield ("lost", lost)
-                for item in got:
-                    if len(buf) < self.shuffle_buffer:
-                        buf.append(item)
-                        continue
-                    j = int(rng.integers(len(buf)))
-                    buf[j], item = item, buf[j]
-                    yield item
-            while buf:
-                yield buf.pop(int(rng.integers(len(buf))))
+                yield from got
 
-        it = samples()
+        it = shuffled(samples(), rng, self.shuffle_buffer)
         pad_text = np.full(self.L, self.pad_id, dtype=np.int64)
         pad_image = np.zeros(self.hw, dtype=np.int64)
         for bi in range(batches):

@@ -4,26 +4,18 @@ weights through ``from_pretrained`` on local folders; never the network. The dec
 is V + 1: the image codes and a BOS (id V)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import check_shape
+from .g2 import G2Config
 
 
-@dataclass(frozen=True)
-class G3Config:
-    text_vocab: int
-    text_len: int
-    pad_id: int
-    image_vocab: int
-    grid: int
-    encoder_layers: int = 6
-    decoder_layers: int = 12
-    heads: int = 8
-    width: int = 256
+class G3Config(G2Config):
+    """The same fields as G2: token spaces, encoder / decoder depths, heads, width."""
 
 
 class G3(nn.Module):
