@@ -38,6 +38,15 @@ class Plan:
     batches: int  # per global worker
 
 
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The given (rank, world size) — ranks simulated in tests — else torch.distributed's, else (0, 1)."""
+    if world_size is not None:
+        return rank or 0, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def plan_epoch(shard_sizes: list[int], world: int, workers: int, batch: int, seed: int, epoch: int) -> Plan:
     g = world * max(workers, 1)
     order = np.random.default_rng([seed, epoch, stream_id("shard-order")]).permutation(len(shard_sizes))
@@ -83,11 +92,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.skip_batches = 0, 0
 
     def _dist(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return self.rank or 0, self.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_and_world(self.rank, self.world_size)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, num_workers: int = 0) -> None:
         """Start ``epoch``, skipping its first ``skip_batches`` batches of this rank (resume)."""

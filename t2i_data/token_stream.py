@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .rng import keyed_u64, stream_id
-from .stream import shuffled
+from .stream import rank_and_world, shuffled
 from .tario import _parse_ustar, split_name
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,7 @@ class TokenStream(IterableDataset):
         self.set_epoch(state["epoch"], state["batches_done"], num_workers)
 
     def _dist(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return self.rank or 0, self.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_and_world(self.rank, self.world_size)
 
     def _read(self, path: Path, suffix: str, a: int, b: int) -> tuple[list[str], list[np.ndarray]]:
         """Keys and arrays of samples a..b of one shard: zero-copy views into the file's bytes,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import ShardStream, image_decoder
 
 from .builders import CONFIGS, build_autoencoder
-from .checkpoint import save_autoencoder, weights_fingerprint
+from .checkpoint import save_autoencoder, setup_distributed, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +97,8 @@ def _grid(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 8) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    rank, world, device = setup_distributed()
+    cuda = device.type == "cuda"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 
+from .checkpoint import setup_distributed
 from .prior_builders import PRIORS
 
 FORMAT = "t2i-prior/1"
@@ -98,12 +99,8 @@ def save_prior(path: Path, model, **state) -> None:
 
 
 def train_prior(cfg: PriorTrainConfig) -> dict:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    rank, world, device = setup_distributed()
+    cuda = device.type == "cuda"
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
