@@ -62,10 +62,10 @@ def cmd_preprocess(args) -> int:
     t0 = time.perf_counter()
     from .preprocess import load_records
 
-    load_records(cfg)  # fail on a bad --root or metadata before any cluster starts
+    records = load_records(cfg)  # read once, and fail on a bad --root or metadata before any cluster starts
     with make_runner(args.workers, args.scheduler) as runner:
         log.info("runner: %s", runner.description)
-        manifests = preprocess(cfg, args.out, runner)
+        manifests = preprocess(cfg, args.out, runner, records)
     dt = time.perf_counter() - t0
     total = 0
     for split, m in manifests.items():

@@ -187,8 +187,9 @@ def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], d
     return by_split, source
 
 
-def preprocess(cfg: PreprocessConfig, out: str | Path, runner) -> dict[str, dict]:
-    by_split, source = load_records(cfg)
+def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | None = None) -> dict[str, dict]:
+    """``records``: what ``load_records(cfg)`` returned, when the caller has already read it."""
+    by_split, source = records if records is not None else load_records(cfg)
     manifests = {}
     for split, records in by_split.items():
         chunks = [records[i : i + cfg.shard_size] for i in range(0, len(records), cfg.shard_size)]
