@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import xxhash
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,6 +29,11 @@ def stream_id(*parts: object) -> int:
     """A stable 64-bit id for a tuple of names (never Python's salted ``hash``)."""
     text = "\x1f".join(str(p) for p in parts).encode("utf-8")
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+
+
+def key_ids(keys: list[str]) -> np.ndarray:
+    """A stable 64-bit id per sample key (XXH3-64 of its UTF-8 bytes), for keyed draws in bulk."""
+    return np.frombuffer(b"".join([xxhash.xxh3_64_digest(k.encode("utf-8")) for k in keys]), dtype=">u8").astype(np.uint64)
 
 
 def keyed_u64(seed: int, stream: int, index, slot: int) -> np.ndarray:

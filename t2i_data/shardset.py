@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from .digest import canonical_json, file_sha256
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
-from .tario import PARTIAL_SUFFIX, ShardWriter
+from .tario import PARTIAL_SUFFIX, ShardWriter, ensure_index, index_path
 
 log = logging.getLogger(__name__)
 STATS_DIR = ".stats"
@@ -80,6 +80,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
         rec = json.loads(stats_path.read_bytes())
         if rec.get("config_digest") == digest and rec.get("bytes") == final.stat().st_size:
             if file_sha256(final) == rec["sha256"]:
+                ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
     rejected, stats = [], {}
     with ShardWriter(final) as writer:
@@ -154,3 +155,4 @@ def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
             log.info("removing %s, which the current config does not produce", p)
             p.unlink()
             (out / STATS_DIR / f"{p.name}.json").unlink(missing_ok=True)
+            index_path(p).unlink(missing_ok=True)

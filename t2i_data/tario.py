@@ -7,16 +7,29 @@ writes raw bytes, ~4 µs per member. Headers are byte-identical to
 
 A shard is written under ``<name>.partial`` and renamed when closed, so a final name always
 means a complete shard; a crash leaves only a ``.partial`` file that the next run overwrites.
+
+Beside each shard the writer leaves an offset index, ``.index/<name>.json`` (member names, data
+offsets, sizes and the byte sum of each header, plus the shard's size and sha256), as mosaicml/streaming
+keeps an index beside its shards: a reader that trusts it slices members out of the file's bytes
+instead of walking 512-byte headers in Python. ``member_table`` checks the index against the
+file (size, the manifest's sha256 when given, every header's byte sum, vectorised) and falls
+back to parsing the headers when the index is absent or stale. Plain tar tools ignore it.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .digest import ContentHasher, canonical_field
+
+log = logging.getLogger(__name__)
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default blocking factor; GNU tar and tarfile pad archives to it
@@ -30,6 +43,13 @@ PARTIAL_SUFFIX = ".partial"
 # Names the header layout below; bump it when the bytes this writer produces change, so that
 # reruns do not reuse shards written by an older writer (it is part of every config digest).
 WRITER_ID = "t2i-tar/1 ustar mode=0644 mtime=0 record=10240"
+INDEX_DIR = ".index"
+INDEX_FORMAT = "t2i-tar-index/1"
+
+
+def index_path(shard: str | os.PathLike) -> Path:
+    shard = Path(shard)
+    return shard.parent / INDEX_DIR / f"{shard.name}.json"
 
 
 def ustar_header(name: str, size: int) -> bytes:
@@ -57,6 +77,7 @@ class ShardWriter:
         self._sha = hashlib.sha256()
         self._content = ContentHasher()
         self._pos = 0
+        self._members: tuple[list, list, list, list] = ([], [], [], [])
         self.samples = 0
         self.first_key: str | None = None
         self.last_key: str | None = None
@@ -77,7 +98,10 @@ class ShardWriter:
             if ext.startswith("__"):
                 continue
             name = f"{key}.{ext}"
-            self._put(ustar_header(name, len(data)) + data + bytes(-len(data) % BLOCK))
+            hdr = ustar_header(name, len(data))
+            for column, value in zip(self._members, (name, self._pos + BLOCK, len(data), header_sum(int(hdr[148:154], 8)))):
+                column.append(value)
+            self._put(hdr + data + bytes(-len(data) % BLOCK))
             self._content.update(name, content[ext] if ext in content else canonical_field(ext, data))
         self.first_key = self.first_key or key
         self.last_key = key
@@ -89,6 +113,7 @@ class ShardWriter:
         self._put(bytes(end + (-(self._pos + end) % RECORD)))
         self._f.close()
         os.replace(self.partial, self.path)
+        write_index(self.path, self._pos, self._sha.hexdigest(), *self._members)
         return {
             "name": self.path.name,
             "sha256": self._sha.hexdigest(),
@@ -109,6 +134,85 @@ class ShardWriter:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def header_sum(checksum: int) -> int:
+    """The sum of all 512 bytes of a ustar header, from its checksum (which counts its own
+    field as eight spaces; the field holds ``%06o\\0 ``)."""
+    return checksum - 8 * 32 + sum(b"%06o\x00 " % checksum)
+
+
+def byte_sums(rows: np.ndarray) -> np.ndarray:
+    """Sum of each row of a (n, 8·k) uint8 array, eight bytes at a time: 16-bit lanes of uint64
+    words (each lane at most k·510, so k ≤ 128 cannot carry into the next), then the four lanes."""
+    w = np.ascontiguousarray(rows).view(np.uint64)
+    mask = np.uint64(0x00FF00FF00FF00FF)
+    t = ((w & mask) + ((w >> np.uint64(8)) & mask)).sum(axis=1, dtype=np.uint64)
+    lane = np.uint64(0xFFFF)
+    return (t & lane) + ((t >> np.uint64(16)) & lane) + ((t >> np.uint64(32)) & lane) + (t >> np.uint64(48))
+
+
+def write_index(shard: Path, size: int, sha256: str, names: list, offsets: list, sizes: list, header_sums: list) -> None:
+    """``.index/<shard>.json``, written atomically after the shard itself (sorted keys: same bytes each run)."""
+    path = index_path(shard)
+    path.parent.mkdir(exist_ok=True)
+    doc = {"format": INDEX_FORMAT, "shard": shard.name, "bytes": size, "sha256": sha256,
+           "names": names, "offsets": offsets, "sizes": sizes, "header_sums": header_sums}
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+def ensure_index(shard: str | os.PathLike, sha256: str) -> None:
+    """Write the index of an existing plain-ustar shard that has none (a shard from an older writer)."""
+    shard = Path(shard)
+    if index_path(shard).exists():
+        return
+    data = shard.read_bytes()
+    members = _parse_ustar(data, str(shard), offsets=True)
+    if members is None:
+        return  # pax / GNU headers: readers parse it with tarfile anyway
+    names = [m[0] for m in members]
+    offsets = [m[1] for m in members]
+    sums = [header_sum(int(data[o - BLOCK + 148 : o - BLOCK + 154], 8)) for o in offsets]
+    write_index(shard, len(data), sha256, names, offsets, [m[2] for m in members], sums)
+
+
+def member_table(path: str | os.PathLike, data, sha256: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, data offsets, sizes) of a plain ustar shard's members, in archive order.
+
+    From the offset index when it matches this file (its size, ``sha256`` when the caller knows
+    the expected one, and the checksum of every header it points at, checked in one vectorised
+    pass); otherwise from the headers. ``data`` is the file's bytes (any buffer). Raises ``tarfile.ReadError`` for a broken archive and
+    ``ValueError`` for one that is not plain ustar (pax / GNU headers)."""
+    ipath = index_path(path)
+    try:
+        doc = json.loads(ipath.read_bytes())
+    except (OSError, ValueError):
+        doc = None
+    if doc is not None:
+        offsets = np.asarray(doc["offsets"], dtype=np.int64)
+        problem = None
+        if doc.get("format") != INDEX_FORMAT:
+            problem = f"format {doc.get('format')!r}"
+        elif doc["bytes"] != len(data):
+            problem = f"it describes {doc['bytes']} bytes, the file has {len(data)}"
+        elif sha256 is not None and doc["sha256"] != sha256:
+            problem = "it describes another version of the shard (sha256 differs)"
+        elif len(offsets) and (offsets.min() < BLOCK or offsets.max() > len(data)):
+            problem = "offsets outside the file"
+        else:
+            heads = np.lib.stride_tricks.sliding_window_view(np.frombuffer(data, dtype=np.uint8), BLOCK)[offsets - BLOCK]
+            if not np.array_equal(byte_sums(heads), np.asarray(doc["header_sums"], dtype=np.uint64)):
+                problem = "its headers do not match the file's"
+        if problem is None:
+            return doc["names"], offsets, np.asarray(doc["sizes"], dtype=np.int64)
+        log.warning("%s: ignoring its offset index (%s); parsing the tar headers instead", path, problem)
+    members = _parse_ustar(bytes(data), str(path), offsets=True)
+    if members is None:
+        raise ValueError(f"{path}: not a plain ustar shard (pax or GNU headers); rewrite it with t2i or read it with iter_samples")
+    return ([m[0] for m in members], np.array([m[1] for m in members], dtype=np.int64),
+            np.array([m[2] for m in members], dtype=np.int64))
 
 
 def iter_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:

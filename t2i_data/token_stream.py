@@ -10,14 +10,22 @@ its K) are picked per (seed, epoch, key). A shard that turns out truncated or co
 the samples it could not give are counted in the batch's ``lost`` field and replaced by padding,
 and the epoch goes on. Resume: ``set_epoch(epoch, batches_done)`` as in ``ShardStream``.
 
-Speed: ``.npy`` payloads are viewed straight out of the tar bytes (the header is parsed once per
-distinct header), and the caption / view choices are drawn for a whole shard at once.
+Batches hold ``text`` (B, L) and ``image`` (B, H·W) as int32 tensors (half the bytes of int64
+to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys`` and
+``lost``.
+
+Speed (no Python per sample but one pass over the keys): a shard's members come from its offset
+index (``tario.member_table``); the .npy headers of a shard's samples are compared in one
+vectorised pass, and all samples of one layout have their chosen caption / view rows copied out
+of the file's bytes in one gather; the shuffle buffer moves row numbers, and each batch is
+gathered once from the shard chunks into its tensors.
 """
 from __future__ import annotations
 
 import ast
-import hashlib
 import logging
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +34,41 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
-from .rng import keyed_u64, stream_id
-from .stream import rank_and_world, shuffled
-from .tario import _parse_ustar, split_name
+from .rng import key_ids, keyed_u64, stream_id
+from .stream import rank_and_world
+from .tario import member_table
 
 log = logging.getLogger(__name__)
 _HEADERS: dict[bytes, tuple] = {}
 
 
-def npy_view(data: bytes) -> np.ndarray:
-    """The array of an .npy payload, without copying; its header is parsed once per distinct header."""
+def windows(a: np.ndarray, width: int) -> np.ndarray:
+    """Every run of ``width`` consecutive items of a 1-D array as a row, without copying:
+    ``windows(a, w)[starts]`` copies the rows that begin at ``starts`` in one C loop."""
+    return np.lib.stride_tricks.sliding_window_view(a, width)
+
+
+def npy_meta(data: bytes) -> tuple[np.dtype, tuple, int, int]:
+    """(dtype, shape, item count, header bytes) of an .npy payload from its first bytes; the
+    header dict is parsed once per distinct header."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy payload")
     hlen = int.from_bytes(data[8:10], "little") if data[6] == 1 else int.from_bytes(data[8:12], "little")
     start = 10 if data[6] == 1 else 12
-    head = data[start : start + hlen]
+    head = bytes(data[start : start + hlen])
     meta = _HEADERS.get(head)
     if meta is None:
         d = ast.literal_eval(head.decode("latin1"))
         if d["fortran_order"]:
             raise ValueError("fortran-ordered .npy is not supported here")
-        meta = _HEADERS[head] = (np.dtype(d["descr"]), d["shape"], int(np.prod(d["shape"])))
-    dtype, shape, count = meta
-    return np.frombuffer(data, dtype=dtype, offset=start + hlen, count=count).reshape(shape)
+        meta = _HEADERS[head] = (np.dtype(d["descr"]), tuple(d["shape"]), int(np.prod(d["shape"])))
+    return (*meta, start + hlen)
+
+
+def npy_view(data: bytes) -> np.ndarray:
+    """The array of an .npy payload, without copying."""
+    dtype, shape, count, skip = npy_meta(data)
+    return np.frombuffer(data, dtype=dtype, offset=skip, count=count).reshape(shape)
 
 
 def plan_exact(sizes: list[int], world: int, workers: int, batch: int, seed: int, epoch: int):
@@ -84,6 +106,9 @@ class TokenStream(IterableDataset):
             raise T2IError(f"image tokens made by autoencoder {self.img_m['autoencoder']['fingerprint'][:16]}, the checkpoint expects {expect_autoencoder[:16]}")
         self.names = [s["name"] for s in self.img_m["shards"]]
         self.sizes = [s["samples"] for s in self.img_m["shards"]]
+        self.img_sha = [s.get("sha256") for s in self.img_m["shards"]]
+        self.txt_sha = {s["name"]: s.get("sha256") for s in self.txt_m["shards"]}
+        self.txt_sha = [self.txt_sha.get(n) for n in self.names]
         self.L = self.txt_m["tokenizer"]["length"]
         self.pad_id = self.txt_m["tokenizer"]["pad_id"]
         grid = self.img_m["autoencoder"]["grid"]
@@ -108,44 +133,79 @@ class TokenStream(IterableDataset):
     def _dist(self) -> tuple[int, int]:
         return rank_and_world(self.rank, self.world_size)
 
-    def _read(self, path: Path, suffix: str, a: int, b: int) -> tuple[list[str], list[np.ndarray]]:
-        """Keys and arrays of samples a..b of one shard: zero-copy views into the file's bytes,
-        the .npy header parsed once per distinct header."""
-        data = path.read_bytes()
-        index = _parse_ustar(data, str(path), offsets=True)
-        if index is None:
-            raise ValueError("not a plain ustar shard")
-        members = [(n, o, z) for n, o, z in index if n.endswith(suffix)][a:b]
-        keys, arrays, layouts = [], [], {}
-        for name, off, size in members:
-            head = data[off : off + 128]  # an .npy header block (version 1: 64-byte aligned, here 128 bytes)
-            lay = layouts.get(head)
-            if lay is None:
-                probe = npy_view(data[off : off + size])
-                lay = layouts[head] = (probe.dtype, probe.shape, probe.size, size - probe.nbytes)
-            dtype, shape, count, skip = lay
-            keys.append(split_name(name)[0])
-            arrays.append(np.frombuffer(data, dtype=dtype, count=count, offset=off + skip).reshape(shape))
-        return keys, arrays
+    def _rows(self, path: Path, suffix: str, a: int, b: int, sha256: str | None, row: int, stream: str, kh=None, empty: int = 0):
+        """Keys, one chosen row per sample (caption or view, drawn from (seed, stream, epoch, key))
+        of the ``suffix`` arrays of samples a..b of a shard as an (n, row) array, and the key hashes.
+
+        Members come from the shard's offset index (``tario.member_table``); samples whose .npy
+        headers are identical (all of them, in a shard of fixed shapes) are gathered in one
+        vectorised copy out of the file's bytes, so no Python runs per sample but the key list."""
+        data = self._read(path)
+        names, offsets, sizes = member_table(path, data, sha256)
+        cut = len(suffix)
+        pick = [i for i, n in enumerate(names) if n.endswith(suffix)][a:b]
+        if len(pick) != b - a:
+            raise ValueError(f"{len(pick)} {suffix} members where samples {a}..{b} were expected")
+        keys = [names[i][:-cut] for i in pick]
+        if kh is None:
+            kh = key_ids(keys)
+        if not pick:
+            return keys, np.zeros((0, row), np.uint16), kh
+        offs, sizes = offsets[pick], sizes[pick]
+        if (offs + sizes).max() > len(data):
+            raise ValueError("a member runs past the end of the file")
+        buf = np.frombuffer(data, dtype=np.uint8)
+        # samples are grouped by their whole .npy header (magic, version, length, dict, padding)
+        width = npy_meta(data[offs[0] : offs[0] + min(int(sizes[0]), 4096)])[3]
+        if (sizes < width).any():
+            raise ValueError("a member shorter than its .npy header")
+        heads = windows(buf, width)[offs]
+        groups = [np.arange(len(offs))] if (heads == heads[:1]).all() else list(_group_rows(heads))
+        draws = keyed_u64(self.seed, stream_id(stream), kh, self.epoch)
+        out = None
+        for g in groups:
+            first = int(g[0])
+            dtype, shape, count, skip = npy_meta(data[offs[first] : offs[first] + min(int(sizes[first]), 4096)])
+            if (sizes[g] != sizes[first]).any():
+                raise ValueError(f"members with the same .npy header but different sizes near {names[pick[first]]}")
+            if len(shape) < 2 or int(np.prod(shape[1:])) != row:
+                raise ValueError(f"{names[pick[first]]}: shape {shape}, expected (n, {row}) rows")
+            item = dtype.itemsize
+            if skip + count * item != sizes[first]:
+                raise ValueError(f"{names[pick[first]]}: {int(sizes[first])} bytes, its .npy header says {skip + count * item}")
+            if out is None:
+                out = np.empty((len(keys), row), dtype)
+            elif out.dtype != dtype:
+                out = out.astype(np.int64)
+            if shape[0] == 0:  # a sample without captions: a row of padding
+                out[g] = empty
+                continue
+            start = offs[g] + skip + (draws[g] % np.uint64(shape[0])).astype(np.int64) * (row * item)
+            if (start % item).any():  # not aligned for a typed view: copy bytes, then view them
+                out[g] = windows(buf, row * item)[start].view(dtype)
+            else:
+                out[g] = windows(np.frombuffer(data, dtype=dtype, count=len(data) // item), row)[start // item]
+        return keys, out, kh
+
+    def _read(self, path: Path):
+        """The file's bytes, memory-mapped: only the pages holding headers and chosen rows are touched."""
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def _shard(self, shard: int, a: int, b: int):
-        """(text row, image tokens, key) for samples a..b of a shard, and how many were lost."""
+        """(texts (n, L), images (n, H·W), keys) for samples a..b of a shard, and how many were lost."""
         name = self.names[shard]
         try:
-            keys, imgs = self._read(self.img_dir / name, ".image_tokens.npy", a, b)
-            tkeys, txts = self._read(self.txt_dir / name, ".text_tokens.npy", a, b)
-            if keys != tkeys or len(keys) != b - a:
-                raise ValueError(f"{len(keys)} image and {len(tkeys)} text samples where {b - a} were expected, or keys differ")
+            keys, imgs, kh = self._rows(self.img_dir / name, ".image_tokens.npy", a, b, self.img_sha[shard], self.hw, "view")
+            tkeys, txts, _ = self._rows(self.txt_dir / name, ".text_tokens.npy", a, b, self.txt_sha[shard], self.L, "caption", kh, self.pad_id)
+            if keys != tkeys:
+                raise ValueError("the image-token and text-token shards hold different keys")
         except Exception as e:  # a truncated or corrupt shard: report, count, go on
             log.warning("%s: unreadable (%s); %d samples lost this epoch", name, e, b - a)
-            return [], b - a
-        kh = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys], dtype=np.uint64)
-        n_caps = np.array([len(t) for t in txts], dtype=np.uint64)
-        n_views = np.array([len(v) for v in imgs], dtype=np.uint64)
-        cap = (keyed_u64(self.seed, stream_id("caption"), kh, self.epoch) % np.maximum(n_caps, 1)).tolist()
-        view = (keyed_u64(self.seed, stream_id("view"), kh, self.epoch) % n_views).tolist()
-        empty = np.full(self.L, self.pad_id, np.uint16)
-        return [(t[c] if len(t) else empty, v[w].reshape(-1), k) for t, v, k, c, w in zip(txts, imgs, keys, cap, view)], 0
+            return None, b - a
+        return (txts, imgs, np.array(keys, dtype=object)), 0
 
     def __iter__(self):
         rank, world = self._dist()
@@ -156,35 +216,93 @@ class TokenStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, rank * nw + wid, stream_id("token-shuffle")])
         B = self.batch_size
 
-        def samples():
-            for shard, a, b in ranges[rank * nw + wid]:
-                got, lost = self._shard(shard, a, b)
-                if lost:
-                    yield ("lost", lost)
-                yield from got
+        pool = _RowPool(rng, self.shuffle_buffer)
+        lost, bi = 0, 0
+        ranges_here = ranges[rank * nw + wid]
+        for k, (shard, a, b) in enumerate(ranges_here):
+            chunk, n_lost = self._shard(shard, a, b)
+            lost += n_lost
+            if chunk is not None:
+                pool.add(*chunk)
+            if k == len(ranges_here) - 1:
+                pool.finish()
+            while pool.ready() >= B or (k == len(ranges_here) - 1 and pool.ready()):
+                if bi >= skip:  # batches before the checkpoint are dropped (tokens need no decoding)
+                    yield pool.take(B, self.L, self.hw, self.pad_id, lost)
+                    lost = 0
+                else:
+                    pool.take(B, self.L, self.hw, self.pad_id, 0)
+                bi += 1
+        for i in range(bi, batches):  # this worker's share is used up: padding-only batches
+            if i >= skip:
+                yield pool.take(B, self.L, self.hw, self.pad_id, lost)
+                lost = 0
 
-        it = shuffled(samples(), rng, self.shuffle_buffer)
-        pad_text = np.full(self.L, self.pad_id, dtype=np.int64)
-        pad_image = np.zeros(self.hw, dtype=np.int64)
-        for bi in range(batches):
-            texts, images, keys, lost = [], [], [], 0
-            while len(texts) < B:
-                item = next(it, None)
-                if item is None:
-                    break
-                if isinstance(item[0], str):  # ("lost", count) from an unreadable shard
-                    lost += item[1]
-                    continue
-                texts.append(item[0])
-                images.append(item[1])
-                keys.append(item[2])
-            if bi < skip:
-                continue  # consumed before the checkpoint (tokens are cheap: no decoding to save)
-            n = len(texts)
-            valid = np.zeros(B, dtype=bool)
-            valid[:n] = True
-            # one stack per batch (C speed), then padding entries after the real ones
-            text = np.stack(texts + [pad_text] * (B - n)).astype(np.int64, copy=False)
-            image = np.stack(images + [pad_image] * (B - n)).astype(np.int64, copy=False)
-            yield {"text": torch.from_numpy(text), "image": torch.from_numpy(image), "valid": torch.from_numpy(valid),
-                   "keys": keys + [""] * (B - n), "lost": lost}
+
+class _RowPool:
+    """A seeded shuffle buffer over shard chunks that moves row numbers, not rows.
+
+    Each chunk's rows join the buffer; whenever it holds more than ``size`` rows, all but
+    ``size`` of them leave in a uniformly random order (what as many one-at-a-time buffer steps
+    do, vectorised) and queue for batching; ``finish`` lets the rest leave, shuffled. A batch is
+    gathered straight from the chunks' arrays into its int32 tensors: every token is copied once
+    from the file into its chunk and once into its batch."""
+
+    def __init__(self, rng: np.random.Generator, size: int) -> None:
+        self.rng, self.size = rng, size
+        self.chunks: dict[int, tuple] = {}  # first row id -> (text, image, keys)
+        self.firsts = np.zeros(0, np.int64)
+        self.next = 0
+        self.waiting = np.zeros(0, np.int64)  # row ids in the buffer
+        self.queue = np.zeros(0, np.int64)  # row ids that left it, in order
+
+    def add(self, text: np.ndarray, image: np.ndarray, keys: np.ndarray) -> None:
+        n = len(keys)
+        if self.chunks:  # forget chunks of which no row is left to batch
+            live = np.unique(np.searchsorted(self.firsts, np.concatenate([self.waiting, self.queue]), side="right") - 1)
+            self.chunks = {int(self.firsts[c]): self.chunks[int(self.firsts[c])] for c in live}
+        self.chunks[self.next] = (text, image, keys)
+        self.firsts = np.fromiter(self.chunks, np.int64, len(self.chunks))  # increasing: insertion order
+        self.waiting = np.concatenate([self.waiting, np.arange(self.next, self.next + n)])
+        self.next += n
+        if self.size <= 1:
+            self.queue, self.waiting = np.concatenate([self.queue, self.waiting]), self.waiting[:0]
+        elif len(self.waiting) > self.size:
+            perm = self.rng.permutation(len(self.waiting))
+            leave = len(self.waiting) - self.size
+            self.queue = np.concatenate([self.queue, self.waiting[perm[:leave]]])
+            self.waiting = self.waiting[perm[leave:]]
+
+    def finish(self) -> None:
+        self.queue = np.concatenate([self.queue, self.waiting[self.rng.permutation(len(self.waiting))]])
+        self.waiting = self.waiting[:0]
+
+    def ready(self) -> int:
+        return len(self.queue)
+
+    def take(self, B: int, L: int, hw: int, pad_id: int, lost: int) -> dict:
+        """The next batch of B entries: up to B queued rows, then padding entries (``valid`` False)."""
+        ids, self.queue = self.queue[:B], self.queue[B:]
+        n = len(ids)
+        text = np.full((B, L), pad_id, np.int32)
+        image = np.zeros((B, hw), np.int32)
+        keys = np.full(B, "", dtype=object)
+        if n:
+            firsts = self.firsts
+            which = np.searchsorted(firsts, ids, side="right") - 1
+            for c in np.unique(which):
+                pos = np.flatnonzero(which == c)
+                t, im, k = self.chunks[int(firsts[c])]
+                rows = ids[pos] - firsts[c]
+                text[pos], image[pos], keys[pos] = t[rows], im[rows], k[rows]
+        valid = np.zeros(B, dtype=bool)
+        valid[:n] = True
+        return {"text": torch.from_numpy(text), "image": torch.from_numpy(image), "valid": torch.from_numpy(valid),
+                "keys": keys.tolist(), "lost": lost}
+
+
+def _group_rows(heads: np.ndarray):
+    """Indices of the rows of ``heads`` grouped by identical content, groups in first-seen order."""
+    _, first, inverse = np.unique(heads, axis=0, return_index=True, return_inverse=True)
+    for g in np.argsort(first, kind="stable"):
+        yield np.flatnonzero(inverse.reshape(-1) == g)

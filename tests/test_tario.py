@@ -73,7 +73,7 @@ def test_partial_name_until_close_and_abort_leaves_nothing(tmp_path):
         with ShardWriter(tmp_path / "y-000000.tar") as w2:
             w2.write(next(_samples(1)))
             raise RuntimeError("boom")
-    assert list(p.name for p in tmp_path.iterdir()) == ["x-000000.tar"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [".index", ".index/x-000000.tar.json", "x-000000.tar"]
 
 
 def test_keys_must_increase_and_be_plain(tmp_path):
@@ -114,3 +114,38 @@ def test_reader_falls_back_to_tarfile_for_pax_and_gnu_archives(tmp_path):
                 info.size = len(payload)
                 tf.addfile(info, io.BytesIO(payload))
         assert [(s["__key__"], s["txt"]) for s in iter_samples(path)] == [(long_key, b"hello"), ("short", b"x" * 700)]
+
+
+def test_offset_index_matches_the_headers_and_a_stale_one_is_ignored(tmp_path, caplog):
+    import json
+    import logging
+
+    from t2i_data.tario import _parse_ustar, ensure_index, index_path, member_table
+
+    path = tmp_path / "x-000000.tar"
+    with ShardWriter(path) as w:
+        for s in _samples(7):
+            w.write(s)
+        rec = w.close()
+    data = path.read_bytes()
+    parsed = _parse_ustar(data, str(path), offsets=True)
+    doc = json.loads(index_path(path).read_bytes())
+    assert doc["bytes"] == len(data) and doc["sha256"] == rec["sha256"] and len(doc["names"]) == 14
+    assert [(n, o, z) for n, o, z in zip(doc["names"], doc["offsets"], doc["sizes"])] == parsed
+    assert doc["header_sums"] == [sum(data[o - 512 : o]) for o in doc["offsets"]]
+    names, offs, sizes = member_table(path, data, rec["sha256"])
+    assert (names, offs.tolist(), sizes.tolist()) == tuple(map(list, zip(*parsed)))
+    # stale: another shard's sha256, a corrupted header byte -> warning, then the headers are parsed
+    with caplog.at_level(logging.WARNING):
+        assert member_table(path, data, "0" * 64)[0] == names
+        assert "sha256 differs" in caplog.text
+        bad = bytearray(data)
+        bad[doc["offsets"][3] - 512 + 5] ^= 1  # inside a member name: the header checksum no longer holds
+        with pytest.raises(tarfile.ReadError, match="bad tar header checksum"):
+            member_table(path, bytes(bad), rec["sha256"])
+        assert "headers do not match" in caplog.text
+    # a shard from an older writer gets its index written once
+    before = index_path(path).read_bytes()
+    index_path(path).unlink()
+    ensure_index(path, rec["sha256"])
+    assert index_path(path).read_bytes() == before

@@ -33,7 +33,7 @@ def test_every_sample_exactly_once_and_equal_batch_counts(tokens, world, workers
     assert len(keys) == len(set(keys)) == N  # nothing twice, nothing dropped
     for r in per_rank:
         for b in r:
-            assert b["text"].shape == (5, 12) and b["image"].shape == (5, 1024) and b["text"].dtype == torch.int64
+            assert b["text"].shape == (5, 12) and b["image"].shape == (5, 1024) and b["text"].dtype == b["image"].dtype == torch.int32
             assert (b["text"][~b["valid"]] == 20).all() and (b["image"][~b["valid"]] == 0).all()  # padding entries
 
 
@@ -87,3 +87,72 @@ def test_refuses_misaligned_sets_and_other_fingerprints(tokens, tmp_path):
         TokenStream(tokens / "img", tokens / "text", batch_size=4, expect_tokenizer="0" * 64)
     with pytest.raises(T2IError, match="image tokens made by autoencoder"):
         TokenStream(tokens / "img", tokens / "text", batch_size=4, expect_autoencoder="f" * 64)
+
+
+def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5):
+    """An aligned pair of token sets whose samples have differing caption counts (as COCO's 5–7)."""
+    import io
+
+    import numpy as np
+
+    from t2i_data.manifest import write_manifest
+    from t2i_data.tario import ShardWriter
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    truth, recs = {}, {"img": [], "txt": []}
+    n = len(captions_of)
+    for s in range(0, n, shard):
+        ws = {k: ShardWriter(root / k / f"syn-train-{s // shard:06d}.tar") for k in recs}
+        for i in range(s, min(s + shard, n)):
+            key = f"syn-{i:04d}"
+            t = (np.arange(captions_of[i] * L, dtype=np.uint16).reshape(-1, L) + 100 * i).astype(np.uint16)
+            im = (np.arange(views * grid * grid, dtype=np.uint16).reshape(views, grid, grid) + 1000 * i).astype(np.uint16)
+            truth[key] = (t, im)
+            ws["img"].write({"__key__": key, "image_tokens.npy": npy(im)})
+            ws["txt"].write({"__key__": key, "text_tokens.npy": npy(t)})
+        for k, w in ws.items():
+            recs[k].append(w.close())
+    common = {"format_version": 1, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "rejected": []}
+    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": grid, "fingerprint": "a" * 64}}),
+                           ("txt", "text_tokens", {"tokenizer": {"length": L, "pad_id": 0, "fingerprint": "t" * 64}})):
+        tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "rejected": 0}
+        write_manifest(root / k / "manifest.json", dict(common, kind=kind, shards=recs[k], totals=tot, **extra))
+    return truth
+
+
+def test_mixed_caption_counts_give_one_of_each_samples_rows_and_the_index_changes_nothing(tmp_path):
+    for k in ("img", "txt"):
+        (tmp_path / k).mkdir()
+    counts = [5, 6, 5, 7, 0, 5, 6, 5, 5, 7, 6, 5, 5]  # one sample without captions
+    truth = _synthetic_sets(tmp_path, counts)
+    seen_caps = {k: set() for k in truth}
+    runs = []
+    for epoch in range(6):
+        ds = TokenStream(tmp_path / "img", tmp_path / "txt", batch_size=4, seed=1, shuffle_buffer=3)
+        ds.set_epoch(epoch)
+        batches = list(ds)
+        runs.append(batches)
+        got = [(k, t, im) for b in batches for k, t, im, v in zip(b["keys"], b["text"], b["image"], b["valid"]) if v]
+        assert sorted(k for k, _, _ in got) == sorted(truth)
+        for k, t, im in got:
+            caps, views = truth[k]
+            rows = [c.tolist() for c in caps]
+            if rows:
+                assert t.tolist() in rows
+                seen_caps[k].add(rows.index(t.tolist()))
+            else:
+                assert t.tolist() == [0] * 6  # no caption: a row of padding
+            assert im.tolist() in [v.reshape(-1).tolist() for v in views]
+    assert sum(len(s) > 1 for s in seen_caps.values()) >= 8  # captions change from epoch to epoch
+    # the same batches without the offset index (headers parsed instead)
+    for p in sorted(tmp_path.glob("*/.index/*.json")):
+        p.unlink()
+    ds = TokenStream(tmp_path / "img", tmp_path / "txt", batch_size=4, seed=1, shuffle_buffer=3)
+    ds.set_epoch(5)
+    again = list(ds)
+    assert [b["keys"] for b in again] == [b["keys"] for b in runs[5]]
+    assert all(torch.equal(a["text"], b["text"]) and torch.equal(a["image"], b["image"]) for a, b in zip(again, runs[5]))
