@@ -246,6 +246,27 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    record = export(args.shards, args.out, args.format, overwrite=args.overwrite)
+    for split, rec in record["splits"].items():
+        f = rec["files"][0]
+        print(f"{split}: {rec['rows']:,} rows, {len(rec['schema'])} columns -> {Path(args.out) / f['name']} ({f['bytes'] / 1e6:,.1f} MB)")
+    print(f"schema, row counts and source digests: {Path(args.out) / 'export.json'}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_shards import REPORT_NAME, inspect
+
+    reports, text = inspect(args.shards, args.out)
+    print(text)
+    if args.out:
+        print(f"\nfigures and {REPORT_NAME} -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .mdmnist import MDMNISTConfig
 
@@ -364,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cols", type=int, default=4)
     p.add_argument("--autoencoder", help="checkpoint that decodes image-token shards for the preview")
     p.set_defaults(func=cmd_preview)
+
+    ex = sub.add_parser("export", help="shard sets -> Arrow (memory-mapped, datasets.load_from_disk) or Parquet, one row per sample")
+    ex.add_argument("shards", nargs="+", help="a shard set (split or build folder); several aligned sets (images, text tokens, "
+                    "image tokens) become one table zipped by key")
+    ex.add_argument("--format", choices=("arrow", "parquet"), default="arrow")
+    ex.add_argument("--out", required=True, help="output folder: <split>/data-00000-of-00001.<format> and export.json")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new export is complete")
+    ex.set_defaults(func=cmd_export)
+
+    ins = sub.add_parser("inspect", help="counts, quarantined inputs, caption/token-length and code-usage histograms")
+    ins.add_argument("shards", nargs="+", help="shard sets: split folders or build folders of splits")
+    ins.add_argument("--out", help="folder for the PNG figures and inspect.json")
+    ins.set_defaults(func=cmd_inspect)
     return parser
 
 

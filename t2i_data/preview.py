@@ -8,19 +8,13 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .digest import IMAGE_EXTS
 from .errors import T2IError
+from .figures import font
 from .pngio import decode_image
 from .tario import iter_samples
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def iter_previews(shards: list[str | Path], decode_tokens=None):
@@ -49,9 +43,9 @@ def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: 
     items = list(islice(iter_previews(shards, decode_tokens), n))
     if not items:
         raise T2IError("the shards given hold no samples to preview")
-    font = _font(max(10, cell // 18))
-    line_h = font.getbbox("Ag")[3] + 2
-    wrap = max(10, int(cell / (font.getlength("x") or 6)))
+    fnt = font(max(10, cell // 18))
+    line_h = fnt.getbbox("Ag")[3] + 2
+    wrap = max(10, int(cell / (fnt.getlength("x") or 6)))
     text_lines = 4
     cols = min(cols, len(items))
     rows = -(-len(items) // cols)
@@ -67,7 +61,7 @@ def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: 
         sheet.paste(im, (x, y))
         lines = [key] + textwrap.wrap(caption, wrap)[: text_lines - 1]
         for j, line in enumerate(lines):
-            draw.text((x, y + cell + 2 + j * line_h), line, fill=(0, 0, 0) if j else (90, 90, 90), font=font)
+            draw.text((x, y + cell + 2 + j * line_h), line, fill=(0, 0, 0) if j else (90, 90, 90), font=fnt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .card import write_card
 from .digest import canonical_json, file_sha256
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
 from .tario import PARTIAL_SUFFIX, ShardWriter, ensure_index, index_path
@@ -143,6 +144,7 @@ def build_shard_set(
         "rejected": len(manifest["rejected"]),
     }
     manifest = write_manifest(out / MANIFEST_NAME, manifest)
+    write_card(out, manifest)  # README.md beside the shards, from the manifest
     manifest["_skipped"] = skipped
     return manifest
 

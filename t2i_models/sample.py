@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from t2i_data.errors import T2IError
-from t2i_data.preview import _font
+from t2i_data.figures import font
 from t2i_data.text import load_tokenizer
 from t2i_data.tokenize import TokenizeConfig, encode_rows
 
@@ -42,8 +42,8 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
     tokens = prior.generate(text, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)  # (P·n, h·w)
     g = ck["tokens"]["grid"]
     pixels = decode_tokens(ae, tokens.view(-1, g, g).numpy())  # (P·n, S, S, 3)
-    font = _font(12)
-    line = font.getbbox("Ag")[3] + 3
+    fnt = font(12)
+    line = fnt.getbbox("Ag")[3] + 3
     text_h = 3 * line + 6
     sheet = Image.new("RGB", (n * (cell + 4) + 4, len(prompts) * (cell + text_h + 4) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -53,7 +53,7 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
             im = Image.fromarray(pixels[p * n + j]).resize((cell, cell), Image.Resampling.NEAREST)
             sheet.paste(im, (4 + j * (cell + 4), y))
         for k, ln in enumerate(textwrap.wrap(prompt, max(20, n * cell // 7))[:3]):
-            draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=font)
+            draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=fnt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)

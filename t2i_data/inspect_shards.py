@@ -1,0 +1,165 @@
+"""``t2i inspect``: what a shard set holds, printed as a table and drawn as PNG histograms.
+
+From the manifest: samples, shards (and how many hold no samples) and bytes per split, the
+quarantined inputs by reason, the truncation count the tokenizer recorded. From the shards, each
+checked against its sha256 before it is read: captions per image and caption length in words
+(image sets), token lengths and the padding rate (text-token sets), code usage (image-token
+sets). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .export import checked_samples, open_shard_sets, staged_dir, ShardSet
+from .figures import histogram_png
+from .shardset import rejection_counts
+
+REPORT_NAME = "inspect.json"
+
+
+def _add(hist: dict, values) -> None:
+    for v, n in zip(*np.unique(np.asarray(values, dtype=np.int64), return_counts=True)):
+        hist[int(v)] = hist.get(int(v), 0) + int(n)
+
+
+def hist_summary(hist: dict) -> dict:
+    """min, p50, mean, p95, max of a {value: count} histogram."""
+    if not hist:
+        return {"count": 0}
+    values = np.array(sorted(hist), dtype=np.int64)
+    counts = np.array([hist[v] for v in sorted(hist)], dtype=np.int64)
+    cum = np.cumsum(counts)
+    q = lambda p: int(values[np.searchsorted(cum, p * cum[-1])])  # noqa: E731
+    return {"count": int(cum[-1]), "min": int(values[0]), "p50": q(0.5), "mean": float((values * counts).sum() / cum[-1]),
+            "p95": q(0.95), "max": int(values[-1])}
+
+
+def inspect_set(ss: ShardSet, progress=None) -> dict:
+    """The report of one split: counts, histograms ({value: count}; code usage a list) and rates."""
+    m = ss.manifest
+    rep = {"set": f"{m['dataset']}/{ss.split}", "kind": ss.kind, "dataset": m["dataset"], "split": ss.split, "digest": m["digest"],
+           "samples": m["totals"]["samples"], "shards": m["totals"]["shards"], "empty_shards": sum(1 for s in m["shards"] if not s["samples"]),
+           "bytes": m["totals"]["bytes"], "quarantined": rejection_counts(m.get("rejected", [])), "histograms": {}, "rates": {}}
+    hists = rep["histograms"]
+    if ss.kind == "images":
+        per_sample, words = {}, {}
+        for shard in m["shards"]:
+            for sample in checked_samples(ss, shard):
+                caps = json.loads(sample["json"].decode("utf-8", errors="replace")).get("captions", [])  # as t2i tokenize reads it
+                _add(per_sample, [len(caps)])
+                _add(words, [len(str(c).split()) for c in caps])
+                if progress is not None:
+                    progress.update(1)
+        hists.update(captions_per_sample=per_sample, caption_words=words)
+    elif ss.kind == "text_tokens":
+        tok = m["tokenizer"]
+        pad, length = tok["pad_id"], tok["length"]
+        lengths, pads, cells, full = {}, 0, 0, 0
+        for shard in m["shards"]:
+            for sample in checked_samples(ss, shard):
+                arr = np.load(io.BytesIO(sample["text_tokens.npy"]), allow_pickle=False)
+                n = (arr != pad).sum(axis=1)
+                _add(lengths, n)
+                pads += int(arr.size - n.sum())
+                cells += arr.size
+                full += int((n == length).sum())
+                if progress is not None:
+                    progress.update(1)
+        hists["token_length"] = lengths
+        st = m.get("stats") or {}
+        rows = sum(lengths.values())
+        rep["rates"] = {"padding": pads / cells if cells else 0.0, "full_rows": full / rows if rows else 0.0,
+                        "truncation": st.get("truncated", 0) / st["captions"] if st.get("captions") else 0.0}
+    else:
+        vocab = m["autoencoder"]["vocab"]
+        usage = np.zeros(vocab, np.int64)
+        for shard in m["shards"]:
+            for sample in checked_samples(ss, shard):
+                arr = np.load(io.BytesIO(sample["image_tokens.npy"]), allow_pickle=False)
+                usage += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)[:vocab]
+                if progress is not None:
+                    progress.update(1)
+        hists["code_usage"] = usage.tolist()
+        p = usage[usage > 0] / max(int(usage.sum()), 1)
+        rep["rates"] = {"codes_used": int((usage > 0).sum()) / vocab, "perplexity": float(math.exp(-(p * np.log(p)).sum())) if p.size else 0.0}
+    return rep
+
+
+FIGURES = {  # histogram -> (file suffix, title, x label, y label)
+    "captions_per_sample": ("captions-per-sample", "captions per image", "captions", "images"),
+    "caption_words": ("caption-length", "caption length in words", "words per caption", "captions"),
+    "token_length": ("token-length", "token length (non-pad tokens per caption)", "tokens", "captions"),
+    "code_usage": ("code-usage", "code usage over all views", "code id", "tokens"),
+}
+
+
+def write_figures(rep: dict, out: Path) -> list[Path]:
+    paths = []
+    for name, hist in rep["histograms"].items():
+        suffix, what, xlabel, ylabel = FIGURES[name]
+        stem = f"{rep['dataset']}-{rep['split']}-{rep['kind']}-{suffix}"
+        path, n = out / f"{stem}.png", 1
+        while path.exists():  # two inputs with the same dataset, split and kind
+            n += 1
+            path = out / f"{stem}-{n}.png"
+        paths.append(histogram_png(path, hist, f"{rep['set']} {rep['kind']}: {what}", xlabel, ylabel))
+    return paths
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def format_reports(reports: list[dict]) -> str:
+    head = f"{'set':<24} {'kind':<13} {'samples':>10} {'shards':>7} {'empty':>6} {'bytes':>12} {'quarantined':>12}"
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        lines.append(f"{r['set']:<24} {r['kind']:<13} {r['samples']:>10,} {r['shards']:>7,} {r['empty_shards']:>6,} "
+                     f"{_mb(r['bytes']):>12} {sum(r['quarantined'].values()):>12,}")
+    for r in reports:
+        lines += ["", f"{r['set']} {r['kind']} (digest {r['digest'][:16]})"]
+        if r["quarantined"]:
+            lines.append("  quarantined: " + ", ".join(f"{k} {n:,}" for k, n in r["quarantined"].items()))
+        for name, hist in r["histograms"].items():
+            if name == "code_usage":
+                continue
+            s = hist_summary(hist)
+            label = FIGURES[name][1]
+            lines.append(f"  {label:<44} " + ("no samples" if not s["count"] else
+                         f"min {s['min']}  p50 {s['p50']}  mean {s['mean']:.2f}  p95 {s['p95']}  max {s['max']}  (n = {s['count']:,})"))
+        rates = r["rates"]
+        if r["kind"] == "text_tokens":
+            lines.append(f"  {'padding':<44} {rates['padding']:.2%} of token slots")
+            lines.append(f"  {'truncated to L (as tokenized)':<44} {rates['truncation']:.2%} of captions")
+            lines.append(f"  {'rows with no padding':<44} {rates['full_rows']:.2%} of captions")
+        if r["kind"] == "image_tokens":
+            usage = r["histograms"]["code_usage"]
+            lines.append(f"  {'codes used':<44} {sum(1 for u in usage if u):,} of {len(usage):,} ({rates['codes_used']:.1%}), "
+                         f"perplexity {rates['perplexity']:.1f}")
+    return "\n".join(lines)
+
+
+def inspect(inputs: list[str | os.PathLike], out: str | os.PathLike | None = None) -> tuple[list[dict], str]:
+    """Reports for every split of every input, the printable table, and with ``out`` the PNG
+    figures and ``inspect.json`` written to ``out`` (built under ``out.partial``, then renamed)."""
+    from tqdm.auto import tqdm
+
+    sets = [ss for p in inputs for ss in open_shard_sets(p)]
+    total = sum(ss.manifest["totals"]["samples"] for ss in sets)
+    with tqdm(total=total, desc="inspect", unit="sample", unit_scale=True, disable=None) as bar:
+        reports = [inspect_set(ss, bar) for ss in sets]
+    text = format_reports(reports)
+    if out is not None:
+        with staged_dir(out, overwrite=True) as tmp:
+            for r in reports:
+                write_figures(r, tmp)
+            data = [dict(r, histograms={k: (v if isinstance(v, list) else {str(a): b for a, b in sorted(v.items())})
+                                        for k, v in r["histograms"].items()}) for r in reports]
+            (tmp / REPORT_NAME).write_text(json.dumps(data, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+    return reports, text

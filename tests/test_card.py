@@ -1,0 +1,87 @@
+"""Dataset cards: README.md beside every shard set, from its manifest alone; a command that
+rebuilds the same data; the card's YAML header lets datasets load the folder as it is."""
+import json
+import shlex
+
+import pytest
+
+from fixtures_interop import build_sets, md_sets  # sets HF_*_OFFLINE first
+
+import datasets  # noqa: E402
+
+from t2i_data.card import LICENCES, card_text  # noqa: E402
+from t2i_data.cli import main  # noqa: E402
+from t2i_data.manifest import load_manifest  # noqa: E402
+from t2i_data.mdmnist import MDMNISTConfig, build  # noqa: E402
+from t2i_data.runner import InProcessRunner  # noqa: E402
+
+@pytest.fixture(scope="module")
+def sets(md_tokens, tmp_path_factory):
+    built = build_sets(tmp_path_factory.mktemp("card"))
+    return md_sets(md_tokens) | {"cub": built["cub"] / "train", "coco": built["coco"], "coco_text": built["coco_text"]}
+
+
+LICENCE_KEYS = {"mdmnist": ["mnist", "mnist-embedded"], "cub": ["cub", "cub-captions"], "coco": ["coco-annotations", "coco-images"],
+                "text_tokens": ["mnist"], "image_tokens": ["mnist"], "coco_text": ["coco-annotations", "coco-images"]}
+
+
+@pytest.mark.parametrize("name", sorted(LICENCE_KEYS))
+def test_a_card_beside_every_shard_set_says_what_how_sources_counts_and_loading(sets, name):
+    d = sets[name]
+    m = load_manifest(d / "manifest.json")
+    card = (d / "README.md").read_text(encoding="utf-8")
+    assert card == card_text(m)  # written from the manifest, nothing else
+    assert f"| {m['totals']['samples']:,} | {m['totals']['shards']:,} | {m['totals']['bytes']:,} | {m['totals']['rejected']:,} |" in card
+    assert m["digest"] in card and json.dumps(m["config"], sort_keys=True, indent=1) in card
+    for key in LICENCE_KEYS[name]:
+        assert f"| {LICENCES[key]['source']} | {LICENCES[key]['licence']} |" in card
+    for src in m["sources"].values():
+        for sha in src.get("files", {}).values():
+            assert f"`{sha}`" in card
+        if "digest" in src:
+            assert f"`{src['digest']}`" in card  # a derived set names its image set
+    for key in ("tokenizer", "autoencoder"):
+        if key in m:
+            assert f"| fingerprint | `{m[key]['fingerprint']}` |" in card
+    first, last = m["shards"][0]["name"], m["shards"][-1]["name"]
+    assert f'wds.WebDataset(DIR + "/{first[:-10]}{{{first[-10:-4]}..{last[-10:-4]}}}.tar"' in card
+    header = card.split("---\n")[1]
+    assert [ln.strip()[3:-1] for ln in header.splitlines() if ln.startswith("    - ")] == [s["name"] for s in m["shards"] if s["samples"]]
+    for reason in {r["reason"].split(":")[0] for r in m["rejected"]}:
+        assert f"| {reason} | " in card
+
+
+def test_datasets_loads_the_folder_through_the_card_header(sets, tmp_path):
+    m = load_manifest(sets["cub"] / "manifest.json")
+    assert any(s["samples"] == 0 for s in m["shards"])
+    ds = datasets.load_dataset(str(sets["cub"]), split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == m["totals"]["samples"] and set(ds.column_names) == {"jpg", "json", "__key__", "__url__"}
+
+
+def test_cards_and_manifests_are_the_same_bytes_from_the_cli_and_the_library(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["mdmnist", "build", "--out", "md cli", "--train", "20", "--test", "4", "--shard-size", "8", "--seed", "2", "--workers", "0"]
+    assert main(["-q", *argv]) == 0
+    build(MDMNISTConfig(seed=2, train=20, test=4, shard_size=8), tmp_path / "lib", InProcessRunner())
+    for split in ("train", "test"):
+        for name in ("README.md", "manifest.json"):  # no argv, output folder or worker count in either
+            assert (tmp_path / "md cli" / split / name).read_bytes() == (tmp_path / "lib" / split / name).read_bytes()
+    card = (tmp_path / "lib" / "train" / "README.md").read_text()
+    assert "```bash\nt2i mdmnist build --out OUT --seed 2 --train 20 --test 4 --shard-size 8 --mnist embedded --png-level 1\n```" in card
+
+
+def test_a_library_build_card_reconstructs_a_command_that_rebuilds_the_same_data(sets, tmp_path):
+    for name, subst in (("mdmnist", {}), ("cub", {"CUB_ROOT": str(sets["cub"].parent.parent / "cub-src")}),
+                        ("coco_text", {"TOKENIZER_DIR": str(sets["coco_text"].parent / "tk-word"), "IMAGES_DIR": str(sets["coco"])})):
+        d = sets[name]
+        card = (d / "README.md").read_text()
+        assert "This command rebuilds this data" in card
+        if "tokenizer" in load_manifest(d / "manifest.json"):
+            fp = load_manifest(d / "manifest.json")["tokenizer"]["fingerprint"]
+            assert f"- `TOKENIZER_DIR`: the saved tokenizer with fingerprint `{fp}`" in card
+        cmd = shlex.split(card.split("```bash\n")[1].split("\n")[0])
+        out = tmp_path / name
+        argv = [{"OUT": str(out), **subst}.get(a, a) for a in cmd[1:]]
+        assert main(["-q", *argv, "--workers", "0"]) == 0
+        rebuilt = out / "train" if name in ("mdmnist", "cub") else out
+        assert load_manifest(rebuilt / "manifest.json")["digest"] == load_manifest(d / "manifest.json")["digest"]
