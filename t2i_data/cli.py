@@ -171,6 +171,56 @@ def cmd_train_prior(args) -> int:
     return 0
 
 
+def cmd_train_clip(args) -> int:
+    import dataclasses
+
+    from t2i_models.train_autoencoder import parse_overrides
+    from t2i_models.train_clip import ClipTrainConfig, train_clip
+
+    from .config import table
+
+    values = dict(table(args.config, "train_clip")) if args.config else {}
+    over = parse_overrides(args.overrides)
+    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
+    values.update(over)
+    known = {f.name for f in dataclasses.fields(ClipTrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
+    cfg = ClipTrainConfig(**values)
+    log.info("train clip: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    result = train_clip(cfg)
+    print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")
+    if "test_accuracy" in result:
+        a = result["test_accuracy"]
+        print(f"{a['split']} split: true description picked among 13 for {a['accuracy']:.1%} of {a['samples']} reconstructions "
+              f"(chance {a['chance']:.1%})")
+    return 0
+
+
+def cmd_eval_mdmnist(args) -> int:
+    from t2i_models.eval_mdmnist import EvalConfig, evaluate
+
+    from .config import resolve
+
+    names = ("clip", "autoencoder", "image_tokens", "text_tokens", "out", "n", "batch_size", "seed", "temperature", "top_k", "top_p",
+             "eval_samples", "grid_prompts", "grid_samples", "device")
+    flags = {f: getattr(args, f) for f in names}
+    flags["priors"] = tuple(args.priors) if args.priors else None
+    cfg = resolve(EvalConfig, args.config, "eval_mdmnist", flags)
+    r = evaluate(cfg)
+    c, acc = r["cics"], r["clip"]["test"]
+    print(f"CLIP on {r['eval_set']['samples']} {r['eval_set']['split']} reconstructions: true description picked among 13 "
+          f"for {acc['accuracy']:.1%} (chance {acc['chance']:.1%})")
+    print(f"CICS over {c['n']} descriptions: A {c['a_wins']}, B {c['b_wins']}, ties {c['ties']} "
+          f"(per 100: {c['per_100']['a_mean']:g} / {c['per_100']['b_mean']:g}); two-sided sign test p = {c['p_value']:.3g}")
+    for s in ("a", "b"):
+        print(f"CTRS {s.upper()} ({r['priors'][s]['arch']}): picked m = 0..12: {r['ctrs'][s]['picked']}; "
+              f"test loss {r['loss'][s]['mean']:.4f} (median {r['loss'][s]['quantiles']['0.5']:.4f})")
+    print(f"wrote {Path(cfg.out) / 'report.json'} and figures {', '.join(sorted(r['figures'].values()))}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from t2i_models.sample import sample_grid
 
@@ -345,6 +395,33 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, out, steps, batch_size, "
                     "grad_accum, lr, warmup, ...) and model.<field>=value")
     tp.set_defaults(func=cmd_train_prior)
+
+    tcl = trn.add_parser("clip", help="the evaluation CLIP on an autoencoder's reconstructions of MD-MNIST train images")
+    tcl.add_argument("--config", help="a pipeline file with a [train_clip] table")
+    tcl.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, autoencoder, out, epochs, "
+                     "batch_size, lr, lr_step, eval_image_tokens, eval_text_tokens, ...) and model.<field>=value")
+    tcl.set_defaults(func=cmd_train_clip)
+
+    ev = sub.add_parser("eval", help="evaluate trained models").add_subparsers(dest="what", required=True, metavar="DATASET")
+    em = ev.add_parser("mdmnist", help="compare two priors on MD-MNIST: CLIP accuracy, CICS, CTRS, test losses -> report.json + PNGs")
+    em.add_argument("--priors", nargs=2, metavar=("CKPT_A", "CKPT_B"), help="the two prior checkpoints to compare")
+    em.add_argument("--clip", help="a checkpoint from 't2i train clip' (on the same autoencoder's reconstructions)")
+    em.add_argument("--autoencoder", help="the checkpoint that made the priors' image tokens")
+    em.add_argument("--image-tokens", help="the test split's image-token shards")
+    em.add_argument("--text-tokens", help="the test split's text-token shards (mdmnist tokenizer)")
+    em.add_argument("--out", help="folder for report.json and the figures")
+    em.add_argument("--config", help="a pipeline file with an [eval_mdmnist] table; flags given here override it")
+    em.add_argument("--n", type=int, help="random descriptions for CICS and CTRS (default 1000)")
+    em.add_argument("--batch-size", type=int, help="descriptions generated at once (default 100)")
+    em.add_argument("--seed", type=int, help="descriptions, variants and sampling noise (default 0)")
+    em.add_argument("--temperature", type=float)
+    em.add_argument("--top-k", type=int, help="0: off")
+    em.add_argument("--top-p", type=float, help="1: off")
+    em.add_argument("--eval-samples", type=int, help="test samples for CLIP accuracy and losses (default 0: all)")
+    em.add_argument("--grid-prompts", type=int, help="prompts in samples.png (default 6)")
+    em.add_argument("--grid-samples", type=int, help="samples per prior and prompt in samples.png (default 4)")
+    em.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    em.set_defaults(func=cmd_eval_mdmnist)
 
     sm = sub.add_parser("sample", help="images from prompts with a trained prior, as a PNG grid")
     sm.add_argument("--prior", required=True)

@@ -42,19 +42,32 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
     tokens = prior.generate(text, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)  # (P·n, h·w)
     g = ck["tokens"]["grid"]
     pixels = decode_tokens(ae, tokens.view(-1, g, g).numpy())  # (P·n, S, S, 3)
-    fnt = font(12)
-    line = fnt.getbbox("Ag")[3] + 3
-    text_h = 3 * line + 6
-    sheet = Image.new("RGB", (n * (cell + 4) + 4, len(prompts) * (cell + text_h + 4) + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for p, prompt in enumerate(prompts):
-        y = 4 + p * (cell + text_h + 4)
-        for j in range(n):
-            im = Image.fromarray(pixels[p * n + j]).resize((cell, cell), Image.Resampling.NEAREST)
-            sheet.paste(im, (4 + j * (cell + 4), y))
-        for k, ln in enumerate(textwrap.wrap(prompt, max(20, n * cell // 7))[:3]):
-            draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=fnt)
+    sheet = prompt_sheet([list(pixels[p * n : (p + 1) * n]) for p in range(len(prompts))], prompts, cell)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def prompt_sheet(rows: list[list], captions: list[str], cell: int = 128, gap_after: int = 0, header: str = "") -> Image.Image:
+    """One row of (S, S, 3) uint8 images per caption, the caption written under its row. With
+    ``gap_after`` = k a wider gap follows the k-th image of each row (two groups side by side);
+    ``header`` is a line of text above the grid."""
+    fnt = font(12)
+    line = fnt.getbbox("Ag")[3] + 3
+    text_h = 3 * line + 6
+    n = max((len(r) for r in rows), default=0)
+    gap = 16 if 0 < gap_after < n else 0
+    top = line + 6 if header else 0
+    sheet = Image.new("RGB", (n * (cell + 4) + 4 + gap, top + len(rows) * (cell + text_h + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if header:
+        draw.text((4, 4), header, fill=(0, 0, 0), font=fnt)
+    for p, (images, caption) in enumerate(zip(rows, captions)):
+        y = top + 4 + p * (cell + text_h + 4)
+        for j, pixels in enumerate(images):
+            im = Image.fromarray(pixels).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(im, (4 + j * (cell + 4) + (gap if gap and j >= gap_after else 0), y))
+        for k, ln in enumerate(textwrap.wrap(caption, max(20, n * cell // 7))[:3]):
+            draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=fnt)
+    return sheet

@@ -1,0 +1,394 @@
+"""The thesis' MD-MNIST comparison of two priors (A, B), judged by a CLIP trained on reconstructions.
+
+- CLIP accuracy: on the test split's reconstructions, the share of images whose true description
+  scores strictly above all 12 of its variants (chance 1/13).
+- CICS: N random descriptions (each attribute uniform; description i a pure function of
+  (seed, i)); each prior draws one image per description; CLIP says which of the two images
+  matches better (cosine of the unit features; exact equality is a tie, counted apart). Reported:
+  the counts, their mean per batch of 100 descriptions (100 · wins / N; the spread over complete
+  batches of 100), and the two-sided exact binomial sign test of A's wins against B's (ties
+  left out, H0: p = 0.5).
+- CTRS: for every generated image, its true description and 12 variants, variant m with exactly
+  m of the 12 symbols changed (m distinct positions; each changed symbol takes another value of
+  the same attribute; both drawn from (seed, i, m)). The thesis code drew positions *with*
+  replacement, so its "m changes" could be fewer; here they are exactly m. Two 13-column
+  histograms per prior: ``picked[m]``, the number of images whose highest-scoring description is
+  the one with m changes (the thesis' table; column 0 = CLIP picks the true description), and
+  ``true_rank[r]``, the number of images whose true description has r variants scoring at least as
+  high. Ties count against the true description, so a CLIP that scores everything alike lands in
+  column 12, never in column 0; ``picked`` breaks ties toward the larger m for the same reason.
+- Loss: per-sample image-token cross-entropy (nats per token, mean over the h·w tokens) of each
+  prior on the test split: mean, standard deviation, quantiles, and a log-scale histogram.
+
+Outputs in ``out``: report.json (sorted keys), ctrs.png, ctrs_rank.png, loss_hist.png, samples.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from t2i_data.errors import T2IError
+from t2i_data.figures import bar_chart, value_histogram
+from t2i_data.mdmnist import COLORS, POSITIONS, SIZES, SYMBOL_ID, VOCAB
+from t2i_data.rng import keyed_u64, stream_id, uniform_int
+from t2i_data.text.mdmnist import MDMNISTTokenizer
+from t2i_data.tokenize import TokenizeConfig, encode_rows
+
+from .checkpoint import load_autoencoder
+from .clip import FORMAT as CLIP_FORMAT
+from .clip import TEXT_LEN, load_checkpoint_dict, load_clip, reconstruct, symbols_from_text_tokens
+from .sample import prompt_sheet
+from .train_prior import FORMAT as PRIOR_FORMAT
+from .train_prior import load_prior
+
+# The values each of the 12 positions may take, as symbol ids: value, size, colour, position per digit.
+ATTRIBUTES = (tuple(SYMBOL_ID[str(v)] for v in range(10)), tuple(SYMBOL_ID[str(s)] for s in SIZES),
+              tuple(SYMBOL_ID[c] for c in COLORS), tuple(SYMBOL_ID[p] for p in POSITIONS))
+ATTRIBUTE_NAMES = ("value", "size", "colour", "position")
+M_MAX = TEXT_LEN  # variants m = 1..12
+log = logging.getLogger(__name__)
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+
+
+# -- descriptions and variants: pure functions of (seed, index) -----------------------------------
+def random_descriptions(seed: int, indices) -> np.ndarray:
+    """(n, 12) symbol ids; every attribute of every digit uniform over its values."""
+    idx = np.asarray(indices, dtype=np.uint64)
+    stream = stream_id("eval-mdmnist", "description")
+    cols = [np.asarray(ATTRIBUTES[p % 4])[uniform_int(seed, stream, idx, p, len(ATTRIBUTES[p % 4]))] for p in range(TEXT_LEN)]
+    return np.stack(cols, axis=1).astype(np.int64).reshape(len(idx), TEXT_LEN)
+
+
+def _local(symbols: np.ndarray) -> np.ndarray:
+    """Symbol ids → their index within their position's attribute; refuses a malformed description."""
+    firsts = np.array([ATTRIBUTES[p % 4][0] for p in range(TEXT_LEN)])
+    sizes = np.array([len(ATTRIBUTES[p % 4]) for p in range(TEXT_LEN)])
+    local = symbols - firsts
+    if ((local < 0) | (local >= sizes)).any():
+        r = int(np.argwhere((local < 0) | (local >= sizes))[0][0])
+        raise T2IError(f"not an MD-MNIST description (value size colour position × 3): {describe(symbols[r])!r}")
+    return local
+
+
+def variant(symbols: np.ndarray, seed: int, stream: str, indices, m: int) -> np.ndarray:
+    """Each description with exactly ``m`` of its 12 symbols changed: the m positions are distinct
+    (the first m of a keyed random permutation), each takes a uniformly drawn *other* value of the
+    same attribute. A pure function of (seed, stream, index, m)."""
+    if not 0 <= m <= TEXT_LEN:
+        raise ValueError(f"m must be in 0..{TEXT_LEN}, got {m}")
+    symbols = np.asarray(symbols, dtype=np.int64).reshape(-1, TEXT_LEN)
+    idx = np.asarray(indices, dtype=np.uint64).reshape(-1)
+    local = _local(symbols)
+    sid = stream_id("eval-mdmnist", "variant", stream)
+    keys = np.stack([keyed_u64(seed, sid, idx, 2 * (m * TEXT_LEN + p)) for p in range(TEXT_LEN)], axis=1)  # (n, 12)
+    changed = np.zeros(symbols.shape, dtype=bool)
+    np.put_along_axis(changed, np.argsort(keys, axis=1, kind="stable")[:, :m], True, axis=1)
+    out = symbols.copy()
+    for p in range(TEXT_LEN):
+        values = ATTRIBUTES[p % 4]
+        shift = 1 + uniform_int(seed, sid, idx, 2 * (m * TEXT_LEN + p) + 1, len(values) - 1)  # 1 .. |values| − 1
+        new = np.asarray(values)[(local[:, p] + shift) % len(values)]
+        out[:, p] = np.where(changed[:, p], new, symbols[:, p])
+    return out
+
+
+def variant_set(symbols: np.ndarray, seed: int, stream: str, indices) -> np.ndarray:
+    """(n, 13, 12): the true description (m = 0) then its variants m = 1..12."""
+    symbols = np.asarray(symbols, dtype=np.int64).reshape(-1, TEXT_LEN)
+    return np.stack([symbols] + [variant(symbols, seed, stream, indices, m) for m in range(1, M_MAX + 1)], axis=1)
+
+
+def describe(symbols) -> str:
+    return " ".join(VOCAB[int(s)] for s in symbols)
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def sign_test_p(wins_a: int, wins_b: int) -> float:
+    """Two-sided exact binomial test of wins_a out of wins_a + wins_b against p = 1/2:
+    P(X ≤ min) + P(X ≥ max) = min(1, 2 · Σ_{i ≤ min(k, n−k)} C(n, i) / 2^n), in exact arithmetic."""
+    n, k = wins_a + wins_b, min(wins_a, wins_b)
+    if n == 0:
+        return 1.0
+    tail, c = 0, 1
+    for i in range(k + 1):  # C(n, i) by the exact recurrence: one pass, no factorials
+        tail += c
+        c = c * (n - i) // (i + 1)
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
+
+
+def ctrs_counts(scores: torch.Tensor) -> dict:
+    """(n, 13) scores, column 0 the true description → picked / true_rank histograms and ties."""
+    true = scores[:, :1]
+    rank = (scores[:, 1:] >= true).sum(dim=1)  # ties count against the true description
+    picked = M_MAX - scores.flip(1).argmax(dim=1)  # the highest score; ties → the larger m
+    top = scores.max(dim=1, keepdim=True).values
+    ties = int(((scores == top).sum(dim=1) > 1).sum())
+    return {"picked": torch.bincount(picked, minlength=M_MAX + 1).tolist(),
+            "true_rank": torch.bincount(rank, minlength=M_MAX + 1).tolist(), "ties": ties}
+
+
+def _add(total: dict, part: dict) -> dict:
+    if not total:
+        return dict(part)
+    return {"picked": [a + b for a, b in zip(total["picked"], part["picked"])],
+            "true_rank": [a + b for a, b in zip(total["true_rank"], part["true_rank"])], "ties": total["ties"] + part["ties"]}
+
+
+def _summary(c: dict) -> dict:
+    n = sum(c["picked"])
+    mean_rank = sum(r * k for r, k in enumerate(c["true_rank"])) / max(n, 1)
+    return dict(c, images=n, top1=round(c["picked"][0] / max(n, 1), 6), mean_true_rank=round(mean_rank, 6))
+
+
+# -- CLIP scoring ----------------------------------------------------------------------------------
+@torch.no_grad()
+def variant_scores(clip, images: torch.Tensor, sets: np.ndarray) -> torch.Tensor:
+    """Cosine of each image (n, 3, S, S) with each of its 13 descriptions (n, 13, 12) → (n, 13)."""
+    dev = images.device
+    img = clip.image_features(images)  # (n, E)
+    txt = clip.text_features(torch.from_numpy(sets.reshape(-1, TEXT_LEN)).to(dev)).view(len(sets), sets.shape[1], -1)
+    return torch.einsum("ne,nke->nk", img, txt).cpu()
+
+
+def key_indices(keys: list[str]) -> np.ndarray:
+    return np.array([stream_id("eval-mdmnist", "key", k) for k in keys], dtype=np.uint64)
+
+
+def clip_accuracy(clip, ae, image_tokens, text_tokens, seed: int, device=None, batch_size: int = 100, limit: int = 0) -> dict:
+    """CLIP's accuracy at picking the true description among it and 12 variants, on the
+    reconstructions of an image-token set (the test split); variants drawn from (seed, key)."""
+    from .checkpoint import weights_fingerprint
+
+    acc, _, where = split_pass(image_tokens, text_tokens, seed, batch_size, limit, clip, ae, [], device or torch.device("cpu"),
+                               expect_ae=weights_fingerprint(ae))
+    return dict(acc, split=where["split"])
+
+
+@torch.no_grad()
+def split_pass(image_tokens, text_tokens, seed: int, batch_size: int, limit: int, clip, ae, priors, device, expect_ae: str):
+    """One pass over a (test) token set made by autoencoder ``expect_ae``: CLIP's accuracy on the
+    reconstructions, and each prior's per-sample image-token cross-entropy, as arrays in key order
+    (independent of the stream's order)."""
+    from .train_clip import open_stream
+
+    ds = open_stream(image_tokens, text_tokens, batch_size, seed, expect_ae)
+    if ds.img_m.get("split") != "test":
+        log.warning("%s is the %s split; the thesis evaluates on the test split", image_tokens, ds.img_m.get("split"))
+    losses: list[dict] = [{} for _ in priors]
+    total: dict = {}
+    seen = 0
+    for batch in tqdm(ds, desc=f"{ds.img_m.get('split')} split", unit="batch", disable=None):
+        ok = batch["valid"]
+        keys = [k for k, v in zip(batch["keys"], ok.tolist()) if v]
+        if limit:
+            keys = keys[: max(0, limit - seen)]
+        if not keys:
+            continue
+        seen += len(keys)
+        image = batch["image"][ok][: len(keys)].long().to(device)
+        symbols = symbols_from_text_tokens(batch["text"][ok][: len(keys)]).numpy()
+        sets = variant_set(symbols, seed, "clip-test", key_indices(keys))
+        total = _add(total, ctrs_counts(variant_scores(clip, reconstruct(ae, image), sets)))
+        for slot, (prior, pck) in enumerate(priors):
+            logits = prior(prior_text(pck, symbols).to(device), image)["image_logits"]
+            per = F.cross_entropy(logits.float().transpose(1, 2), image, reduction="none").mean(dim=1)  # (n,)
+            losses[slot].update(zip(keys, per.cpu().tolist()))
+    if not total:
+        raise T2IError(f"{image_tokens}: no samples to evaluate on")
+    s = _summary(total)
+    acc = {"accuracy": s["top1"], "samples": s["images"], "chance": round(1 / (M_MAX + 1), 6), "picked": s["picked"],
+           "true_rank": s["true_rank"], "ties": s["ties"], "mean_true_rank": s["mean_true_rank"]}
+    arrays = [np.array([d[k] for k in sorted(d)]) for d in losses]
+    return acc, arrays, {"split": ds.img_m.get("split"), "digest": ds.img_m.get("aligned_to"), "samples": seen}
+
+
+# -- priors ----------------------------------------------------------------------------------------
+def mdmnist_tokenizer_fingerprint() -> str:
+    with tempfile.TemporaryDirectory() as d:
+        return MDMNISTTokenizer().save(d)
+
+
+def load_prior_checked(path: str):
+    ck = load_checkpoint_dict(path, "--priors")
+    if ck["format"] == CLIP_FORMAT:
+        raise T2IError(f"--priors {path} is a CLIP checkpoint; --priors takes two prior checkpoints ('t2i train prior') and --clip the CLIP")
+    if ck["format"] != PRIOR_FORMAT:
+        raise T2IError(f"--priors {path}: a {ck['format']} checkpoint, not a prior ('t2i train prior' writes those)")
+    return load_prior(path)
+
+
+def prior_text(ck: dict, symbols: np.ndarray) -> torch.Tensor:
+    """Descriptions → the prior's text rows, tokenized exactly as its training captions were."""
+    tc = ck.get("text_config", {})
+    cfg = TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
+    rows, _ = encode_rows(MDMNISTTokenizer(), [describe(s) for s in symbols], cfg, "int64")
+    return torch.from_numpy(rows)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    priors: tuple = ()  # two prior checkpoints, A then B
+    clip: str = ""
+    autoencoder: str = ""  # the checkpoint that made the priors' image tokens
+    image_tokens: str = ""  # the test split's image-token shards
+    text_tokens: str = ""  # ... and its text-token shards
+    out: str = ""
+    n: int = 1000  # CICS / CTRS descriptions
+    batch_size: int = 100  # descriptions generated at once
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    eval_samples: int = 0  # test samples for CLIP accuracy and losses; 0: all
+    eval_batch_size: int = 64
+    grid_prompts: int = 6
+    grid_samples: int = 4
+    bins: int = 40
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priors", tuple(self.priors))
+        if len(self.priors) != 2:
+            raise T2IError(f"--priors takes exactly two prior checkpoints (A and B), got {len(self.priors)}")
+        missing = [k for k in ("clip", "autoencoder", "image_tokens", "text_tokens", "out") if not getattr(self, k)]
+        if missing:
+            raise T2IError(f"{', '.join(missing)} needed (flags or the [eval_mdmnist] table of --config)")
+        for name in ("n", "batch_size", "eval_batch_size", "bins", "grid_prompts", "grid_samples"):
+            if getattr(self, name) < 1:
+                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise T2IError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def _generator(seed: int, what: str, index: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(keyed_u64(seed, stream_id("eval-mdmnist", what), index, 0)) & (2**63 - 1))
+    return g
+
+
+def _generate(cfg: EvalConfig, prior, ck, symbols: np.ndarray, what: str, index: int, device) -> torch.Tensor:
+    return prior.generate(prior_text(ck, symbols).to(device), temperature=cfg.temperature, top_k=cfg.top_k or None,
+                          top_p=cfg.top_p if cfg.top_p < 1 else None, generator=_generator(cfg.seed, what, index, device))
+
+
+@torch.no_grad()
+def cics_ctrs(cfg: EvalConfig, priors, clip, ae, device) -> tuple[dict, dict]:
+    wins = np.zeros((cfg.n, 3), dtype=np.int64)  # per description: A wins, B wins, tie
+    ctrs = [{}, {}]
+    for start in tqdm(range(0, cfg.n, cfg.batch_size), desc="CICS / CTRS", unit="batch", disable=None):
+        idx = np.arange(start, min(start + cfg.batch_size, cfg.n))
+        symbols = random_descriptions(cfg.seed, idx)
+        sets = variant_set(symbols, cfg.seed, "ctrs", idx)
+        scores = []
+        for slot, (prior, ck) in enumerate(priors):
+            images = reconstruct(ae, _generate(cfg, prior, ck, symbols, f"cics-{slot}", start, device))
+            scores.append(variant_scores(clip, images, sets))  # (n, 13); column 0 is the CICS score
+            ctrs[slot] = _add(ctrs[slot], ctrs_counts(scores[-1]))
+        a, b = scores[0][:, 0], scores[1][:, 0]
+        wins[idx] = torch.stack([a > b, b > a, a == b], dim=1).numpy()
+    per100 = [wins[i : i + 100].sum(0) for i in range(0, cfg.n - 99, 100)]  # complete batches of 100
+    a_w, b_w, ties = (int(x) for x in wins.sum(0))
+    spread = np.std(np.stack(per100), axis=0, ddof=1).round(4).tolist() if len(per100) > 1 else [None] * 3  # sample sd
+    cics = {"n": cfg.n, "a_wins": a_w, "b_wins": b_w, "ties": ties,
+            "per_100": {"a_mean": round(100 * a_w / cfg.n, 4), "b_mean": round(100 * b_w / cfg.n, 4), "ties_mean": round(100 * ties / cfg.n, 4),
+                        "complete_batches": len(per100), "a_std": spread[0], "b_std": spread[1], "ties_std": spread[2]},
+            "p_value": sign_test_p(a_w, b_w), "test": "two-sided exact binomial sign test on A's wins among A + B wins (ties left out), H0 p = 1/2"}
+    return cics, {"a": _summary(ctrs[0]), "b": _summary(ctrs[1])}
+
+
+def loss_summary(values: np.ndarray) -> dict:
+    q = np.quantile(values, QUANTILES)
+    return {"n": int(len(values)), "mean": round(float(values.mean()), 6), "std": round(float(values.std()), 6),
+            "quantiles": {f"{p:g}": round(float(v), 6) for p, v in zip(QUANTILES, q)}}
+
+
+def _check_compatible(cfg: EvalConfig, priors, clip_ck, ae_ck) -> dict:
+    fa, fb = priors[0][1]["fingerprints"], priors[1][1]["fingerprints"]
+    ae_fp, clip_ae = ae_ck["fingerprint"], clip_ck["fingerprints"]["autoencoder"]
+    for name, path, f in zip("AB", cfg.priors, (fa, fb)):
+        if f["autoencoder"] != ae_fp:
+            raise T2IError(f"prior {name} ({path}) was trained on image tokens of autoencoder {f['autoencoder'][:16]}, "
+                           f"but --autoencoder is {ae_fp[:16]}; pass the autoencoder that made its tokens")
+    if clip_ae != ae_fp:
+        raise T2IError(f"the CLIP ({cfg.clip}) was trained on reconstructions by autoencoder {clip_ae[:16]}, the priors' tokens come from "
+                       f"{ae_fp[:16]}; train a CLIP on this autoencoder's reconstructions ('t2i train clip')")
+    if fa["tokenizer"] != fb["tokenizer"]:
+        raise T2IError(f"prior A was trained on text from tokenizer {fa['tokenizer'][:16]}, prior B on {fb['tokenizer'][:16]}; "
+                       f"compare priors trained on the same MD-MNIST token shards")
+    md = mdmnist_tokenizer_fingerprint()
+    if fa["tokenizer"] != md:
+        raise T2IError(f"the priors' tokenizer {fa['tokenizer'][:16]} is not the MD-MNIST symbol tokenizer ({md[:16]}); "
+                       f"this evaluation writes its prompts as MD-MNIST descriptions")
+    return {"autoencoder": ae_fp, "tokenizer": md, "clip": clip_ck["fingerprint"]}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    priors = [load_prior_checked(p) for p in cfg.priors]
+    clip, clip_ck = load_clip(cfg.clip)
+    ae, ae_ck = load_autoencoder(cfg.autoencoder)
+    fingerprints = _check_compatible(cfg, priors, clip_ck, ae_ck)
+    priors = [(m.to(device).eval(), ck) for m, ck in priors]
+    clip, ae = clip.to(device), ae.to(device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [f"A: {ck['train_config']['arch']}" for _, ck in priors[:1]] + [f"B: {ck['train_config']['arch']}" for _, ck in priors[1:]]
+
+    accuracy, losses, eval_set = split_pass(cfg.image_tokens, cfg.text_tokens, cfg.seed, cfg.eval_batch_size, cfg.eval_samples,
+                                            clip, ae, priors, device, fingerprints["autoencoder"])
+    cics, ctrs = cics_ctrs(cfg, priors, clip, ae, device)
+
+    cols = [str(m) for m in range(M_MAX + 1)]
+    bar_chart([(labels[0], ctrs["a"]["picked"]), (labels[1], ctrs["b"]["picked"])], cols,
+              f"CTRS: which description CLIP scores highest ({cfg.n} generated images per prior)",
+              "m = symbols changed in the highest-scoring description (0 = the true one)", "images").save(out / "ctrs.png")
+    bar_chart([(labels[0], ctrs["a"]["true_rank"]), (labels[1], ctrs["b"]["true_rank"])], cols,
+              "CTRS: rank of the true description among it and its 12 variants",
+              "rank of the true description (0 = scored highest)", "images").save(out / "ctrs_rank.png")
+    img, edges, counts = value_histogram([(labels[0], losses[0].tolist()), (labels[1], losses[1].tolist())], cfg.bins,
+                                   f"Per-sample image-token cross-entropy on the {eval_set['split']} split",
+                                   "loss (nats per image token)")
+    img.save(out / "loss_hist.png")
+    _sample_grid(cfg, priors, ae, labels, device).save(out / "samples.png")
+
+    report = {
+        "format": "t2i-eval-mdmnist/1",
+        "config": {k: v for k, v in asdict(cfg).items() if k != "out"} | {"priors": list(cfg.priors)},
+        "priors": {s: {"checkpoint": p, "arch": ck["train_config"]["arch"], "kind": ck["kind"], "step": ck.get("step")}
+                   for s, p, (_, ck) in zip("ab", cfg.priors, priors)},
+        "fingerprints": fingerprints,
+        "eval_set": eval_set,
+        "clip": {"checkpoint": cfg.clip, "arch": clip_ck["train_config"]["arch"], "step": clip_ck.get("step"), "test": accuracy},
+        "cics": cics,
+        "ctrs": dict(ctrs, columns="0..12: m changed symbols (picked) or the true description's rank (true_rank)"),
+        "loss": {"a": loss_summary(losses[0]), "b": loss_summary(losses[1]),
+                 "histogram": {"edges": [round(e, 6) for e in edges], "a": counts[0], "b": counts[1]}},
+        "figures": {"ctrs": "ctrs.png", "ctrs_rank": "ctrs_rank.png", "loss": "loss_hist.png", "samples": "samples.png"},
+    }
+    (out / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n")
+    return report
+
+
+@torch.no_grad()
+def _sample_grid(cfg: EvalConfig, priors, ae, labels, device):
+    """Both priors' samples for the same prompts (CICS descriptions 0..k−1): A's on the left, B's on
+    the right of each row, the prompt under it."""
+    k, s = cfg.grid_prompts, cfg.grid_samples
+    symbols = random_descriptions(cfg.seed, np.arange(k))
+    rows: list[list] = [[] for _ in range(k)]
+    for slot, (prior, ck) in enumerate(priors):
+        tokens = _generate(cfg, prior, ck, np.repeat(symbols, s, axis=0), f"grid-{slot}", 0, device)
+        pix = (reconstruct(ae, tokens) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for p in range(k):
+            rows[p] += list(pix[p * s : (p + 1) * s])
+    header = f"left {s}: {labels[0]}   |   right {s}: {labels[1]}   (temperature {cfg.temperature}, seed {cfg.seed})"
+    return prompt_sheet(rows, [describe(x) for x in symbols], gap_after=s, header=header)

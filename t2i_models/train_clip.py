@@ -1,0 +1,180 @@
+"""Train the evaluation CLIP on the autoencoder's reconstructions of MD-MNIST train images.
+
+Data: the train split's aligned image-token and text-token shards, streamed by ``TokenStream``;
+each batch's tokens are decoded by the autoencoder that made them (``clip.reconstruct``). Of the
+two ways to get reconstructions, this one fits the existing streams best: ``TokenStream`` already
+zips the two token sets by key, checks their alignment and the autoencoder's fingerprint, splits
+the samples over ranks × workers exactly once per epoch and resumes mid-epoch; and only the
+decoder runs, not encoder + decoder over decoded PNGs as the image-shard route would need. The
+reconstructions are the very pixels a prior's tokens turn into, so CLIP judges generated images
+and test reconstructions on the same footing. The text is each caption's 12 symbols (the MD-MNIST
+tokenizer's ids 0–19 are the symbols; BOS / EOS / padding are dropped).
+
+Schedule (thesis): 30 epochs, batch 64, Adam at 1e-3, × 0.1 from epoch 20 (a step schedule).
+Padding entries of a batch are left out of the contrastive loss; under DDP each rank contrasts
+its own batch. ``out/last.pt`` resumes at the exact next batch, as the other trainers do. With
+``eval_image_tokens`` / ``eval_text_tokens`` (the test split) the end of training reports the
+accuracy at picking the true description among it and 12 changed variants.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from t2i_data.errors import T2IError
+from t2i_data.token_stream import TokenStream
+
+from .checkpoint import load_autoencoder, setup_distributed
+from .clip import CLIPS, reconstruct, save_clip, symbols_from_text_tokens
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    arch: str = "clip_mdmnist"
+    image_tokens: str = ""  # the train split's image-token shards
+    text_tokens: str = ""  # ... and its text-token shards (mdmnist tokenizer)
+    autoencoder: str = ""  # the checkpoint that made the image tokens; decodes them
+    out: str = ""
+    epochs: int = 30
+    steps: int = 0  # > 0: stop after this many steps instead (smoke runs, tests)
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_step: int = 20  # epochs; the rate is multiplied by lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    num_workers: int = 1
+    seed: int = 0
+    precision: str = "auto"
+    log_every: int = 50
+    ckpt_every: int = 500
+    stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
+    eval_image_tokens: str = ""  # optional: the test split, for the accuracy printed at the end
+    eval_text_tokens: str = ""
+    model: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in CLIPS:
+            raise T2IError(f"arch must be one of {', '.join(CLIPS)}, got {self.arch!r}")
+        if not (self.image_tokens and self.text_tokens and self.autoencoder and self.out):
+            raise T2IError("image_tokens=DIR, text_tokens=DIR, autoencoder=CKPT and out=DIR are needed (the train split's token shards)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("epochs", "batch_size", "ckpt_every", "log_every", "lr_step"):
+            if getattr(self, name) < 1:
+                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if bool(self.eval_image_tokens) != bool(self.eval_text_tokens):
+            raise T2IError("eval_image_tokens and eval_text_tokens go together (the test split's two token sets)")
+
+
+def lr_at(cfg: ClipTrainConfig, epoch: int) -> float:
+    return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
+
+
+def batches_per_epoch(samples: int, world: int, workers: int, batch: int) -> int:
+    """Batches one rank takes per epoch: TokenStream gives every worker ⌈⌈N/G⌉/B⌉ of them."""
+    g = world * max(workers, 1)
+    return -(-(-(-samples // g)) // batch) * max(workers, 1)
+
+
+def open_stream(image_tokens, text_tokens, batch_size: int, seed: int, autoencoder_fp: str | None, tokenizer_fp: str | None = None):
+    """A TokenStream over MD-MNIST description tokens made by the given autoencoder."""
+    ds = TokenStream(image_tokens, text_tokens, batch_size, seed, expect_tokenizer=tokenizer_fp, expect_autoencoder=autoencoder_fp)
+    kind = ds.txt_m["tokenizer"].get("kind")
+    if kind != "mdmnist" or ds.txt_m.get("dataset") != "mdmnist":
+        raise T2IError(f"{text_tokens}: {ds.txt_m.get('dataset')} captions tokenized by a {kind} tokenizer; CLIP and this evaluation "
+                       f"read MD-MNIST descriptions tokenized with the mdmnist tokenizer ('t2i tokenizer load --kind mdmnist')")
+    return ds
+
+
+def train_clip(cfg: ClipTrainConfig) -> dict:
+    rank, world, device = setup_distributed()
+    cuda = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    ae, ae_ck = load_autoencoder(cfg.autoencoder)
+    ae = ae.to(device)
+    ds = open_stream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed, ae_ck["fingerprint"])
+    if ds.txt_m.get("split") not in ("train", None):
+        raise T2IError(f"{cfg.text_tokens} is the {ds.txt_m.get('split')} split; CLIP trains on the train split (the test split evaluates it)")
+    if "image_size" in cfg.model:
+        raise T2IError("model.image_size comes from the autoencoder and cannot be overridden")
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, without touching the caller's global generator
+        torch.manual_seed(cfg.seed)
+        model = CLIPS[cfg.arch](image_size=ae.cfg.image_size, **cfg.model)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, epoch, in_epoch = 0, 0, 0
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        if ck.get("train_config", {}).get("arch") != cfg.arch:
+            raise T2IError(f"{last} is a {ck.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    per_epoch = batches_per_epoch(sum(s["samples"] for s in ds.img_m["shards"]), world, cfg.num_workers, cfg.batch_size)
+    total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
+    end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
+    nw = max(cfg.num_workers, 1)
+    fingerprints = {"autoencoder": ae_ck["fingerprint"], "tokenizer": ds.txt_m["tokenizer"]["fingerprint"]}
+    bar = tqdm(total=total, initial=step, unit="step", desc="train clip", disable=None if rank == 0 else True)
+    t0, seen = time.perf_counter(), 0
+
+    def checkpoint(**extra) -> str:
+        if rank == 0:
+            return save_clip(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
+                             train_config=asdict(cfg), fingerprints=fingerprints, images_digest=ds.img_m["aligned_to"], **extra)
+        return ""
+
+    while step < end:
+        ds.set_epoch(epoch, in_epoch, cfg.num_workers)
+        for batch in DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda):
+            ok = batch["valid"].to(device)
+            symbols = symbols_from_text_tokens(batch["text"], batch["valid"]).to(device)
+            images = reconstruct(ae, batch["image"].to(device, non_blocking=True))  # fp32, as evaluation decodes
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch)
+            model.train()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                res = ddp(images, symbols, ok)  # padding entries are dropped from the loss inside
+            loss = res["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n_valid = int(ok.sum())
+            step, in_epoch, seen = step + 1, in_epoch + 1, seen + n_valid
+            bar.update(1)
+            if rank == 0 and n_valid and (step % cfg.log_every == 0 or step == end):
+                logits = res["logits_per_image"].detach()
+                acc = float((logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean())
+                rate = seen * world / (time.perf_counter() - t0)
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
+                                        "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4),
+                                        "images_per_s": round(rate, 1)}) + "\n")
+                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{acc:.2f}", img_s=f"{rate:.0f}")
+            if (step % cfg.ckpt_every == 0 and in_epoch % nw == 0) or step == end:
+                checkpoint()
+            if step >= end:
+                break
+        if step < end or in_epoch >= per_epoch:
+            epoch, in_epoch = epoch + 1, 0
+    bar.close()
+    result = {"step": step, "epoch": epoch, "checkpoint": str(last)}
+    if rank == 0 and cfg.eval_image_tokens and step >= total:
+        from .eval_mdmnist import clip_accuracy
+
+        acc = clip_accuracy(model.eval(), ae, cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.seed, device=device)
+        result["test_accuracy"] = acc
+        checkpoint(test_accuracy=acc)
+    if world > 1:
+        torch.distributed.barrier()
+    return result
