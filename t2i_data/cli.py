@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -127,22 +128,28 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-def cmd_train_autoencoder(args) -> int:
-    import dataclasses
-
-    from t2i_models.train_autoencoder import TrainConfig, parse_overrides, train
+def _train_config(args, section: str, cls):
+    """``cls`` from the [section] table of --config, then the key=value overrides (model.<field>
+    merged into the table's model); one message naming every unknown setting."""
+    from t2i_models.train_autoencoder import parse_overrides
 
     from .config import table
 
-    values = dict(table(args.config, "train_autoencoder")) if args.config else {}
+    values = dict(table(args.config, section)) if args.config else {}
     over = parse_overrides(args.overrides)
     values["model"] = {**values.get("model", {}), **over.pop("model", {})}
     values.update(over)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
-    cfg = TrainConfig(**values)
+    return cls(**values)
+
+
+def cmd_train_autoencoder(args) -> int:
+    from t2i_models.train_autoencoder import TrainConfig, train
+
+    cfg = _train_config(args, "train_autoencoder", TrainConfig)
     log.info("train autoencoder: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     result = train(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}); weights {result['fingerprint'][:16]} -> {result['checkpoint']}")
@@ -150,44 +157,18 @@ def cmd_train_autoencoder(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
-    import dataclasses
-
-    from t2i_models.train_autoencoder import parse_overrides
     from t2i_models.train_prior import PriorTrainConfig, train_prior
 
-    from .config import table
-
-    values = dict(table(args.config, "train_prior")) if args.config else {}
-    over = parse_overrides(args.overrides)
-    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
-    values.update(over)
-    known = {f.name for f in dataclasses.fields(PriorTrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
-    cfg = PriorTrainConfig(**values)
+    cfg = _train_config(args, "train_prior", PriorTrainConfig)
     result = train_prior(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")
     return 0
 
 
 def cmd_train_clip(args) -> int:
-    import dataclasses
-
-    from t2i_models.train_autoencoder import parse_overrides
     from t2i_models.train_clip import ClipTrainConfig, train_clip
 
-    from .config import table
-
-    values = dict(table(args.config, "train_clip")) if args.config else {}
-    over = parse_overrides(args.overrides)
-    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
-    values.update(over)
-    known = {f.name for f in dataclasses.fields(ClipTrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
-    cfg = ClipTrainConfig(**values)
+    cfg = _train_config(args, "train_clip", ClipTrainConfig)
     log.info("train clip: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     result = train_clip(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")

@@ -30,11 +30,12 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_autoencoder(path: str | Path, model, **state) -> str:
-    """Write atomically; ``state`` holds training state (step, optimizer, stream position...)."""
+def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:
+    """Write {format, kind, config, state_dict, fingerprint} plus ``state`` (step, optimizer,
+    stream position...) atomically: to ``path.partial``, then renamed. Returns the fingerprint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "kind": model.kind, "config": model.config_dict(),
+    payload = {"format": fmt, "kind": model.kind, "config": model.config_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "fingerprint": weights_fingerprint(model)}
     payload.update(state)
     tmp = path.with_name(path.name + ".partial")
@@ -43,16 +44,31 @@ def save_autoencoder(path: str | Path, model, **state) -> str:
     return payload["fingerprint"]
 
 
-def load_autoencoder(path: str | Path, map_location: str = "cpu"):
-    """(model in eval mode, the checkpoint dict). Refuses files that are not t2i autoencoders."""
+def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "cpu") -> dict:
+    """A t2i checkpoint as a plain dict (``torch.load(weights_only=True)``), or one clear error;
+    ``what`` names the argument in that error (e.g. "--clip")."""
+    where = f"{what} {path}" if what else str(path)
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise T2IError(f"{path}: no such checkpoint") from None
+        raise T2IError(f"{where}: no such checkpoint") from None
     except Exception as e:  # pickle errors, a non-checkpoint file, a disallowed global
-        raise T2IError(f"{path}: not a loadable t2i checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") not in KINDS:
-        raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
+        raise T2IError(f"{where}: not a loadable t2i checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or "format" not in ck:
+        raise T2IError(f"{where}: not a t2i checkpoint")
+    return ck
+
+
+def save_autoencoder(path: str | Path, model, **state) -> str:
+    """Write atomically; ``state`` holds training state (step, optimizer, stream position...)."""
+    return save_checkpoint(path, model, FORMAT, **state)
+
+
+def load_autoencoder(path: str | Path, map_location: str = "cpu"):
+    """(model in eval mode, the checkpoint dict). Refuses files that are not t2i autoencoders."""
+    ck = load_checkpoint_dict(path, map_location=map_location)
+    if ck.get("format") != FORMAT or ck.get("kind") not in KINDS:
+        raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
     model = model_cls(cfg_cls(**ck["config"]))
     model.load_state_dict(ck["state_dict"], strict=True)

@@ -17,7 +17,6 @@ trained on sharp originals would score the priors' blurry outputs by their blur.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from t2i_data.mdmnist import VOCAB
 
 from .attention import Attention
 from .blocks import check_shape
-from .checkpoint import weights_fingerprint
+from .checkpoint import load_checkpoint_dict, save_checkpoint, weights_fingerprint
 
 FORMAT = "t2i-clip/1"
 N_SYMBOLS = len(VOCAB)  # 20: ids 0-19 of the MD-MNIST tokenizer are the description symbols
@@ -175,28 +174,7 @@ def symbols_from_text_tokens(text: torch.Tensor, valid: torch.Tensor | None = No
 
 
 def save_clip(path: str | Path, model: CLIP, **state) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "kind": model.kind, "config": model.config_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "fingerprint": weights_fingerprint(model)}
-    payload.update(state)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return payload["fingerprint"]
-
-
-def load_checkpoint_dict(path: str | Path, what: str) -> dict:
-    """A t2i checkpoint as a plain dict (``torch.load(weights_only=True)``), or one clear error."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise T2IError(f"{what} {path}: no such checkpoint") from None
-    except Exception as e:  # pickle errors, a non-checkpoint file, a disallowed global
-        raise T2IError(f"{what} {path}: not a loadable t2i checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "format" not in ck:
-        raise T2IError(f"{what} {path}: not a t2i checkpoint")
-    return ck
+    return save_checkpoint(path, model, FORMAT, **state)
 
 
 def load_clip(path: str | Path, map_location: str = "cpu"):

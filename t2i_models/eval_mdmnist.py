@@ -43,9 +43,9 @@ from t2i_data.rng import keyed_u64, stream_id, uniform_int
 from t2i_data.text.mdmnist import MDMNISTTokenizer
 from t2i_data.tokenize import TokenizeConfig, encode_rows
 
-from .checkpoint import load_autoencoder
+from .checkpoint import load_autoencoder, load_checkpoint_dict
 from .clip import FORMAT as CLIP_FORMAT
-from .clip import TEXT_LEN, load_checkpoint_dict, load_clip, reconstruct, symbols_from_text_tokens
+from .clip import TEXT_LEN, load_clip, reconstruct, symbols_from_text_tokens
 from .sample import prompt_sheet
 from .train_prior import FORMAT as PRIOR_FORMAT
 from .train_prior import load_prior

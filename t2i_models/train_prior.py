@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import setup_distributed
+from .checkpoint import load_checkpoint_dict, save_checkpoint, setup_distributed, weights_fingerprint
 from .prior_builders import PRIORS
 
 FORMAT = "t2i-prior/1"
@@ -91,13 +90,8 @@ def window_loss(model, micro: list[dict], device, bf16: bool, world: int) -> tup
     return losses, total / max(float(valid), 1.0), int(valid)
 
 
-def save_prior(path: Path, model, **state) -> None:
-    payload = {"format": FORMAT, "kind": model.kind, "config": model.config_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    payload.update(state)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+def save_prior(path: Path, model, **state) -> str:
+    return save_checkpoint(path, model, FORMAT, **state)
 
 
 def train_prior(cfg: PriorTrainConfig) -> dict:
@@ -189,13 +183,12 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
 
 def load_prior(path: str | Path, map_location: str = "cpu"):
     """(model in eval mode, checkpoint dict); ``torch.load(weights_only=True)``."""
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise T2IError(f"{path}: no such checkpoint") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise T2IError(f"{path}: not a t2i prior checkpoint")
+    ck = load_checkpoint_dict(path, map_location=map_location)
+    if ck["format"] != FORMAT:
+        raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
     arch = ck["train_config"]["arch"]
     model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
     model.load_state_dict(ck["state_dict"])
+    if "fingerprint" in ck and weights_fingerprint(model) != ck["fingerprint"]:  # checkpoints before the fingerprint have none
+        raise T2IError(f"{path}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
     return model.eval(), ck
