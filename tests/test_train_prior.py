@@ -61,6 +61,14 @@ def test_checkpoint_records_fingerprints_and_samples(md_tokens, tmp_path):
     text = torch.tensor([[4, 11, 15, 19, 8, 12, 16, 17, 6, 12, 16, 18]])
     out = model.generate(text, temperature=0)
     assert out.shape == (1, 1024) and int(out.max()) < 16
+    damaged = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # one weight changed, fingerprint kept
+    name = next(iter(damaged["state_dict"]))
+    damaged["state_dict"][name] = damaged["state_dict"][name] + 1
+    torch.save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(T2IError, match="weights do not match the fingerprint recorded in the checkpoint"):
+        load_prior(tmp_path / "damaged.pt")
+    with pytest.raises(T2IError, match="no such checkpoint"):
+        load_prior(tmp_path / "missing.pt")
 
 
 def test_schedule_and_settings(md_tokens, tmp_path, capsys):
