@@ -184,9 +184,7 @@ def cmd_eval_mdmnist(args) -> int:
 
     from .config import resolve
 
-    names = ("clip", "autoencoder", "image_tokens", "text_tokens", "out", "n", "batch_size", "seed", "temperature", "top_k", "top_p",
-             "eval_samples", "grid_prompts", "grid_samples", "device")
-    flags = {f: getattr(args, f) for f in names}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)}  # the settings with a flag
     flags["priors"] = tuple(args.priors) if args.priors else None
     cfg = resolve(EvalConfig, args.config, "eval_mdmnist", flags)
     r = evaluate(cfg)

@@ -1,13 +1,13 @@
 """Charts as PNG, drawn with Pillow alone (matplotlib is not a dependency); every chart the
 project writes comes from here.
 
+- ``bar_chart``: grouped bars, one group per category and one bar per series, with a y axis of
+  round ticks and a grid, a legend and an optional log-scaled count axis (the CTRS table of the
+  MD-MNIST evaluation). The other two draw through it:
 - ``histogram_png``: counts over consecutive integer values (caption and token lengths, code
-  usage): a y axis with round tick values and a grid, x ticks at round values, axis labels and a
-  title. Values wider than the plot are grouped into equal bins, and the title says how many
-  values a bar covers.
-- ``bar_chart``: grouped bars, one group per category and one bar per series, with a legend and an
-  optional log-scaled count axis (the CTRS table of the MD-MNIST evaluation);
-  ``value_histogram`` bins real values (per-sample losses) into it.
+  usage), labelled at round values. Values wider than the plot are grouped into equal bins, and
+  the title says how many values a bar covers.
+- ``value_histogram`` bins real values (per-sample losses).
 
 The bytes depend on the values and labels only (Pillow's default font, no clock, no metadata), so
 reruns write the same file.
@@ -21,9 +21,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-WIDTH, HEIGHT = 900, 460
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 90, 24, 48, 70
-BAR, AXIS, GRID, TEXT = (52, 101, 164), (40, 40, 40), (225, 225, 225), (20, 20, 20)
+WIDTH, HEIGHT = 900, 460  # histograms
+CHART_W, CHART_H = 900, 480  # grouped bar charts
+LEFT, RIGHT, TOP, BOTTOM = 80, 20, 50, 70  # plot margins
+BAR, GRID, TEXT = (52, 101, 164), (225, 225, 225), (20, 20, 20)
+SERIES_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 
 
 def font(size: int):
@@ -73,60 +75,32 @@ def dense_counts(hist: Mapping[int, int] | Sequence[int], start: int | None = No
 
 def histogram_png(path: str | Path, hist: Mapping[int, int] | Sequence[int], title: str, xlabel: str,
                   ylabel: str = "count", start: int | None = None) -> Path:
-    """Draw counts over consecutive integer values (a dict {value: count} or a list from 0)."""
+    """Draw counts over consecutive integer values (a dict {value: count} or a list from 0): a
+    one-series ``bar_chart`` whose x labels sit under the bars holding round values."""
     x0, counts = dense_counts(hist, start)
-    plot_w, plot_h = WIDTH - MARGIN_L - MARGIN_R, HEIGHT - MARGIN_T - MARGIN_B
     nvals = len(counts)
-    per_bar = max(1, math.ceil(nvals / plot_w))  # values per bar when there are more values than pixels
+    per_bar = max(1, math.ceil(nvals / (WIDTH - LEFT - RIGHT)))  # values per bar when there are more values than pixels
     if per_bar > 1:
         counts = np.pad(counts, (0, -len(counts) % per_bar)).reshape(-1, per_bar).sum(axis=1)
         title += f" ({per_bar} values per bar)"
-    n = len(counts)
-    top = max(int(counts.max()), 1)
-    ystep = max(1, nice_step(top, 5))  # counts: integer ticks
-    ymax = math.ceil(top / ystep) * ystep
-    im = Image.new("RGB", (WIDTH, HEIGHT), (255, 255, 255))
-    d = ImageDraw.Draw(im)
-    small, big = font(13), font(16)
-    x_of = lambda i: MARGIN_L + plot_w * i / n  # noqa: E731  left edge of bar i
-    y_of = lambda v: MARGIN_T + plot_h * (1 - v / ymax)  # noqa: E731
-    for k in range(int(round(ymax / ystep)) + 1):  # horizontal grid and y tick labels
-        v = k * ystep
-        y = y_of(v)
-        d.line([(MARGIN_L, y), (MARGIN_L + plot_w, y)], fill=GRID)
-        lab = _label(v)
-        d.text((MARGIN_L - 8 - d.textlength(lab, font=small), y - 7), lab, fill=TEXT, font=small)
-    gap = 1 if plot_w / n >= 4 else 0
-    for i, c in enumerate(counts.tolist()):
-        if c:
-            d.rectangle([x_of(i), y_of(c), max(x_of(i), x_of(i + 1) - 1 - gap), MARGIN_T + plot_h], fill=BAR)
-    d.line([(MARGIN_L, MARGIN_T), (MARGIN_L, MARGIN_T + plot_h), (MARGIN_L + plot_w, MARGIN_T + plot_h)], fill=AXIS, width=2)
     xstep = max(1, int(nice_step(nvals, 10)))
-    for v in range(x0 + (-x0 % xstep), x0 + nvals, xstep):  # x ticks at round values, under the bar holding the value
-        cx = x_of((v - x0 + 0.5) / per_bar)
-        lab = _label(v)
-        d.line([(cx, MARGIN_T + plot_h), (cx, MARGIN_T + plot_h + 5)], fill=AXIS)
-        d.text((cx - d.textlength(lab, font=small) / 2, MARGIN_T + plot_h + 8), lab, fill=TEXT, font=small)
-    d.text((MARGIN_L + (plot_w - d.textlength(xlabel, font=big)) / 2, HEIGHT - 30), xlabel, fill=TEXT, font=big)
-    d.text((MARGIN_L, 14), title, fill=TEXT, font=big)
-    _vertical_label(im, ylabel, big, 10, MARGIN_T + plot_h // 2)
+    labels = []
+    for i in range(len(counts)):  # the first multiple of xstep among the values of bar i, if any
+        lo = x0 + i * per_bar
+        v = lo + (-lo % xstep)
+        labels.append(_label(v) if v < min(lo + per_bar, x0 + nvals) else "")
+    im = bar_chart([("", counts.tolist())], labels, title, xlabel, ylabel, size=(WIDTH, HEIGHT), colors=(BAR,))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format="PNG", optimize=False)
     return path
 
 
-# -- grouped bars ---------------------------------------------------------------------------------
-SERIES_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
-CHART_W, CHART_H = 900, 480
-LEFT, RIGHT, TOP, BOTTOM = 80, 20, 50, 70
-
-
-def _nice_ticks(top: float, n: int = 5) -> list[float]:
-    """Round tick values from 0 to at least ``top``."""
+def _nice_ticks(top: float, n: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values from 0 to at least ``top``; with ``integer``, steps of at least 1 (counts)."""
     if top <= 0:
         return [0.0, 1.0]
-    step = nice_step(top, n)
+    step = max(1, nice_step(top, n)) if integer else nice_step(top, n)
     return [i * step for i in range(int(math.ceil(top / step - 1e-9)) + 1)]
 
 
@@ -135,13 +109,16 @@ def _fmt(v: float) -> str:
 
 
 def bar_chart(series: list[tuple[str, list[float]]], categories: list[str], title: str, xlabel: str, ylabel: str,
-              log_y: bool = False, label_every: int = 1) -> Image.Image:
-    """One group of bars per category, one bar per series in it. ``log_y``: bar heights on a
-    log10(1 + count) scale with ticks at 1, 10, 100, ... (for counts)."""
-    img = Image.new("RGB", (CHART_W, CHART_H), (255, 255, 255))
+              log_y: bool = False, label_every: int = 1, size: tuple[int, int] = (CHART_W, CHART_H),
+              colors: Sequence[tuple[int, int, int]] = SERIES_COLORS) -> Image.Image:
+    """One group of bars per category, one bar per series in it; an empty category name draws no
+    label, an empty series name no legend entry. ``log_y``: bar heights on a log10(1 + count)
+    scale with ticks at 1, 10, 100, ... (for counts). Integer data get integer ticks."""
+    width, height_px = size
+    img = Image.new("RGB", size, (255, 255, 255))
     d = ImageDraw.Draw(img)
     big, small = font(16), font(12)
-    x0, x1, y0, y1 = LEFT, CHART_W - RIGHT, CHART_H - BOTTOM, TOP  # plot area; y grows downwards
+    x0, x1, y0, y1 = LEFT, width - RIGHT, height_px - BOTTOM, TOP  # plot area; y grows downwards
     peak = max([max(v) if v else 0 for _, v in series] + [0])
     if log_y:  # heights ∝ log10(1 + count); the axis ends at the power of ten above the peak
         top_value = 10 ** math.ceil(math.log10(max(peak, 1)))
@@ -153,7 +130,7 @@ def bar_chart(series: list[tuple[str, list[float]]], categories: list[str], titl
             marks = [10**k for k in range(int(math.log10(top_value)) + 1)]
         tick_pos = [(0, 0.0)] + [(v, height(v)) for v in marks]
     else:
-        vals = _nice_ticks(peak)
+        vals = _nice_ticks(peak, integer=all(float(v).is_integer() for _, vs in series for v in vs))
         top = vals[-1] or 1.0
         height = lambda v: max(v, 0) / top  # noqa: E731
         tick_pos = [(v, v / top) for v in vals]
@@ -175,19 +152,22 @@ def bar_chart(series: list[tuple[str, list[float]]], categories: list[str], titl
         for s, (_, values) in enumerate(series):
             v = values[c] if c < len(values) else 0
             if v > 0:
-                top_y = y0 - height(v) * (y0 - y1)
-                d.rectangle([gx + s * bar, top_y, gx + (s + 1) * bar - (1 if bar > 3 else 0), y0 - 1], fill=SERIES_COLORS[s % len(SERIES_COLORS)])
-        if c % max(label_every, 1) == 0:
+                top_y = min(y0 - height(v) * (y0 - y1), y0 - 1)  # at least one pixel for any count
+                d.rectangle([gx + s * bar, top_y, gx + (s + 1) * bar - (1 if bar > 3 else 0), y0 - 1], fill=colors[s % len(colors)])
+        if name and c % max(label_every, 1) == 0:
             cx = x0 + (c + 0.5) * group
+            d.line([(cx, y0), (cx, y0 + 4)], fill=TEXT)
             d.text((cx - d.textlength(name, font=small) / 2, y0 + 6), name, fill=TEXT, font=small)
     # labels, title, legend
-    d.text(((x0 + x1 - d.textlength(xlabel, font=big)) / 2, CHART_H - 30), xlabel, fill=TEXT, font=big)
+    d.text(((x0 + x1 - d.textlength(xlabel, font=big)) / 2, height_px - 30), xlabel, fill=TEXT, font=big)
     _vertical_label(img, ylabel + (" (log scale)" if log_y else ""), big, 6, (y0 + y1) // 2)
-    d.text(((CHART_W - d.textlength(title, font=big)) / 2, 12), title, fill=TEXT, font=big)
+    d.text(((width - d.textlength(title, font=big)) / 2, 12), title, fill=TEXT, font=big)
     lx = x1 - 10
     for s, (label, _) in reversed(list(enumerate(series))):
+        if not label:
+            continue
         lx -= d.textlength(label, font=small) + 26
-        d.rectangle([lx, 36, lx + 14, 46], fill=SERIES_COLORS[s % len(SERIES_COLORS)])
+        d.rectangle([lx, 36, lx + 14, 46], fill=colors[s % len(colors)])
         d.text((lx + 18, 34), label, fill=TEXT, font=small)
     return img
 

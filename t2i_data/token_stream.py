@@ -130,6 +130,11 @@ class TokenStream(IterableDataset):
             raise T2IError(f"stream state was saved with seed {state['seed']}, this stream has seed {self.seed}")
         self.set_epoch(state["epoch"], state["batches_done"], num_workers)
 
+    def batches_per_epoch(self, num_workers: int) -> int:
+        """Batches this rank yields per epoch, whatever the rank: every worker yields ⌈⌈N/G⌉/B⌉."""
+        _, world = self._dist()
+        return plan_exact(self.sizes, world, num_workers, self.batch_size, self.seed, 0)[1] * max(num_workers, 1)
+
     def _dist(self) -> tuple[int, int]:
         return rank_and_world(self.rank, self.world_size)
 

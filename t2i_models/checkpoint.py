@@ -1,5 +1,7 @@
-"""Autoencoder checkpoints: config, weights and training state in one ``torch.save`` file that
-``torch.load(weights_only=True)`` reads (plain dicts, lists, numbers, strings and tensors only).
+"""Checkpoints of every model here (autoencoders, priors, CLIP): config, weights and training
+state in one ``torch.save`` file that ``torch.load(weights_only=True)`` reads (plain dicts, lists,
+numbers, strings and tensors only), written by ``save_checkpoint`` and read back by
+``load_checkpoint_dict`` / ``restore_weights``; ``resume_checkpoint`` is every trainer's resume.
 
 The weights fingerprint is the sha256 over the state dict (names, dtypes, shapes and bytes, in
 name order): the same weights give the same fingerprint on any machine.
@@ -59,6 +61,26 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
     return ck
 
 
+def restore_weights(model: torch.nn.Module, ck: dict, where: str, required: bool = True) -> torch.nn.Module:
+    """Load ``ck``'s weights into ``model`` (strict) and check them against the recorded fingerprint;
+    ``required=False`` accepts checkpoints written before they carried one. Returns the model in eval mode."""
+    model.load_state_dict(ck["state_dict"], strict=True)
+    if (required or "fingerprint" in ck) and weights_fingerprint(model) != ck.get("fingerprint"):
+        raise T2IError(f"{where}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
+    return model.eval()
+
+
+def resume_checkpoint(last: Path, arch: str, map_location="cpu") -> dict | None:
+    """A trainer's ``out/last.pt`` if there is one, refused when it belongs to a run of another arch."""
+    if not last.exists():
+        return None
+    ck = load_checkpoint_dict(last, map_location=map_location)
+    found = (ck.get("train_config") or {}).get("arch")
+    if found != arch:
+        raise T2IError(f"{last} is a {found} run; use another out= for {arch}")
+    return ck
+
+
 def save_autoencoder(path: str | Path, model, **state) -> str:
     """Write atomically; ``state`` holds training state (step, optimizer, stream position...)."""
     return save_checkpoint(path, model, FORMAT, **state)
@@ -70,12 +92,7 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     if ck.get("format") != FORMAT or ck.get("kind") not in KINDS:
         raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
-    model = model_cls(cfg_cls(**ck["config"]))
-    model.load_state_dict(ck["state_dict"], strict=True)
-    model.eval()
-    if weights_fingerprint(model) != ck["fingerprint"]:
-        raise T2IError(f"{path}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
-    return model, ck
+    return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)), ck
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

@@ -10,8 +10,8 @@ projection shared by both towers, as in the thesis code, then L2 normalisation. 
 exp(logit_scale) · cosine, logit_scale learnable from log(1/0.07) and capped at log(100) as in
 CLIP; the loss is the symmetric cross-entropy over the batch.
 
-The images CLIP sees are always autoencoder reconstructions quantised to 8 bits exactly as
-``encode.decode_tokens`` does (``reconstruct``), in training and in evaluation alike: a CLIP
+The images CLIP sees are always autoencoder reconstructions quantised to 8 bits, as a PNG of a
+sample holds them (``encode.reconstruct``), in training and in evaluation alike: a CLIP
 trained on sharp originals would score the priors' blurry outputs by their blur.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from t2i_data.mdmnist import VOCAB
 
 from .attention import Attention
 from .blocks import check_shape
-from .checkpoint import load_checkpoint_dict, save_checkpoint, weights_fingerprint
+from .checkpoint import load_checkpoint_dict, restore_weights, save_checkpoint
 
 FORMAT = "t2i-clip/1"
 N_SYMBOLS = len(VOCAB)  # 20: ids 0-19 of the MD-MNIST tokenizer are the description symbols
@@ -147,15 +147,6 @@ def clip_tiny(**over) -> CLIP:
 CLIPS = {f.__name__: f for f in (clip_mdmnist, clip_tiny)}
 
 
-@torch.no_grad()
-def reconstruct(autoencoder, tokens: torch.Tensor) -> torch.Tensor:
-    """Image tokens (B, h·w) or (B, h, w) → the autoencoder's reconstructions (B, 3, S, S) in [0, 1],
-    rounded to 8-bit levels exactly as ``encode.decode_tokens`` (what a PNG of a sample holds)."""
-    g = autoencoder.cfg.grid
-    x = autoencoder.decode(tokens.reshape(-1, g, g).long())
-    return (x.float().clamp(0, 1) * 255 + 0.5).floor() / 255
-
-
 def symbols_from_text_tokens(text: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of MD-MNIST tokenizer ids (B, L), possibly with BOS / EOS / padding → (B, 12) symbol ids.
     The tokenizer's ids 0-19 are the description symbols themselves; its specials are 20-23.
@@ -182,8 +173,4 @@ def load_clip(path: str | Path, map_location: str = "cpu"):
     ck = load_checkpoint_dict(path, "--clip")
     if ck["format"] != FORMAT:
         raise T2IError(f"--clip {path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CLIP; train one with 't2i train clip'")
-    model = CLIP(CLIPConfig(**ck["config"]))
-    model.load_state_dict(ck["state_dict"])
-    if weights_fingerprint(model) != ck["fingerprint"]:
-        raise T2IError(f"--clip {path}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
-    return model.to(map_location).eval(), ck
+    return restore_weights(CLIP(CLIPConfig(**ck["config"])), ck, f"--clip {path}").to(map_location), ck

@@ -147,8 +147,17 @@ def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: 
     return len(chosen)
 
 
-def decode_tokens(model, tokens: np.ndarray) -> np.ndarray:
-    """(B, h, w) tokens → (B, S, S, 3) uint8 images."""
-    with torch.inference_mode():
-        x = model.decode(torch.from_numpy(np.asarray(tokens, dtype=np.int64)))
-    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+@torch.no_grad()
+def reconstruct(autoencoder, tokens: torch.Tensor) -> torch.Tensor:
+    """Image tokens (B, h·w) or (B, h, w) → the autoencoder's images (B, 3, S, S) in [0, 1], on the
+    device of the tokens, rounded to the 8-bit levels a PNG of them holds (what CLIP and the
+    evaluation score, in training and in evaluation alike)."""
+    g = autoencoder.cfg.grid
+    x = autoencoder.decode(tokens.reshape(-1, g, g).long())
+    return (x.float().clamp(0, 1) * 255 + 0.5).floor() / 255
+
+
+def decode_tokens(model, tokens) -> np.ndarray:
+    """(B, h, w) tokens (an array or a tensor) → (B, S, S, 3) uint8 images."""
+    t = tokens if isinstance(tokens, torch.Tensor) else torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    return (reconstruct(model, t) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -43,10 +43,12 @@ from t2i_data.rng import keyed_u64, stream_id, uniform_int
 from t2i_data.text.mdmnist import MDMNISTTokenizer
 from t2i_data.tokenize import TokenizeConfig, encode_rows
 
-from .checkpoint import load_autoencoder, load_checkpoint_dict
+from .checkpoint import load_autoencoder, load_checkpoint_dict, weights_fingerprint
 from .clip import FORMAT as CLIP_FORMAT
-from .clip import TEXT_LEN, load_clip, reconstruct, symbols_from_text_tokens
+from .clip import TEXT_LEN, load_clip, symbols_from_text_tokens
+from .encode import decode_tokens, reconstruct
 from .sample import prompt_sheet
+from .train_clip import open_stream
 from .train_prior import FORMAT as PRIOR_FORMAT
 from .train_prior import load_prior
 
@@ -166,8 +168,6 @@ def key_indices(keys: list[str]) -> np.ndarray:
 def clip_accuracy(clip, ae, image_tokens, text_tokens, seed: int, device=None, batch_size: int = 100, limit: int = 0) -> dict:
     """CLIP's accuracy at picking the true description among it and 12 variants, on the
     reconstructions of an image-token set (the test split); variants drawn from (seed, key)."""
-    from .checkpoint import weights_fingerprint
-
     acc, _, where = split_pass(image_tokens, text_tokens, seed, batch_size, limit, clip, ae, [], device or torch.device("cpu"),
                                expect_ae=weights_fingerprint(ae))
     return dict(acc, split=where["split"])
@@ -178,8 +178,6 @@ def split_pass(image_tokens, text_tokens, seed: int, batch_size: int, limit: int
     """One pass over a (test) token set made by autoencoder ``expect_ae``: CLIP's accuracy on the
     reconstructions, and each prior's per-sample image-token cross-entropy, as arrays in key order
     (independent of the stream's order)."""
-    from .train_clip import open_stream
-
     ds = open_stream(image_tokens, text_tokens, batch_size, seed, expect_ae)
     if ds.img_m.get("split") != "test":
         log.warning("%s is the %s split; the thesis evaluates on the test split", image_tokens, ds.img_m.get("split"))
@@ -341,7 +339,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     clip, ae = clip.to(device), ae.to(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = [f"A: {ck['train_config']['arch']}" for _, ck in priors[:1]] + [f"B: {ck['train_config']['arch']}" for _, ck in priors[1:]]
+    labels = [f"{s}: {ck['train_config']['arch']}" for s, (_, ck) in zip("AB", priors)]
 
     accuracy, losses, eval_set = split_pass(cfg.image_tokens, cfg.text_tokens, cfg.seed, cfg.eval_batch_size, cfg.eval_samples,
                                             clip, ae, priors, device, fingerprints["autoencoder"])
@@ -387,7 +385,7 @@ def _sample_grid(cfg: EvalConfig, priors, ae, labels, device):
     rows: list[list] = [[] for _ in range(k)]
     for slot, (prior, ck) in enumerate(priors):
         tokens = _generate(cfg, prior, ck, np.repeat(symbols, s, axis=0), f"grid-{slot}", 0, device)
-        pix = (reconstruct(ae, tokens) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        pix = decode_tokens(ae, tokens)
         for p in range(k):
             rows[p] += list(pix[p * s : (p + 1) * s])
     header = f"left {s}: {labels[0]}   |   right {s}: {labels[1]}   (temperature {cfg.temperature}, seed {cfg.seed})"

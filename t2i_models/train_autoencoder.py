@@ -30,7 +30,7 @@ from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import ShardStream, image_decoder
 
 from .builders import CONFIGS, build_autoencoder
-from .checkpoint import save_autoencoder, setup_distributed, weights_fingerprint
+from .checkpoint import resume_checkpoint, save_autoencoder, setup_distributed, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,8 @@ def train(cfg: TrainConfig) -> dict:
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
     step, epoch, in_epoch = 0, 0, 0
     last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=True)
-        if ck.get("train_config", {}).get("arch") != cfg.arch:
-            raise T2IError(f"{last} is a {ck.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
+    ck = resume_checkpoint(last, cfg.arch, map_location=device)
+    if ck is not None:
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]

@@ -1,7 +1,7 @@
 """Train the evaluation CLIP on the autoencoder's reconstructions of MD-MNIST train images.
 
 Data: the train split's aligned image-token and text-token shards, streamed by ``TokenStream``;
-each batch's tokens are decoded by the autoencoder that made them (``clip.reconstruct``). Of the
+each batch's tokens are decoded by the autoencoder that made them (``encode.reconstruct``). Of the
 two ways to get reconstructions, this one fits the existing streams best: ``TokenStream`` already
 zips the two token sets by key, checks their alignment and the autoencoder's fingerprint, splits
 the samples over ranks × workers exactly once per epoch and resumes mid-epoch; and only the
@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_autoencoder, setup_distributed
-from .clip import CLIPS, reconstruct, save_clip, symbols_from_text_tokens
+from .checkpoint import load_autoencoder, resume_checkpoint, setup_distributed
+from .clip import CLIPS, save_clip, symbols_from_text_tokens
+from .encode import reconstruct
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,6 @@ def lr_at(cfg: ClipTrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
 
 
-def batches_per_epoch(samples: int, world: int, workers: int, batch: int) -> int:
-    """Batches one rank takes per epoch: TokenStream gives every worker ⌈⌈N/G⌉/B⌉ of them."""
-    g = world * max(workers, 1)
-    return -(-(-(-samples // g)) // batch) * max(workers, 1)
-
-
 def open_stream(image_tokens, text_tokens, batch_size: int, seed: int, autoencoder_fp: str | None, tokenizer_fp: str | None = None):
     """A TokenStream over MD-MNIST description tokens made by the given autoencoder."""
     ds = TokenStream(image_tokens, text_tokens, batch_size, seed, expect_tokenizer=tokenizer_fp, expect_autoencoder=autoencoder_fp)
@@ -112,15 +107,13 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, epoch, in_epoch = 0, 0, 0
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck.get("train_config", {}).get("arch") != cfg.arch:
-            raise T2IError(f"{last} is a {ck.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
+    ck = resume_checkpoint(last, cfg.arch)
+    if ck is not None:
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
-    per_epoch = batches_per_epoch(sum(s["samples"] for s in ds.img_m["shards"]), world, cfg.num_workers, cfg.batch_size)
+    per_epoch = ds.batches_per_epoch(cfg.num_workers)
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
     end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
     nw = max(cfg.num_workers, 1)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_checkpoint_dict, save_checkpoint, setup_distributed, weights_fingerprint
+from .checkpoint import load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint, setup_distributed
 from .prior_builders import PRIORS
 
 FORMAT = "t2i-prior/1"
@@ -101,7 +101,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
-    resume = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
+    resume = resume_checkpoint(last, cfg.arch)
     expect = (resume or {}).get("fingerprints", {})
     ds = TokenStream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed,
                      expect_tokenizer=expect.get("tokenizer"), expect_autoencoder=expect.get("autoencoder"))
@@ -115,8 +115,6 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, epoch, in_epoch = 0, 0, 0
     if resume is not None:
-        if resume.get("train_config", {}).get("arch") != cfg.arch:
-            raise T2IError(f"{last} is a {resume.get('train_config', {}).get('arch')} run; use another out= for {cfg.arch}")
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
         step, epoch, in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
@@ -188,7 +186,4 @@ def load_prior(path: str | Path, map_location: str = "cpu"):
         raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
     arch = ck["train_config"]["arch"]
     model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
-    model.load_state_dict(ck["state_dict"])
-    if "fingerprint" in ck and weights_fingerprint(model) != ck["fingerprint"]:  # checkpoints before the fingerprint have none
-        raise T2IError(f"{path}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
-    return model.eval(), ck
+    return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from t2i_data.cli import main
 from t2i_data.errors import T2IError
+from t2i_data.token_stream import TokenStream
 from t2i_models.clip import clip_mdmnist, clip_tiny, load_clip, symbols_from_text_tokens
-from t2i_models.train_clip import ClipTrainConfig, batches_per_epoch, lr_at, train_clip
+from t2i_models.train_clip import ClipTrainConfig, lr_at, train_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,8 @@ def test_clip_training_streams_reconstructions_resumes_exactly_and_reports_accur
 def test_clip_schedule_cli_and_refusals(md_tokens, tmp_path, capsys):
     c = clip_cfg(md_tokens, tmp_path, lr=1.0, lr_step=20, lr_gamma=0.1)
     assert (lr_at(c, 0), lr_at(c, 19), lr_at(c, 20), lr_at(c, 29)) == (1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1))
-    assert batches_per_epoch(103, 1, 0, 8) == 13 and batches_per_epoch(103, 2, 2, 8) == 8  # ⌈⌈103/4⌉/8⌉ = 4 per worker
+    one, two = (TokenStream(md_tokens / "img", md_tokens / "text", 8, rank=0, world_size=w) for w in (1, 2))  # 103 samples
+    assert one.batches_per_epoch(0) == 13 and two.batches_per_epoch(2) == 8  # ⌈⌈103/4⌉/8⌉ = 4 per worker
     assert main(["-q", "train", "clip", "arch=clip_tiny", f"image_tokens={md_tokens / 'img'}", f"text_tokens={md_tokens / 'text'}",
                  f"autoencoder={md_tokens / 'ae.pt'}", f"out={tmp_path / 'cli'}", "steps=1", "batch_size=4", "num_workers=0"]) == 0
     assert "trained clip_tiny to step 1" in capsys.readouterr().out
