@@ -32,3 +32,32 @@ def clean_caption_lines(data: bytes, replace_fffd: bool) -> tuple[list[str], int
         if line.strip():
             captions.append(line)
     return captions, fixes
+
+
+def plain_relative(name, what: str) -> str:
+    """``name`` if it is a plain relative path (str, POSIX separators, no ``..``, not absolute,
+    no NUL, no backslash, no empty or ``.`` parts); else ``ValueError`` naming ``what``.
+
+    Source files and manifests are input, often from someone else: a file name read from them
+    must never reach outside the folder it is relative to. ``confined`` then checks the same
+    against symlinks on disk.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{what} is {type(name).__name__}, not a string")
+    if not name or "\x00" in name or "\\" in name or name.startswith("/"):
+        raise ValueError(f"{what} {name!r} is not a plain relative name")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what} {name!r} is not a plain relative name (empty, '.' or '..' part)")
+    return name
+
+
+def confined(root: Path, name: str, what: str) -> Path:
+    """``root / name`` after ``plain_relative``, resolved (symlinks followed) and checked to
+    lie inside ``root`` resolved; ``ValueError`` naming ``what`` otherwise."""
+    plain_relative(name, what)
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if path != base and base not in path.parents:
+        raise ValueError(f"{what} {name!r} resolves to {path}, outside {base}")
+    return path
