@@ -14,6 +14,8 @@ class ImageRecord:
     caption_file: str | None = None  # path relative to the source root (CUB)
     bbox: tuple[float, float, float, float] | None = None  # x, y, w, h in source pixels
     reject: str | None = None  # "<kind>: <detail>" found in the metadata: quarantine unread
+    captions_dropped: int = 0  # captions the source listed that were not usable text (null, number, blank)
+    normalized: tuple[str, ...] = ()  # metadata values read in another unambiguous form, e.g. "images[0].id: '7' -> 7"
 
 
 def clean_caption_lines(data: bytes, replace_fffd: bool) -> tuple[list[str], int]:
