@@ -1,29 +1,41 @@
 """CUB-200-2011 and MS-COCO → image shards holding the deterministic part of a regime.
 
-Per image: open, let the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT (``Image.draft``)
-while staying at least as large as the output needs, optionally crop to the enlarged bounding
-box (CUB), convert to RGB, apply the regime's deterministic part (``Regime.prepare``: box
-reduce then LANCZOS), and store as JPEG (quality 95 by default, 4:4:4 chroma). Every problem with an input
-becomes a ``Rejected`` record with its reason, or stops the run with ``strict``.
+Per image: read the file once (its sha256 is the sample's ``source_sha256``), check and decode
+it (``decode.py``: bounds from the header, a strict decode at the DCT scale the output needs,
+EXIF orientation, transparency onto white, optionally AttnGAN's bounding-box crop), apply the
+regime's deterministic part (``Regime.prepare``: box reduce then LANCZOS), and store as JPEG
+(quality 95 by default, 4:4:4 chroma). Every step, JPEG encoding included, runs inside the
+quarantine: a problem with an input becomes a ``Rejected`` record with its reason (or stops the
+run with ``strict``), and the shard's other samples are written. After all shards are written,
+``dedup.py`` quarantines duplicate images and lists images shared between splits.
+
+Every sample's JSON has the same keys (``schema.py``): source values that are absent are null,
+counts are 0.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+import xxhash
 from PIL import Image
 
-from .digest import canonical_json
+from .decode import ImageLimits, decode_source
+from .dedup import deduplicate
+from .digest import canonical_json, canonical_pixels
 from .errors import T2IError
-from .regimes import Regime, to_rgb
-from .shardset import Quarantine, Rejected, build_shard_set
+from .regimes import Regime
+from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, merge_stats, write_shards
 from .sources import coco, cub
-from .sources.records import ImageRecord, clean_caption_lines
+from .sources.records import ImageRecord, clean_caption_lines, confined
 from .tario import WRITER_ID
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,9 @@ class PreprocessConfig:
     captions: str | None = None  # CUB caption folder; default <root>/birds/text
     limit: int | None = None  # only the first N records of each split (smoke runs)
     strict: bool = False  # stop at the first bad input instead of quarantining it
+    max_aspect: float = ImageLimits.max_aspect  # bounds per image, see decode.ImageLimits
+    max_decoded_pixels: int = ImageLimits.max_decoded_pixels
+    max_target_pixels: int = ImageLimits.max_target_pixels
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -61,7 +76,14 @@ class PreprocessConfig:
             raise T2IError(f"--bbox-crop takes a positive factor and applies to cub only, got {self.bbox_crop} for {self.dataset}")
         if self.limit is not None and self.limit < 0:
             raise T2IError(f"--limit must be >= 0, got {self.limit}")
+        try:
+            self.limits()
+        except ValueError as e:
+            raise T2IError(f"--max-aspect / --max-decoded-pixels / --max-target-pixels: {e}") from None
         object.__setattr__(self, "splits", tuple(self.splits))
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_aspect, self.max_decoded_pixels, self.max_target_pixels)
 
     def identity(self) -> dict:
         """The config as manifests record it: no host paths, nothing that leaves the bytes alone."""
@@ -72,9 +94,11 @@ class PreprocessConfig:
         return d
 
 
-def read_captions(rec: ImageRecord) -> tuple[list[str], int]:
+def read_captions(rec: ImageRecord) -> tuple[list[str], int, int]:
+    """(captions, lines repaired, blank lines dropped) of a record: inline (COCO, already
+    type-checked by the source) or from its caption file (CUB)."""
     if rec.captions is not None:
-        return list(rec.captions), 0
+        return list(rec.captions), 0, 0
     path = Path(rec.caption_file)
     try:
         data = path.read_bytes()
@@ -84,45 +108,11 @@ def read_captions(rec: ImageRecord) -> tuple[list[str], int]:
         caps, fixes = clean_caption_lines(data, replace_fffd=True)
     except UnicodeDecodeError as e:
         raise Quarantine("non-utf8-captions", f"{path.name} is not UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r})") from None
+    lines = data.decode("utf-8").split("\n")
+    blank = sum(1 for line in (lines[:-1] if lines[-1] == "" else lines) if not line.strip())
     if not caps:
         raise Quarantine("empty-captions", f"{path.name} has no non-empty line")
-    return caps, fixes
-
-
-def bbox_square(bbox, factor: float, w: int, h: int) -> tuple[int, int, int, int]:
-    """AttnGAN's crop: a square of side factor·max(bw, bh) centred on the box, clipped to the image."""
-    x, y, bw, bh = bbox
-    r = int(max(bw, bh) * factor / 2)
-    cx, cy = int((2 * x + bw) / 2), int((2 * y + bh) / 2)
-    return max(0, cx - r), max(0, cy - r), min(w, cx + r), min(h, cy + r)
-
-
-def load_prepared(path: Path, regime: Regime, bbox=None, bbox_crop: float | None = None) -> tuple[Image.Image, dict]:
-    """Decode (DCT-scaled where possible), convert to RGB and apply the deterministic part,
-    resizing from the exact, possibly fractional, region the source (or its crop) occupies."""
-    with Image.open(path) as im:
-        src_w, src_h = im.size
-        info = {"source_size": [src_w, src_h], "source_mode": im.mode, "source_format": im.format}
-        box = bbox_square(bbox, bbox_crop, src_w, src_h) if bbox_crop and bbox else (0, 0, src_w, src_h)
-        cw, ch = box[2] - box[0], box[3] - box[1]
-        if cw < 1 or ch < 1:
-            raise Quarantine("bad-bbox", f"bounding-box crop {box} is empty")
-        if box != (0, 0, src_w, src_h):
-            info["crop"] = list(box)
-        scale = 1.0
-        if im.format == "JPEG":
-            rw, rh = regime.draft_request(cw, ch)
-            drafted = im.draft(None, (max(1, rw * src_w // cw), max(1, rh * src_h // ch)))
-            if drafted is not None:  # (mode, (0, 0, src_w / k, src_h / k)) for a 1/k decode
-                scale = drafted[1][2] / src_w
-        im.load()
-        try:
-            rgb = to_rgb(im)
-        except ValueError as e:
-            raise Quarantine("unsupported-mode", str(e)) from None
-        out = regime.prepare(rgb, tuple(v * scale for v in box), scale)
-    info["decoded_scale"] = scale
-    return out, info
+    return caps, fixes, blank
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -132,35 +122,75 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def pixel_digest(image: Image.Image) -> str:
+    """XXH3-128 of the image's canonical pixels (shape, then RGB bytes)."""
+    return xxhash.xxh3_128_hexdigest(canonical_pixels(np.asarray(image)))
+
+
+def sample_stats(meta: dict) -> dict:
+    """What one written sample adds to its manifest's ``stats``."""
+    return {"captions": len(meta["captions"]), "captions_dropped": meta["captions_dropped"], "size_mismatch": int(meta["size_mismatch"]),
+            "exif_rotated": int(meta["exif_orientation"] != 1), "caption_fixes": meta["caption_fixes"]}
+
+
+def stats_of_sample(sample: dict) -> dict:
+    return sample_stats(json.loads(sample["json"]))
+
+
+def load_prepared(path: str | Path, regime: Regime, bbox=None, bbox_crop: float | None = None,
+                  limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, dict]:
+    """One image file → (stored image, decode info): ``decode.decode_source`` then the regime's
+    deterministic part. Raises ``Quarantine`` as ``decode_source`` does."""
+    dec = decode_source(Path(path).read_bytes(), regime, limits, bbox, bbox_crop)
+    return regime.prepare(dec.image, dec.box, dec.scale), dec.info
+
+
+def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord) -> dict:
+    """One record → its sample, or ``Quarantine``."""
+    if rec.reject:
+        kind, _, detail = rec.reject.partition(": ")
+        raise Quarantine(kind, detail)
+    captions, fixes, blank = read_captions(rec)
+    try:
+        path = confined(root, rec.image, "image path")
+    except ValueError as e:
+        raise Quarantine("bad-metadata", str(e)) from None
+    if not path.is_file():
+        raise Quarantine("missing-image", f"{rec.image} is listed but not there")
+    data = path.read_bytes()
+    if not data:
+        raise Quarantine("empty-image", f"{rec.image} is 0 bytes")
+    dec = decode_source(data, regime, cfg.limits(), rec.bbox, cfg.bbox_crop)
+    image = regime.prepare(dec.image, dec.box, dec.scale)
+    try:
+        jpg = encode_jpeg(image, cfg.jpeg_quality)
+    except Exception as e:  # Pillow raises OSError / ValueError from the encoder
+        raise Quarantine("encode-failed", f"{type(e).__name__}: {e}") from None
+    upright = dec.info["source_size"][::-1] if dec.info["exif_orientation"] in (5, 6, 7, 8) else dec.info["source_size"]
+    annotated = rec.meta.get("annotated_size")
+    meta = dict(rec.meta, **dec.info, captions=captions, split=rec.split, regime=cfg.regime, size=list(image.size),
+                caption_fixes=fixes, captions_dropped=rec.captions_dropped + blank, normalized=list(rec.normalized),
+                size_mismatch=annotated is not None and list(annotated) != list(upright),
+                source_sha256=hashlib.sha256(data).hexdigest(), pixel_digest=pixel_digest(image))
+    return {"__key__": rec.key, "jpg": jpg, "json": canonical_json(meta),
+            "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
+
+
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Rejected]:
     regime = Regime(cfg.regime, cfg.size)
     root = Path(cfg.root)
+    totals: dict = {}
     for rec in records:
         try:
-            if rec.reject:
-                kind, detail = rec.reject.split(": ", 1)
-                raise Quarantine(kind, detail)
-            captions, fixes = read_captions(rec)
-            path = root / rec.image
-            if not path.is_file():
-                raise Quarantine("missing-image", f"{rec.image} is listed but not there")
-            if path.stat().st_size == 0:
-                raise Quarantine("empty-image", f"{rec.image} is 0 bytes")
-            try:
-                image, info = load_prepared(path, regime, rec.bbox, cfg.bbox_crop)
-            except Quarantine:
-                raise
-            except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError ... on bad files
-                raise Quarantine("unreadable-image", f"{rec.image}: {type(e).__name__}: {e}") from None
+            sample = _process(cfg, regime, root, rec)
         except Quarantine as e:
             if cfg.strict:
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
             yield Rejected(rec.key, str(e))
             continue
-        meta = dict(rec.meta, captions=captions, split=rec.split, regime=cfg.regime, size=list(image.size), **info)
-        if fixes:
-            meta["caption_fixes"] = fixes
-        yield {"__key__": rec.key, "jpg": encode_jpeg(image, cfg.jpeg_quality), "json": canonical_json(meta)}
+        totals = merge_stats(totals, stats_of_sample(sample))
+        yield sample
+    yield ShardStats(totals)
 
 
 def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], dict]:
@@ -188,12 +218,16 @@ def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], d
 
 
 def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | None = None) -> dict[str, dict]:
-    """``records``: what ``load_records(cfg)`` returned, when the caller has already read it."""
+    """Every split's shards, then the duplicate check over all of them, then the manifests.
+
+    ``records``: what ``load_records(cfg)`` returned, when the caller has already read it.
+    Each manifest gets ``leakage``: its samples whose source bytes or stored pixels are also in
+    another split of this build (``dedup.py``)."""
     by_split, source = records if records is not None else load_records(cfg)
-    manifests = {}
-    for split, records in by_split.items():
-        chunks = [records[i : i + cfg.shard_size] for i in range(0, len(records), cfg.shard_size)]
-        identity = {
+    identities, written, dirs = {}, {}, {}
+    for split, recs in by_split.items():
+        chunks = [recs[i : i + cfg.shard_size] for i in range(0, len(recs), cfg.shard_size)]
+        identities[split] = {
             "kind": "images",
             "dataset": cfg.dataset,
             "split": split,
@@ -205,8 +239,10 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
             "aligned_to": None,
             "encoder": {"jpeg": f"pillow-{Image.__version__} quality={cfg.jpeg_quality} subsampling=4:4:4", "tar": WRITER_ID},
         }
-        manifests[split] = build_shard_set(
-            partial(produce_shard, cfg), Path(out) / split, f"{cfg.dataset}-{split}", [len(c) for c in chunks],
-            identity, runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
+        dirs[split] = Path(out) / split
+        written[split] = write_shards(
+            partial(produce_shard, cfg), dirs[split], f"{cfg.dataset}-{split}", [len(c) for c in chunks],
+            identities[split], runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
         )
-    return manifests
+    written, leakage = deduplicate(dirs, written, stats_of_sample, cfg.strict)
+    return {split: finish_shard_set(dirs[split], identities[split], written[split], {"leakage": leakage[split]}) for split in by_split}

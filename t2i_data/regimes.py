@@ -169,14 +169,24 @@ class Regime:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Grayscale, palette, CMYK, YCbCr and alpha images → RGB (alpha dropped, as img2dataset
-    does; Pillow's JPEG decoder already undoes Adobe's inverted CMYK). Other modes (16-bit,
-    32-bit, float) raise ``ValueError``: they have no faithful 8-bit RGB form."""
-    if im.mode == "RGB":
+    """Any 8-bit image → RGB.
+
+    Grayscale, bilevel, palette, CMYK (Pillow's JPEG decoder already undoes Adobe's inverted
+    CMYK) and YCbCr are converted. Transparency (RGBA, LA, PA, and palette or RGB/L images with
+    a ``transparency`` entry) is composited onto white with img2dataset's formula,
+    ``rint(a/255 · rgb + 255 − a)``, so a transparent pixel is white whatever colour it hides.
+    Other modes (16-bit ``I;16``, 32-bit ``I``, float ``F``) raise ``ValueError``: they have no
+    faithful 8-bit RGB form."""
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
-    if im.mode in CONVERTIBLE_MODES:
-        return im.convert("RGB")
-    raise ValueError(f"unsupported image mode {im.mode} (t2i converts {', '.join(CONVERTIBLE_MODES)} to RGB)")
+    if im.mode not in CONVERTIBLE_MODES:
+        raise ValueError(f"unsupported image mode {im.mode} (t2i converts {', '.join(CONVERTIBLE_MODES)} to RGB)")
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[:, :, 3:]
+        rgb = np.rint(np.clip(alpha / 255 * rgba[:, :, :3] + 255 - alpha, 0, 255)).astype(np.uint8)
+        return Image.fromarray(rgb)
+    return im.convert("RGB")
 
 
-CONVERTIBLE_MODES = ("L", "LA", "P", "PA", "CMYK", "YCbCr", "RGBA", "RGBX", "1")
+CONVERTIBLE_MODES = ("RGB", "L", "LA", "P", "PA", "CMYK", "YCbCr", "RGBA", "RGBX", "1")

@@ -73,7 +73,11 @@ def shard_name(prefix: str, index: int) -> str:
 
 
 def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> dict:
-    """One task: write shard ``item = (index, name, payload)`` unless an identical one is there."""
+    """One task: write shard ``item = (index, name, payload)`` unless an identical one is there.
+
+    A sample may carry ``"__digests__": {"file": ..., "pixels": ...}`` (never written to the
+    tar): the record keeps them as ``digests`` rows ``[key, file, pixels]`` for the duplicate
+    check that runs over the whole set (``dedup.py``)."""
     index, name, payload = item
     out = Path(out_dir)
     final, stats_path = out / name, out / STATS_DIR / f"{name}.json"
@@ -83,7 +87,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
             if file_sha256(final) == rec["sha256"]:
                 ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
-    rejected, stats = [], {}
+    rejected, stats, digests = [], {}, []
     with ShardWriter(final) as writer:
         for sample in produce(payload):
             if isinstance(sample, Rejected):
@@ -92,10 +96,14 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
                 stats = merge_stats(stats, sample)
             else:
                 writer.write(sample)
+                if "__digests__" in sample:
+                    digests.append([sample["__key__"], sample["__digests__"]["file"], sample["__digests__"]["pixels"]])
         rec = writer.close()
     rec.update(index=index, config_digest=digest, rejected=rejected)
     if stats:
         rec["stats"] = stats
+    if digests:
+        rec["digests"] = digests
     atomic_write(stats_path, canonical_json(rec))
     return dict(rec, skipped=False)
 
@@ -117,18 +125,30 @@ def build_shard_set(
     ``identity`` holds every manifest field that decides the bytes (kind, dataset, split,
     config, seed, sources, encoder, ...); its digest decides which existing shards are reused.
     """
+    records = write_shards(produce, out_dir, prefix, shard_samples, identity, runner, desc, payloads)
+    return finish_shard_set(out_dir, identity, records)
+
+
+def write_shards(produce: Callable[..., Iterable], out_dir: str | Path, prefix: str, shard_samples: list[int], identity: dict,
+                 runner, desc: str = "", payloads: list | None = None) -> list[dict]:
+    """The shards of ``build_shard_set`` without the manifest: one record per shard, in order."""
     out = Path(out_dir)
     (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
     names = [shard_name(prefix, i) for i in range(len(shard_samples))]
     _remove_stale(out, prefix, set(names))
-    digest = config_digest(identity)
-    task = partial(write_shard, produce, str(out), digest)
+    task = partial(write_shard, produce, str(out), config_digest(identity))
     payloads = list(range(len(names))) if payloads is None else payloads
     records = runner.map(task, list(zip(range(len(names)), names, payloads)), weights=shard_samples, desc=desc)
     skipped = sum(r["skipped"] for r in records)
     if skipped:
         log.info("%s: reused %d of %d shards already complete", out, skipped, len(records))
-    manifest = dict(identity)
+    return records
+
+
+def finish_shard_set(out_dir: str | Path, identity: dict, records: list[dict], extra: dict | None = None) -> dict:
+    """Manifest (``identity`` + ``extra`` + shards, quarantined inputs, stats, totals) and card."""
+    out = Path(out_dir)
+    manifest = dict(identity, **(extra or {}))
     manifest["format_version"] = FORMAT_VERSION
     manifest["shards"] = [{k: r[k] for k in ("name", "sha256", "bytes", "content_digest", "samples", "first_key", "last_key")} for r in records]
     manifest["rejected"] = [x for r in records for x in r["rejected"]]
@@ -145,7 +165,7 @@ def build_shard_set(
     }
     manifest = write_manifest(out / MANIFEST_NAME, manifest)
     write_card(out, manifest)  # README.md beside the shards, from the manifest
-    manifest["_skipped"] = skipped
+    manifest["_skipped"] = sum(r["skipped"] for r in records)
     return manifest
 
 

@@ -48,7 +48,7 @@ CUB_ROWS = [
     (13, 2, "Beta_0013", 1, "rgb", "ok"),
 ]
 CUB_BAD = {
-    "cub-00005": "unreadable-image",
+    "cub-00005": "corrupt-image",  # truncated: libjpeg "Premature end of JPEG file"
     "cub-00006": "unreadable-image",
     "cub-00007": "empty-image",
     "cub-00008": "missing-image",

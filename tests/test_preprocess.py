@@ -65,10 +65,10 @@ def test_grayscale_and_cmyk_become_rgb(cub_root, coco_root, tmp_path):
 
 
 def test_strict_stops_at_the_first_bad_input(cub_root, tmp_path, capsys):
-    with pytest.raises(T2IError, match=r"cub-00005: unreadable-image: .*without --strict"):
+    with pytest.raises(T2IError, match=r"cub-00005: corrupt-image: .*without --strict"):
         preprocess(PreprocessConfig("cub", str(cub_root), size=32, splits=("train",), strict=True), tmp_path / "s", InProcessRunner())
     assert main(["preprocess", "cub", "--root", str(cub_root), "--out", str(tmp_path / "s2"), "--size", "32", "--strict", "--workers", "0"]) == 2
-    assert "t2i: error: cub-00005: unreadable-image" in capsys.readouterr().err
+    assert "t2i: error: cub-00005: corrupt-image" in capsys.readouterr().err
 
 
 def test_cli_prints_quarantine_counts_and_preview_shows_first_caption(cub_root, tmp_path, capsys):
