@@ -80,31 +80,25 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
-TRAIN_SPLITS = ("train", "train2017")
-
-
-def training_captions(images: str) -> tuple[list[str], dict]:
-    """Every caption of the training split of an image shard set (never the test split)."""
-    from .manifest import find_manifests, load_manifest
-    from .tario import iter_samples
-
-    paths = find_manifests(images)
-    train = [p for p in paths if load_manifest(p)["split"] in TRAIN_SPLITS]
-    if not train:
-        found = ", ".join(sorted(load_manifest(p)["split"] for p in paths))
-        raise T2IError(f"{images}: no training split here (found {found}); tokenizers train on {' or '.join(TRAIN_SPLITS)} captions only")
-    m = load_manifest(train[0])
-    captions = [c for s in m["shards"] for smp in iter_samples(train[0].parent / s["name"]) for c in json.loads(smp["json"])["captions"]]
-    return captions, {"digest": m["digest"], "dataset": m["dataset"], "split": m["split"], "captions": len(captions)}
-
-
 def cmd_tokenizer(args) -> int:
     from . import text
 
     if args.action == "train":
-        captions, origin = training_captions(args.images)
-        tok = text.train(args.kind, captions, args.vocab_size, args.min_frequency)
+        captions, origin = text.training_captions(args.images)  # checked: a caption that is not a str stops here
+        caps = {}
+        for name in ("max_caption_chars", "max_word_chars"):
+            value = getattr(args, name)
+            if value is not None and value < 0:
+                raise T2IError(f"--{name.replace('_', '-')} must be 0 (no cap) or more, got {value}")
+            if value is not None:
+                caps[name] = value or None
+        limits = text.CaptionLimits(**caps)  # the defaults live there, with why
+        tok = text.train(args.kind, captions, args.vocab_size, args.min_frequency, limits)
         tok.source = dict(tok.source, trained_on=origin)
+        cut = tok.source.get("cut", {"captions_truncated": 0, "words_truncated": 0})
+        over = lambda n: f"over {n:,} characters" if n else "(no cap)"  # noqa: E731
+        print(f"{origin['captions']:,} training captions; cut before training: {cut['captions_truncated']:,} captions "
+              f"{over(limits.max_caption_chars)}, {cut['words_truncated']:,} words {over(limits.max_word_chars)}")
     else:
         tok = text.load_pretrained(args.kind, getattr(args, "from"))
     fp = tok.save(args.out)
@@ -298,6 +292,7 @@ def cmd_inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .mdmnist import MDMNISTConfig
+    from .text.captions import MAX_CAPTION_CHARS, MAX_WORD_CHARS
 
     d = MDMNISTConfig()
     parser = argparse.ArgumentParser(prog="t2i", description="Datasets and token shards for discrete-token text-to-image models.")
@@ -344,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True)
     tr.add_argument("--vocab-size", type=int, help="needed for bpe and wordpiece; caps the word vocabulary")
     tr.add_argument("--min-frequency", type=int, help="default 2 (bpe, wordpiece), 1 (word)")
+    tr.add_argument("--max-caption-chars", type=int, help=f"cut longer captions before training (default {MAX_CAPTION_CHARS}; 0: no cap)")
+    tr.add_argument("--max-word-chars", type=int, help=f"then cut longer words, runs of non-space characters (default {MAX_WORD_CHARS}; 0: no cap)")
     tr.set_defaults(func=cmd_tokenizer)
     ld = tka.add_parser("load", help="local pretrained files -> a saved tokenizer")
     ld.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "mdmnist"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,8 +108,12 @@ def orient_box(box: tuple, size: tuple[int, int], orientation: int) -> tuple:
 
 def exif_orientation(im: Image.Image) -> int:
     """The EXIF Orientation tag, 1 when absent; values outside 1-8 count as 1, as
-    ``ImageOps.exif_transpose`` treats them. A broken EXIF block raises ``corrupt-image``."""
-    if "exif" not in im.info and im.format != "PNG":
+    ``ImageOps.exif_transpose`` treats them. A broken EXIF block raises ``corrupt-image``.
+
+    Only EXIF found with the header counts (JPEG APP1, a PNG eXIf chunk before the pixels):
+    Pillow's ``getexif`` would otherwise decode a whole PNG to look for one after them, before
+    the bounds are checked."""
+    if "exif" not in im.info:
         return 1
     try:
         value = im.getexif().get(EXIF_ORIENTATION, 1)
@@ -149,7 +154,9 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
     ``too-large``, ``extreme-aspect``, ``unsupported-mode`` or ``bad-bbox``.
     """
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns above 89 Mpx; the bounds below decide, with a reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise Quarantine("too-large", str(e)) from None
     except Image.UnidentifiedImageError:  # its message holds the address of the BytesIO: not deterministic
@@ -189,7 +196,10 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
             if im.format == "JPEG":
                 _strict_jpeg(data, "CMYK", min_factor=8)
             elif im.format == "PNG":
-                Image.open(io.BytesIO(data)).verify()
+                try:
+                    Image.open(io.BytesIO(data)).verify()
+                except Exception as e:  # SyntaxError (bad chunk CRC), OSError / EOFError (truncated)
+                    raise Quarantine("corrupt-image", f"PNG check failed: {type(e).__name__}: {e}") from None
             im.load()
             decoded = im
     except Quarantine:

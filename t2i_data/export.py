@@ -30,6 +30,7 @@ from .digest import IMAGE_EXTS, canonical_json, file_sha256
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, find_manifests, load_manifest
 from .tario import iter_samples
+from .text.captions import check_captions
 
 KINDS = ("images", "text_tokens", "image_tokens")  # also the column order of a zipped export
 FORMATS = ("arrow", "parquet")
@@ -165,7 +166,10 @@ class _Images:
             meta = json.loads(text)
         except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both are
             raise T2IError(f"{where}: sample {key} has an unreadable JSON ({e}); rebuild the set") from None
-        values = [[str(c) for c in meta.get("captions", [])], {"bytes": sample[ext], "path": f"{key}.{ext}"},
+        if not isinstance(meta, dict):
+            raise T2IError(f"{where}: sample {key} has a JSON that is not an object; rebuild the set")
+        captions = check_captions(meta.get("captions"), f"{where}: sample {key}")  # never str(None) = "None"
+        values = [captions, {"bytes": sample[ext], "path": f"{key}.{ext}"},
                   *(meta.get(n) for n, _ in self.attrs), text]
         return values, len(sample[ext]) + len(text)
 

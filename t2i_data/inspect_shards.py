@@ -1,7 +1,9 @@
 """``t2i inspect``: what a shard set holds, printed as a table and drawn as PNG histograms.
 
 From the manifest: samples, shards (and how many hold no samples) and bytes per split, the
-quarantined inputs by reason, the truncation count the tokenizer recorded. From the shards, each
+quarantined inputs by reason (duplicate images among them), for image sets the samples also in
+another split (``leakage``), the captions dropped, the images whose annotated size differs from
+their pixels and those turned upright by EXIF, and the truncation count the tokenizer recorded. From the shards, each
 checked against its sha256 before it is read: captions per image and caption length in words
 (image sets), token lengths and the padding rate (text-token sets), code usage (image-token
 sets). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
@@ -48,6 +50,11 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
            "bytes": m["totals"]["bytes"], "quarantined": rejection_counts(m.get("rejected", [])), "histograms": {}, "rates": {}}
     hists = rep["histograms"]
     if ss.kind == "images":
+        st = m.get("stats") or {}
+        leak = m.get("leakage") or []
+        rep["checks"] = {"duplicates": rep["quarantined"].get("duplicate-image", 0), "leakage": len(leak),
+                         "leakage_examples": leak[:5], "size_mismatch": st.get("size_mismatch", 0),
+                         "exif_rotated": st.get("exif_rotated", 0), "captions_dropped": st.get("captions_dropped", 0)}
         per_sample, words = {}, {}
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
@@ -126,6 +133,15 @@ def format_reports(reports: list[dict]) -> str:
         lines += ["", f"{r['set']} {r['kind']} (digest {r['digest'][:16]})"]
         if r["quarantined"]:
             lines.append("  quarantined: " + ", ".join(f"{k} {n:,}" for k, n in r["quarantined"].items()))
+        if "checks" in r:
+            c = r["checks"]
+            lines.append(f"  {'duplicate images quarantined':<44} {c['duplicates']:,}")
+            lines.append(f"  {'also in another split (leakage)':<44} {c['leakage']:,}" + "".join(
+                f"\n    {e['key']} = {e['other_key']} ({e['other_split']}, same {'source bytes' if e['by'] == 'file' else 'pixels'})"
+                for e in c["leakage_examples"]))
+            lines.append(f"  {'annotated size differs from the pixels':<44} {c['size_mismatch']:,}")
+            lines.append(f"  {'turned upright by EXIF orientation':<44} {c['exif_rotated']:,}")
+            lines.append(f"  {'captions dropped (not text, or blank)':<44} {c['captions_dropped']:,}")
         for name, hist in r["histograms"].items():
             if name == "code_usage":
                 continue

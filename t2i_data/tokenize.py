@@ -4,6 +4,10 @@ Shard i of the output holds, for each key of image shard i in the same order,
 ``<key>.text_tokens.npy``: every caption of the sample as one row of L ids (uint16, or int32 for
 vocabularies over 65,535), right-padded with the tokenizer's pad id.
 
+A caption that is not a str (null, a number, a list), or a sample without a ``captions`` list,
+stops the run with one ``T2IError`` naming the shard, the key and the index
+(``text.check_captions``): the image set is broken, and ``t2i preprocess`` rebuilds it.
+
 Defined behaviour for awkward captions (each counted in the manifest's ``stats``):
 - control characters (Unicode Cc/Cf) are removed, tab/newline/CR become spaces (``control``);
 - invalid UTF-8 in a sample's JSON is decoded with U+FFFD replacements (``repaired``);
@@ -14,7 +18,6 @@ Defined behaviour for awkward captions (each counted in the manifest's ``stats``
 from __future__ import annotations
 
 import io
-import json
 import unicodedata
 from itertools import chain
 from dataclasses import asdict, dataclass
@@ -29,7 +32,7 @@ from .errors import T2IError
 from .manifest import find_manifests, load_manifest
 from .shardset import ShardStats, build_shard_set
 from .tario import WRITER_ID, iter_samples
-from .text import cached_tokenizer, load_tokenizer
+from .text import cached_tokenizer, load_tokenizer, sample_captions
 
 
 
@@ -116,15 +119,8 @@ def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_sha
     tok = cached_tokenizer(tokenizer_dir)
     keys, counts, captions, repaired = [], [], [], 0
     for sample in iter_samples(image_shard):
-        raw = sample.get("json")
-        if raw is None:
-            raise T2IError(f"{image_shard}: sample {sample['__key__']} has no .json with captions")
-        try:
-            meta = json.loads(raw)
-        except UnicodeDecodeError:
-            meta = json.loads(raw.decode("utf-8", errors="replace"))
-            repaired += 1
-        caps = [str(c) for c in meta.get("captions", [])]
+        caps, fixed = sample_captions(sample, image_shard)  # a caption that is not a str stops the run
+        repaired += fixed
         keys.append(sample["__key__"])
         counts.append(len(caps))
         captions += caps

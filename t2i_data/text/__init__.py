@@ -10,6 +10,10 @@ wordpiece  BERT-style uncased WordPiece trained on the captions, or a local voca
 word       the thesis' ``\\b\\w+\\b`` word tokenizer, vocabulary from the training split
 mdmnist    the fixed 20-symbol MD-MNIST description vocabulary
 =========  ==========================================================================
+
+Captions reach a tokenizer through ``captions.py``: ``check_captions`` (every caption read from
+a shard is a str, or one error names the shard, key and index), ``training_captions`` (the
+training split's captions) and ``cut_captions`` (the length caps applied before training).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from ..errors import T2IError
 from .base import META_NAME, TextTokenizer, folder_fingerprint, read_meta
+from .captions import CaptionLimits, check_captions, cut_captions, sample_captions, training_captions
 from .hf import HFTokenizer
 from .mdmnist import MDMNISTTokenizer
 from .word import WordTokenizer
@@ -43,17 +48,25 @@ def cached_tokenizer(folder: str) -> TextTokenizer:
     return load_tokenizer(folder)
 
 
-def train(kind: str, captions: list[str], vocab_size: int | None, min_frequency: int | None = None) -> TextTokenizer:
+def train(kind: str, captions: list[str], vocab_size: int | None, min_frequency: int | None = None,
+          limits: CaptionLimits = CaptionLimits()) -> TextTokenizer:
+    """A tokenizer of ``kind`` trained on ``captions`` after ``limits`` (``captions.py``: why and
+    the defaults). When the caps cut something, ``source["cut"]`` records what; when they cut
+    nothing, the tokenizer is byte for byte the one trained without them."""
     from .hf import train_bpe, train_wordpiece
 
-    if kind == "word":
-        return WordTokenizer.train(captions, vocab_size, min_frequency or 1)
-    if kind not in ("bpe", "wordpiece"):
+    if kind not in TRAINABLE:
         raise T2IError(f"--kind must be one of {', '.join(TRAINABLE)} to train; mdmnist needs no training ('t2i tokenizer load --kind mdmnist')")
-    if not vocab_size:
+    if kind != "word" and not vocab_size:
         raise T2IError(f"--vocab-size is needed to train a {kind} tokenizer")
-    fn = train_bpe if kind == "bpe" else train_wordpiece
-    return fn(captions, vocab_size, min_frequency or 2)
+    captions, cut = cut_captions(captions, limits)
+    if kind == "word":
+        tok = WordTokenizer.train(captions, vocab_size, min_frequency or 1)
+    else:
+        tok = (train_bpe if kind == "bpe" else train_wordpiece)(captions, vocab_size, min_frequency or 2)
+    if cut["captions_truncated"] or cut["words_truncated"]:
+        tok.source = dict(tok.source, cut=cut)
+    return tok
 
 
 def load_pretrained(kind: str, path: str | Path | None) -> TextTokenizer:
@@ -88,4 +101,5 @@ def load_pretrained(kind: str, path: str | Path | None) -> TextTokenizer:
     raise T2IError(f"--kind {kind}: load takes bpe, wordpiece or mdmnist (a word tokenizer is trained: 't2i tokenizer train --kind word')")
 
 
-__all__ = ["KINDS", "TextTokenizer", "load_tokenizer", "cached_tokenizer", "train", "load_pretrained"]
+__all__ = ["KINDS", "TextTokenizer", "load_tokenizer", "cached_tokenizer", "train", "load_pretrained", "CaptionLimits",
+           "check_captions", "cut_captions", "sample_captions", "training_captions"]
