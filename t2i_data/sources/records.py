@@ -1,7 +1,12 @@
 """The record a source hands the preprocessing stage: where an image is and what it says."""
 from __future__ import annotations
 
+import os
+import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,80 @@ def plain_relative(name, what: str) -> str:
 def confined(root: Path, name: str, what: str) -> Path:
     """``root / name`` after ``plain_relative``, resolved (symlinks followed) and checked to
     lie inside ``root`` resolved; ``ValueError`` naming ``what`` otherwise."""
-    plain_relative(name, what)
+    return Path(confiner(root)(name, what))
+
+
+def confiner(root: Path) -> Callable[[str, str], str]:
+    """``confined`` for many names under one ``root``, as strings: ``check(name, what)``
+    resolves ``root`` once, then ``lstat``s the parts of ``name`` that exist; when none is a
+    symlink, ``root/name`` is already what ``Path.resolve`` would return, and only otherwise is
+    the path resolved in full (a symlink loop is a ``ValueError`` too). Why: resolving every path in full, and the root each time, took 4.7-5.2 s for CUB's
+    11,788 images here (0.4 ms a name: 50 s for COCO train2017), the walk 0.34-0.39 s.
+    """
     base = Path(root).resolve()
-    path = (base / name).resolve()
-    if path != base and base not in path.parents:
-        raise ValueError(f"{what} {name!r} resolves to {path}, outside {base}")
-    return path
+
+    def check(name: str, what: str) -> str:
+        plain_relative(name, what)
+        cur = str(base)
+        for part in name.split("/"):
+            cur = os.path.join(cur, part)
+            try:
+                mode = os.lstat(cur).st_mode
+            except OSError:
+                break  # nothing exists below a part that does not: resolve() keeps the rest as written
+            if stat.S_ISLNK(mode):
+                try:
+                    path = (base / name).resolve()
+                except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError for a symlink loop
+                    raise ValueError(f"{what} {name!r} cannot be resolved ({e})") from None
+                if path != base and base not in path.parents:
+                    raise ValueError(f"{what} {name!r} resolves to {path}, outside {base}")
+                return str(path)
+        return os.path.join(str(base), name)
+
+    return check
+
+
+class BadField(ValueError):
+    """One metadata value that cannot be used; its message (naming where the value is, e.g.
+    ``images[3].id is a list``) is the detail of the record's ``bad-metadata`` reason."""
+
+
+_DIGITS = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() accepts "²", which int() refuses
+
+
+def as_int(value, where: str, *, minimum: int = 0, digits: int | None = None) -> tuple[int, str | None]:
+    """An integer read from source metadata, and a line for ``ImageRecord.normalized`` when it
+    came in another form that means the same number unambiguously, else None.
+
+    Accepted as is: an ``int`` (never a ``bool``: ``True`` is an int in Python, and no source
+    means 1 by it). Normalised: a float with an integral value (``7.0 -> 7``) and a string of
+    ASCII digits with an optional minus sign (``'7' -> 7``). Then the value must be at least
+    ``minimum`` and, with ``digits``, have at most that many digits, so that a zero-padded key
+    (``coco-{id:012d}``) keeps keys in id order. Raises ``BadField`` naming ``where`` otherwise:
+    ``"<where> is null"``, ``"<where> is a list"``, ``"<where> is 7.5, not an integer"``,
+    ``"<where> is -3, negative"``, ``"<where> is 123456, more than 5 digits"``.
+    """
+    if value is None:
+        raise BadField(f"{where} is null")
+    if isinstance(value, bool):
+        raise BadField(f"{where} is a bool ({value})")
+    if not isinstance(value, (int, float, str)):
+        raise BadField(f"{where} is a {type(value).__name__}")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "...'"[: 3 + isinstance(value, str)]
+    if isinstance(value, float) and not value.is_integer():  # also nan and inf
+        raise BadField(f"{where} is {shown}, not an integer")
+    if isinstance(value, str) and (not _DIGITS.fullmatch(value) or len(value) > 100):  # int() refuses 4,300+ digits
+        raise BadField(f"{where} is {shown}, not an integer")
+    number = int(value)
+    if number < minimum:
+        raise BadField(f"{where} is {shown}, " + ("negative" if minimum == 0 else f"less than {minimum}"))
+    if digits is not None and abs(number) >= 10**digits:
+        raise BadField(f"{where} is {shown}, more than {digits} digits")
+    return number, None if type(value) is int else f"{where}: {shown} -> {number}"
+
+
+def usable_caption(value) -> bool:
+    """A caption is kept only if it is a string with a non-blank character: null, numbers, lists
+    and blank strings are dropped (and counted by the source), never turned into text like "None"."""
+    return isinstance(value, str) and bool(value.strip())
