@@ -4,7 +4,8 @@ The card says what the set is, how it was built (the command that rebuilds it an
 its sources with their sha256 and licences, its counts, the tokenizer or autoencoder fingerprint,
 and how to load it with webdataset, Hugging Face ``datasets`` and this package. Its YAML header
 names the shards with samples as the ``datasets`` data files, so ``load_dataset(FOLDER)`` reads the
-tar shards and not the manifest beside them.
+tar shards and not the manifest beside them, and declares the features of the set's schema
+(``t2i_data.schema``), so ``datasets`` infers no column types from the first shard.
 
 The command is the one that rebuilds these bytes, reconstructed from the manifest's config: every
 flag that decides the bytes is there, and the host paths (sources, tokenizer, checkpoint, output)
@@ -20,6 +21,7 @@ import shlex
 from pathlib import Path
 
 from .manifest import atomic_write
+from .schema import declared, feature_list, schema_of, yaml_lines
 
 CARD_NAME = "README.md"
 
@@ -136,9 +138,12 @@ def _yaml_header(m: dict) -> list[str]:
     lines = ["---", f"pretty_name: {q(title(m))}", "license: other", "task_categories:", "- text-to-image", "tags:", "- webdataset",
              "- t2i-data", f"- {q(m['kind'])}", "size_categories:", f"- {q(size_category(m['totals']['samples']))}"]
     files = [s["name"] for s in m["shards"] if s["samples"]]
-    if files:  # datasets infers the columns from the first shard, so shards without samples are left out
+    if files:  # shards without samples add no rows, so they are left out
         lines += ["configs:", "- config_name: default", "  data_files:", f"  - split: {q(m['split'])}", "    path:"]
         lines += [f"    - {q(f)}" for f in files]
+    if declared(m):  # declared features: datasets then infers nothing from the first shard's samples
+        lines += ["dataset_info:", "  config_name: \"default\"", "  features:"]
+        lines += yaml_lines(feature_list(schema_of(m)), "  ")
     return lines + ["---", ""]
 
 
@@ -176,6 +181,20 @@ def _what(m: dict) -> list[str]:
                    "`<key>.json` with each view's parameters.")
     if m.get("aligned_to"):
         out.append(f"Aligned with the image set of digest `{m['aligned_to']}`: shard i holds the keys of its shard i, in the same order.")
+    return out + [""] + _fields(m)
+
+
+def _fields(m: dict) -> list[str]:
+    """The schema every sample follows (checked by the producer before writing it)."""
+    if not declared(m):
+        return []
+    out = ["Every sample has every field below, with this type (null only where it says so):", "", "| member or JSON field | type |",
+           "|---|---|"]
+    for member, t in schema_of(m).items():
+        if t.kind == "struct":
+            out += [f"| `{member}`: `{name}` | {ft} |" for name, ft in t.fields]
+        else:
+            out.append(f"| `{member}` | {t} |")
     return out + [""]
 
 
@@ -270,9 +289,12 @@ def _loading(m: dict) -> list[str]:
     out = ["## Loading", "", "`DIR` is this folder.", "", "webdataset:", "", "```python", "import webdataset as wds", "",
            f'ds = wds.WebDataset(DIR + "/{pattern}", shardshuffle=False){decode}',
            f"for sample in ds:  # keys __key__, {fields}", "    ...", "```", "",
-           "Hugging Face `datasets` (the YAML header of this card lists the shards that hold samples):", "", "```python",
+           "Hugging Face `datasets` (the YAML header of this card lists the shards that hold samples and declares their features):",
+           "", "```python",
            "from datasets import load_dataset", "", f'ds = load_dataset(DIR, split="{m["split"]}")',
-           "# or, naming the files: load_dataset(\"webdataset\", data_files=t2i_data.export.data_files(DIR))", "```", "",
+           "# or, naming the files (pass the features, or datasets infers them from the first shard's samples):",
+           "# load_dataset(\"webdataset\", data_files=t2i_data.export.data_files(DIR), features=t2i_data.schema.features_of(DIR))",
+           "```", "",
            "This package (every shard's sha256 checked against the manifest first):", "", "```python",
            "from t2i_data.export import data_files", "from t2i_data.tario import iter_samples", "",
            f'for path in data_files(DIR)["{m["split"]}"]:', "    for sample in iter_samples(path):  # {\"__key__\": ..., field: bytes}",
