@@ -60,10 +60,13 @@ class ImageLimits:
 
     ``max_aspect`` 10: the widest real COCO / CUB images are near 3:1 (COCO val2017's 500×169);
     img2dataset offers the same filter (``max_aspect_ratio``). ``max_decoded_pixels`` 2**25
-    (33.5 Mpx, e.g. 8192×4096 decoded; a JPEG is counted at the DCT scale it is decoded at, so
-    a 100 Mpx JPEG needs only 1.6 Mpx at 1/8): with 3-4 bytes per pixel and a converted copy,
-    a worker's peak stays near 0.4 GB (``README``, measured). ``max_target_pixels`` 2**24: the
-    stored image (``Regime.target_size``), so a thin image cannot ask for a 138×92,000 resize.
+    (33.5 Mpx, e.g. 5792×5792 decoded; a JPEG is counted at the DCT scale it is decoded at, so
+    a 100 Mpx JPEG needs only 1.6 Mpx at 1/8; ``prior`` also counts its mirror-padded square).
+    Measured peak RSS of one process preprocessing one image at the limit (ae, N=128,
+    ``/usr/bin/time``-style ``ru_maxrss``): 424 MiB for a 5792² RGBA PNG, 166 MiB for an RGB
+    one, 254 MiB for a 4096² RGBA PNG under ``prior`` (36 MiB of it is the interpreter and
+    imports). ``max_target_pixels`` 2**24: the stored image (``Regime.target_size``), so a thin
+    image cannot ask for a 138×92,000 resize.
     """
 
     max_aspect: float = 10.0

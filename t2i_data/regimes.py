@@ -182,11 +182,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode not in CONVERTIBLE_MODES:
         raise ValueError(f"unsupported image mode {im.mode} (t2i converts {', '.join(CONVERTIBLE_MODES)} to RGB)")
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
-        alpha = rgba[:, :, 3:]
-        rgb = np.rint(np.clip(alpha / 255 * rgba[:, :, :3] + 255 - alpha, 0, 255)).astype(np.uint8)
-        return Image.fromarray(rgb)
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        out = Image.new("RGB", im.size)
+        for y in range(0, im.height, ALPHA_ROWS):  # in bands: whole-image float copies would cost 32 B/px
+            band = np.asarray(rgba.crop((0, y, im.width, min(y + ALPHA_ROWS, im.height))), dtype=np.float64)
+            alpha = band[:, :, 3:]
+            out.paste(Image.fromarray(np.rint(np.clip(alpha / 255 * band[:, :, :3] + 255 - alpha, 0, 255)).astype(np.uint8)), (0, y))
+        return out
     return im.convert("RGB")
 
 
+ALPHA_ROWS = 256
 CONVERTIBLE_MODES = ("RGB", "L", "LA", "P", "PA", "CMYK", "YCbCr", "RGBA", "RGBX", "1")
