@@ -110,7 +110,8 @@ def reconstructed_command(m: dict) -> list[str] | None:
                    "--jpeg-quality", str(c["jpeg_quality"]), "--seed", str(c["seed"])]
             if m["dataset"] == "cub":
                 cmd += ["--cub-split", c["cub_split"]]
-            for flag, key in (("--bbox-crop", "bbox_crop"), ("--limit", "limit")):
+            for flag, key in (("--bbox-crop", "bbox_crop"), ("--limit", "limit"), ("--max-aspect", "max_aspect"),
+                              ("--max-decoded-pixels", "max_decoded_pixels"), ("--max-target-pixels", "max_target_pixels")):
                 if c.get(key) is not None:
                     cmd += [flag, str(c[key])]
             return cmd

@@ -51,7 +51,7 @@ def cmd_preprocess(args) -> int:
     from .shardset import rejection_counts
 
     flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split",
-                                           "bbox_crop", "captions", "limit")}
+                                           "bbox_crop", "captions", "limit", "max_aspect", "max_decoded_pixels", "max_target_pixels")}
     flags["dataset"] = args.dataset
     flags["splits"] = tuple(args.split.split(",")) if args.split else None
     flags["strict"] = args.strict or None
@@ -76,6 +76,13 @@ def cmd_preprocess(args) -> int:
               f"{m['_skipped']} shards reused -> {Path(args.out) / split / 'manifest.json'}")
         for kind, n in rejection_counts(m["rejected"]).items():
             print(f"  quarantined {kind}: {n}")
+        st = m.get("stats", {})
+        for what, n in (("captions dropped (not text, or blank)", st.get("captions_dropped", 0)),
+                        ("annotated size differs from the image", st.get("size_mismatch", 0)),
+                        ("turned upright by EXIF orientation", st.get("exif_rotated", 0)),
+                        ("also in another split (leakage, kept; see the manifest)", len(m["leakage"]))):
+            if n:
+                print(f"  {what}: {n}")
     print(f"{total} inputs in {dt:.1f} s ({total / dt:,.0f}/s)")
     return 0
 
@@ -327,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--bbox-crop", type=float, help="cub: crop to the bounding box enlarged by this factor (AttnGAN: 1.5)")
     pp.add_argument("--captions", help="cub: the text_c10 caption folder (default ROOT/birds/text)")
     pp.add_argument("--limit", type=int, help="only the first N images of each split")
-    pp.add_argument("--strict", action="store_true", help="stop at the first bad input instead of quarantining it")
+    pp.add_argument("--strict", action="store_true", help="stop at the first bad input (or duplicate, or leakage) instead of quarantining it")
+    pp.add_argument("--max-aspect", type=float, help="quarantine images wider or taller than this ratio (default 10)")
+    pp.add_argument("--max-decoded-pixels", type=int, help="quarantine images whose decode needs more pixels (default 2**25)")
+    pp.add_argument("--max-target-pixels", type=int, help="quarantine images whose stored form would be larger (default 2**24)")
     _add_runner_args(pp)
     pp.set_defaults(func=cmd_preprocess)
 

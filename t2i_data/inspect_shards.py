@@ -21,6 +21,7 @@ import numpy as np
 from .export import checked_samples, open_shard_sets, staged_dir, ShardSet
 from .figures import histogram_png
 from .shardset import rejection_counts
+from .text.captions import sample_captions
 
 REPORT_NAME = "inspect.json"
 
@@ -58,9 +59,9 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         per_sample, words = {}, {}
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
-                caps = json.loads(sample["json"].decode("utf-8", errors="replace")).get("captions", [])  # as t2i tokenize reads it
+                caps, _ = sample_captions(sample, ss.dir / shard["name"])  # as t2i tokenize reads it: captions must be text
                 _add(per_sample, [len(caps)])
-                _add(words, [len(str(c).split()) for c in caps])
+                _add(words, [len(c.split()) for c in caps])
                 if progress is not None:
                     progress.update(1)
         hists.update(captions_per_sample=per_sample, caption_words=words)

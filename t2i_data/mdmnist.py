@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .digest import canonical_json, canonical_pixels
+from .schema import SCHEMAS, check_meta
 from .errors import T2IError
 from .pngio import encode_png, encoder_id
 from .rng import stream_id, uniform_int
@@ -130,6 +131,9 @@ def paste(canvas: np.ndarray, glyph: np.ndarray, slot: int, color: int, position
         canvas[y : y + size, x : x + size, color - 1] = glyph
 
 
+MDMNIST_JSON = SCHEMAS[("images", "mdmnist")]
+
+
 def produce_shard(cfg: MDMNISTConfig, split: str, index: int) -> Iterator[dict]:
     """The samples of shard ``index`` of ``split``: keys [index·S, min((index+1)·S, N))."""
     pool = load_mnist(cfg.mnist).pools[split]
@@ -147,7 +151,7 @@ def produce_shard(cfg: MDMNISTConfig, split: str, index: int) -> Iterator[dict]:
             digits.append({"value": value, "size": SIZES[s], "color": COLORS[c], "position": POSITIONS[p], "mnist_index": int(pool.ids[row])})
             symbols += [str(value), str(SIZES[s]), COLORS[c], POSITIONS[p]]
         description = " ".join(symbols)
-        meta = canonical_json({
+        fields = {
             "captions": [description],
             "description": description,
             "digits": digits,
@@ -156,7 +160,9 @@ def produce_shard(cfg: MDMNISTConfig, split: str, index: int) -> Iterator[dict]:
             "split": split,
             "symbol_ids": [SYMBOL_ID[s] for s in symbols],
             "symbols": symbols,
-        })
+        }
+        check_meta(fields, MDMNIST_JSON, key_of(split, i))
+        meta = canonical_json(fields)
         yield {
             "__key__": key_of(split, i),
             "png": encode_png(canvas, cfg.png_level),

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import xxhash
@@ -33,9 +33,10 @@ from .dedup import deduplicate
 from .digest import canonical_json, canonical_pixels
 from .errors import T2IError
 from .regimes import Regime
+from .schema import SCHEMAS, check_meta
 from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, merge_stats, write_shards
 from .sources import coco, cub
-from .sources.records import ImageRecord, clean_caption_lines, confined
+from .sources.records import ImageRecord, clean_caption_lines, confiner
 from .tario import WRITER_ID
 
 log = logging.getLogger(__name__)
@@ -145,14 +146,14 @@ def load_prepared(path: str | Path, regime: Regime, bbox=None, bbox_crop: float 
     return regime.prepare(dec.image, dec.box, dec.scale), dec.info
 
 
-def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord) -> dict:
+def _process(cfg: PreprocessConfig, regime: Regime, inside_root: Callable[[str, str], str], rec: ImageRecord) -> dict:
     """One record → its sample, or ``Quarantine``."""
     if rec.reject:
         kind, _, detail = rec.reject.partition(": ")
         raise Quarantine(kind, detail)
     captions, fixes, blank = read_captions(rec)
     try:
-        path = confined(root, rec.image, "image path")
+        path = Path(inside_root(rec.image, "image path"))
     except ValueError as e:
         raise Quarantine("bad-metadata", str(e)) from None
     if not path.is_file():
@@ -172,17 +173,18 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
                 caption_fixes=fixes, captions_dropped=rec.captions_dropped + blank, normalized=list(rec.normalized),
                 size_mismatch=annotated is not None and list(annotated) != list(upright),
                 source_sha256=hashlib.sha256(data).hexdigest(), pixel_digest=pixel_digest(image))
+    check_meta(meta, SCHEMAS[("images", cfg.dataset)], rec.key)  # outside the quarantine: a failure here is a bug, not bad input
     return {"__key__": rec.key, "jpg": jpg, "json": canonical_json(meta),
             "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
 
 
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Rejected]:
     regime = Regime(cfg.regime, cfg.size)
-    root = Path(cfg.root)
+    inside_root = confiner(Path(cfg.root))
     totals: dict = {}
     for rec in records:
         try:
-            sample = _process(cfg, regime, root, rec)
+            sample = _process(cfg, regime, inside_root, rec)
         except Quarantine as e:
             if cfg.strict:
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None

@@ -20,6 +20,7 @@ import torch
 
 from t2i_data.augment import regime_of, stored_image, views
 from t2i_data.digest import canonical_array, canonical_json
+from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
 from t2i_data.manifest import find_manifests, load_manifest
 from t2i_data.shardset import ShardStats, build_shard_set
@@ -64,7 +65,9 @@ def encode_arrays(model, images: list[np.ndarray], batch_size: int) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, model.cfg.grid, model.cfg.grid), np.int64)
 
 
-def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dtype: str, image_shard: str) -> Iterator:
+def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dtype: str, json_schema, image_shard: str) -> Iterator:
+    """One image shard → its image-token shard; ``json_schema`` (``t2i_data.schema``) is what
+    every sample's JSON must match."""
     from t2i_data.regimes import Regime
 
     model, _ = cached_autoencoder(ckpt)
@@ -79,7 +82,9 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab)
     for i, key in enumerate(keys):
         t = tokens[i * cfg.views : (i + 1) * cfg.views]  # (K, h, w)
-        meta = canonical_json({"views": params[i]})
+        views = {"views": params[i]}
+        check_meta(views, json_schema, key)
+        meta = canonical_json(views)
         yield {"__key__": key, "image_tokens.npy": npy_bytes(t), "json": meta, "__content__": {"image_tokens.npy": canonical_array(t), "json": meta}}
     yield ShardStats({"samples": len(keys), "views": len(arrays), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
 
@@ -112,7 +117,8 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         split_dir = mpath.parent
         target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
         manifests[base["split"]] = build_shard_set(
-            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype), target,
+            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
+                    schema_for("image_tokens", base["dataset"], dtype)["json"]), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
             desc=f"encode {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
         )

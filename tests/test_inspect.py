@@ -45,7 +45,7 @@ def test_image_sets_quarantine_and_caption_histograms(sets, tmp_path):
     assert by["coco/val2017"]["histograms"]["caption_words"] == words
     assert by["coco/val2017"]["histograms"]["captions_per_sample"] == {1: 3, 3: 1}
     assert by["cub/train"]["histograms"]["captions_per_sample"] == {10: 3}
-    assert re.search(r"cub/train +images +3 +5 +3 ", text) and "quarantined: duplicate-id 1, empty-image 1" in text
+    assert re.search(r"cub/train +images +3 +5 +3 ", text) and "quarantined: corrupt-image 1, duplicate-id 1, empty-image 1" in text
     saved = json.loads((tmp_path / "fig" / "inspect.json").read_bytes())
     assert saved[2]["histograms"]["caption_words"] == {str(k): v for k, v in sorted(words.items())}
     pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))

@@ -245,3 +245,30 @@ def test_schema_for_refuses_an_undeclared_set_or_a_missing_array_dtype():
         schema_for("images", "laion")
     with pytest.raises(ValueError, match="array dtype must be one of uint16, int32, got None"):
         schema_for("text_tokens", "coco")
+
+
+def test_the_issues_coco_set_built_by_preprocess_loads_through_its_card_and_data_files(tmp_path):
+    """Issue 14's case through the real producer: the first image has no license, width or height,
+    built with --shard-size 1; the rows equal the shards', field by field."""
+    from t2i_data.cli import main
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    images = [{"id": 5, "file_name": "000000000005.jpg"}]  # no license, width, height
+    images += [{"id": i, "file_name": f"{i:012d}.jpg", "width": 40, "height": 30, "license": 2} for i in (6, 7)]
+    for i in (5, 6, 7):
+        (root / "val2017" / f"{i:012d}.jpg").write_bytes(jpeg(40, 30, i))
+    anns = [{"id": i, "image_id": i, "caption": f"picture number {i}"} for i in (5, 6, 7)]
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    out = tmp_path / "out"
+    assert main(["-q", "preprocess", "coco", "--root", str(root), "--out", str(out), "--size", "16", "--shard-size", "1", "--workers", "0"]) == 0
+    folder = out / "val2017"
+    first = json.loads(our_samples(folder)[0]["json"])
+    assert first["license"] is None and first["annotated_size"] is None and first["size_mismatch"] is False
+    ds = datasets.load_dataset(str(folder), split="val2017", cache_dir=str(tmp_path / "hf1"))
+    assert_rows_equal_ours(ds, folder)
+    files = data_files(folder)
+    ds = datasets.load_dataset("webdataset", data_files=files, features=features_of(folder), split=next(iter(files)),
+                               cache_dir=str(tmp_path / "hf2"))
+    assert_rows_equal_ours(ds, folder)
