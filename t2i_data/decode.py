@@ -50,6 +50,7 @@ T = Image.Transpose
 ORIENTATION_TRANSPOSE = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
                          6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}
 SWAPS_AXES = (5, 6, 7, 8)
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's JPEG with more pictures after it; the first is the image
 # libjpeg's warnings, as libjpeg-turbo words them (jerror.h: JWRN_*); simplejpeg raises them
 JPEG_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Warning:")
 
@@ -177,8 +178,9 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
         info["crop"] = list(box)
     swap = orientation in SWAPS_AXES
     ow, oh = (ch, cw) if swap else (cw, ch)  # the region upright
+    jpeg = im.format in JPEG_FORMATS
     scale = 1.0
-    if im.format == "JPEG":
+    if jpeg:
         rw, rh = regime.draft_request(ow, oh)
         rw, rh = (rh, rw) if swap else (rw, rh)
         drafted = im.draft(None, (max(1, rw * src_w // cw), max(1, rh * src_h // ch)))
@@ -190,13 +192,13 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
     if im.format == "PNG" and _png_bit_depth(data) == 16:
         raise Quarantine("unsupported-mode", f"16-bit PNG ({im.mode}); t2i keeps 8-bit sources only")
     try:
-        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+        if jpeg and im.mode in ("RGB", "L"):
             arr = _strict_jpeg(data, "GRAY" if im.mode == "L" else "RGB", min_width=dw, min_height=dh)
             if arr.shape[:2] != (dh, dw):
                 raise Quarantine("unreadable-image", f"libjpeg decoded {arr.shape[1]}x{arr.shape[0]}, expected {dw}x{dh}")
             decoded = Image.fromarray(arr[:, :, 0] if im.mode == "L" else arr)
         else:
-            if im.format == "JPEG":
+            if jpeg:
                 _strict_jpeg(data, "CMYK", min_factor=8)
             elif im.format == "PNG":
                 try:

@@ -186,6 +186,20 @@ def test_strict_jpeg_decode_equals_pillow(request_size):
         assert np.array_equal(ours[..., 0] if im.mode == "L" else ours, np.asarray(im)), f
 
 
+def test_an_mpo_camera_jpeg_is_decoded_strictly_as_its_first_picture():
+    first = np.random.default_rng(0).integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(first).save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 60))])
+    data = buf.getvalue()
+    dec = decode_source(data, Regime("ae", 8), ImageLimits())
+    assert dec.info["source_format"] == "MPO" and dec.scale < 1  # DCT-scaled, as a JPEG
+    im = Image.open(io.BytesIO(data))
+    im.draft(None, dec.image.size)
+    assert np.array_equal(np.asarray(dec.image), np.asarray(im.convert("RGB")))
+    with pytest.raises(Quarantine, match="corrupt-image"):
+        decode_source(_zeroed(data[: data.find(b"\xff\xd9") + 2], 0.5) + data[data.find(b"\xff\xd9") + 2 :], Regime("ae", 8), ImageLimits())
+
+
 def _exif_jpeg(arr: np.ndarray, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
