@@ -13,17 +13,35 @@ are upper-case placeholders, named by their fingerprints where the manifest has 
 the build is deliberately not recorded: the manifest and the card must be the same bytes whatever
 the machine, the output folder or the worker count (DESIGN.md, "Determinism"), and a build from
 the Python API has no argv at all.
+
+The header's one ``datasets`` config is ``<dataset>-<kind>-<16 hex>`` (``config_name``), the hex a
+sha256 over the manifest digests and every shard's sha256. ``datasets`` 5.2 caches a folder loaded
+through its card under ``<cache>/<folder name>/<config name>/<version>/<hash of the card's YAML>``:
+no path, mtime or file hash. Named ``default``, over relative shard names that aligned sets share
+by design and a rebuild with another seed keeps, two sets in folders of the same name shared one
+entry, and the second load returned the first set's rows (issue 15).
+
+A build folder (``out/train``, ``out/test``) gets a card of its own (``write_build_card``) that
+lists each split's tar shards: without it ``datasets`` picks a builder per split by the commonest
+extension, and a split folder with one shard has as many ``.json`` as ``.tar`` files.
+``license: other`` comes with the ``license_name`` and ``license_link`` the hub's card spec asks
+for then; the link is ``LICENSE.md``, written beside the card from the same licence table.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 from pathlib import Path
 
-from .manifest import atomic_write
+from .digest import canonical_json
+from .errors import T2IError
+from .manifest import MANIFEST_NAME, atomic_write, load_manifest
 from .schema import declared, feature_list, schema_of, yaml_lines
 
 CARD_NAME = "README.md"
+LICENCE_FILE = "LICENSE.md"  # the hub's card spec: license_link names "LICENSE" or "LICENSE.md" in the repo, or a URL
 
 # The one licence table. Where the terms are not stated by the source, the entry says so.
 LICENCES: dict[str, dict[str, str]] = {
@@ -83,10 +101,56 @@ KINDS = {
 
 
 def write_card(out_dir: str | Path, manifest: dict) -> Path:
-    """Write README.md beside the shards (atomically); its bytes depend on the manifest only."""
-    path = Path(out_dir) / CARD_NAME
-    atomic_write(path, card_text(manifest).encode("utf-8"))
-    return path
+    """Write LICENSE.md and README.md beside the shards (atomically); their bytes depend on the manifest only."""
+    out = Path(out_dir)
+    atomic_write(out / LICENCE_FILE, licence_text([manifest]).encode("utf-8"))
+    atomic_write(out / CARD_NAME, card_text(manifest).encode("utf-8"))
+    return out / CARD_NAME
+
+
+def write_build_card(out_dir: str | Path, manifests: dict[str, dict]) -> Path:
+    """Write the card of a build folder holding one shard set per split (``out/train``, ``out/test``).
+
+    ``manifests`` is what a producer returns ({split: manifest}); each split's folder is found by
+    its manifest's digest (``out/<split>`` first), and the card is written from the manifests read
+    there. A build whose one set is ``out`` itself already has its card: nothing is written, and
+    that card's path is returned."""
+    out = Path(out_dir)
+    # one split order whatever the producer's dict order (tokenize follows folder names: test, train)
+    order = sorted(manifests, key=lambda s: (next((i for i, p in enumerate(("train", "val", "test")) if s.startswith(p)), 3), s))
+    sets = [_split_folder(out, split, manifests[split]["digest"]) for split in order]
+    if len(sets) == 1 and sets[0][0] == ".":
+        return out / CARD_NAME
+    if any(folder == "." for folder, _ in sets):
+        raise T2IError(f"{out}: holds a shard set of its own and split folders; write each split into its own folder")
+    atomic_write(out / LICENCE_FILE, licence_text([m for _, m in sets]).encode("utf-8"))
+    atomic_write(out / CARD_NAME, build_card_text(sets).encode("utf-8"))
+    return out / CARD_NAME
+
+
+def _split_folder(out: Path, split: str, digest: str) -> tuple[str, dict]:
+    """(folder under ``out``, relative, ``"."`` for ``out`` itself; its manifest) for this digest."""
+    for d in [out / split, *sorted(p.parent for p in out.glob(f"*/{MANIFEST_NAME}")), out]:
+        if (d / MANIFEST_NAME).is_file() and (m := load_manifest(d / MANIFEST_NAME))["digest"] == digest:
+            return d.relative_to(out).as_posix(), m
+    raise T2IError(f"{out}: no folder in it holds the {split} manifest with digest {digest}; "
+                   "give write_build_card the manifests this build wrote there")
+
+
+def config_name(manifests: list[dict]) -> str:
+    """``<dataset>-<kind>-<16 hex>``: the hex covers every manifest digest and shard sha256, so sets
+    with other data or other bytes never share a ``datasets`` cache entry (module docstring)."""
+    ident = [[m["digest"], [[s["name"], s["sha256"]] for s in m["shards"]]] for m in manifests]
+    return f"{_plain(manifests[0]['dataset'])}-{manifests[0]['kind'].replace('_', '-')}-{hashlib.sha256(canonical_json(ident)).hexdigest()[:16]}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no glob character: datasets reads data_files as patterns
+
+
+def _plain(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise T2IError(f"{name!r}: a shard, split or dataset name in a card must be letters, digits, '.', '_' and '-'")
+    return name
 
 
 def licences_for(manifest: dict) -> list[str]:
@@ -94,6 +158,33 @@ def licences_for(manifest: dict) -> list[str]:
     if (manifest.get("sources", {}).get("mnist") or {}).get("kind") == "embedded":
         names.append("mnist-embedded")
     return names
+
+
+def licence_name(m: dict) -> str:
+    """The hub's ``license_name`` for ``license: other``: an id of lower-case letters, digits and '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", m["dataset"].lower()).strip("-") + "-source-licences"
+
+
+def _licence_table(ms: list[dict]) -> list[str]:
+    keys = list(dict.fromkeys(k for m in ms for k in licences_for(m)))
+    out = ["| source | licence | where | note |", "|---|---|---|---|"]
+    out += [f"| {LICENCES[k]['source']} | {LICENCES[k]['licence']} | {LICENCES[k]['url']} | {LICENCES[k]['note']} |" for k in keys]
+    if any(m["kind"] != "images" for m in ms):
+        out += ["", "Derived from the image set named in the card: its sources' licences apply here too."]
+    return out
+
+
+_LICENCE_NOTE = f"The same table is in `{LICENCE_FILE}` (the header's `license_link`)."
+
+
+def licence_text(ms: list[dict]) -> str:
+    """LICENSE.md, the card's ``license_link``: the terms of the sources, as far as they state any."""
+    lines = [f"# Licences: {licence_name(ms[0])}", "",
+             "This data is derived from the sources below, and each keeps its own terms. The table gives them as the "
+             "sources state them; where a source states none, it says so rather than guessing.", ""]
+    if not any(licences_for(m) for m in ms):
+        lines += [f"No licence is recorded for the {ms[0]['dataset']} sources: check their terms before using or redistributing this data.", ""]
+    return "\n".join(lines + _licence_table(ms)).rstrip("\n") + "\n"
 
 
 def reconstructed_command(m: dict) -> list[str] | None:
@@ -133,25 +224,36 @@ def size_category(n: int) -> str:
     return "n>10M"
 
 
-def _yaml_header(m: dict) -> list[str]:
-    """Hugging Face card metadata; strings are JSON-quoted, which YAML reads as they are."""
+def _yaml_header(pretty: str, sets: list[tuple[str, dict]]) -> list[str]:
+    """Hugging Face card metadata for one set (folder ``"."``) or a build's split folders; strings
+    are JSON-quoted, which YAML reads as they are."""
     q = json.dumps
-    lines = ["---", f"pretty_name: {q(title(m))}", "license: other", "task_categories:", "- text-to-image", "tags:", "- webdataset",
-             "- t2i-data", f"- {q(m['kind'])}", "size_categories:", f"- {q(size_category(m['totals']['samples']))}"]
-    files = [s["name"] for s in m["shards"] if s["samples"]]
-    if files:  # shards without samples add no rows, so they are left out
-        lines += ["configs:", "- config_name: default", "  data_files:", f"  - split: {q(m['split'])}", "    path:"]
-        lines += [f"    - {q(f)}" for f in files]
-    if declared(m):  # declared features: datasets then infers nothing from the first shard's samples
-        lines += ["dataset_info:", "  config_name: \"default\"", "  features:"]
-        lines += yaml_lines(feature_list(schema_of(m)), "  ")
+    ms = [m for _, m in sets]
+    m0 = ms[0]
+    lines = ["---", f"pretty_name: {q(pretty)}", "license: other", f"license_name: {q(licence_name(m0))}",
+             f"license_link: {q(LICENCE_FILE)}", "task_categories:", "- text-to-image", "tags:", "- webdataset", "- t2i-data",
+             f"- {q(m0['kind'])}", "size_categories:", f"- {q(size_category(sum(m['totals']['samples'] for m in ms)))}"]
+    # Shards without samples add no rows, so they are left out, and so is a split with none. With no
+    # samples at all, every split is listed with no files: datasets then refuses ("No (supported)
+    # data files found"), where without a config it would read manifest.json as the data.
+    splits = [(_plain(m["split"]), [("" if folder == "." else _plain(folder) + "/") + _plain(s["name"]) for s in m["shards"] if s["samples"]])
+              for folder, m in sets]
+    splits = [(split, files) for split, files in splits if files] or splits
+    name = config_name(ms)
+    lines += ["configs:", f"- config_name: {q(name)}", "  default: true", "  data_files:"]
+    for split, files in splits:
+        lines += [f"  - split: {q(split)}", "    path:" + ("" if files else " []")] + [f"    - {q(f)}" for f in files]
+    if declared(m0):  # declared features: datasets then infers nothing from the first shard's samples
+        lines += ["dataset_info:", f"  config_name: {q(name)}", "  features:"]
+        # no dataset_info.splits: datasets requires num_bytes there, the size of its own Arrow output, unknown here
+        lines += yaml_lines(feature_list(schema_of(m0)), "  ")
     return lines + ["---", ""]
 
 
-def title(m: dict) -> str:
+def title(m: dict, splits: str | None = None) -> str:
     name = {"mdmnist": "MD-MNIST", "cub": "CUB-200-2011", "coco": "MS-COCO"}.get(m["dataset"], m["dataset"])
     regime = f", {m['regime']}-{m['size']}" if m.get("regime") else ""
-    return f"{name} {m['split']}{regime}: {KINDS.get(m['kind'], m['kind'])}"
+    return f"{name} {splits or m['split']}{regime}: {KINDS.get(m['kind'], m['kind'])}"
 
 
 def _what(m: dict) -> list[str]:
@@ -262,13 +364,7 @@ def _sources(m: dict) -> list[str]:
                 out.append(f"| {name} ({src.get('kind', name)}) | `{f}` | `{sha}` |")
         elif "digest" in src:
             out.append(f"| {name} | {src.get('dataset')}/{src.get('split')} | `{src['digest']}` |")
-    out += ["", "| source | licence | where | note |", "|---|---|---|---|"]
-    for key in licences_for(m):
-        lic = LICENCES[key]
-        out.append(f"| {lic['source']} | {lic['licence']} | {lic['url']} | {lic['note']} |")
-    if m["kind"] != "images":
-        out += ["", "Derived from the image set named above: its sources' licences apply here too."]
-    return out + [""]
+    return out + [""] + _licence_table([m]) + ["", _LICENCE_NOTE, ""]
 
 
 def _model(m: dict) -> list[str]:
@@ -292,10 +388,10 @@ def _loading(m: dict) -> list[str]:
            f"for sample in ds:  # keys __key__, {fields}", "    ...", "```", "",
            "Hugging Face `datasets` (the YAML header of this card lists the shards that hold samples and declares their features):",
            "", "```python",
-           "from datasets import load_dataset", "", f'ds = load_dataset(DIR, split="{m["split"]}")',
+           "from datasets import load_dataset", "", f'ds = load_dataset(DIR, split="{m["split"]}")  # config {config_name([m])}',
            "# or, naming the files (pass the features, or datasets infers them from the first shard's samples):",
            "# load_dataset(\"webdataset\", data_files=t2i_data.export.data_files(DIR), features=t2i_data.schema.features_of(DIR))",
-           "```", "",
+           "```", "", _CONFIG_NOTE, "",
            "This package (every shard's sha256 checked against the manifest first):", "", "```python",
            "from t2i_data.export import data_files", "from t2i_data.tario import iter_samples", "",
            f'for path in data_files(DIR)["{m["split"]}"]:', "    for sample in iter_samples(path):  # {\"__key__\": ..., field: bytes}",
@@ -309,8 +405,37 @@ def _loading(m: dict) -> list[str]:
     return out
 
 
+_CONFIG_NOTE = ("The config's name comes from the manifest digests and the shards' sha256, so `datasets` keeps this set in a "
+                "cache entry of its own, apart from its aligned sets (the same shard names) and from rebuilds with another seed.")
+
+
 def card_text(m: dict) -> str:
-    lines = _yaml_header(m) + [f"# {title(m)}", "", "## What it is", ""] + _what(m)
+    lines = _yaml_header(title(m), [(".", m)]) + [f"# {title(m)}", "", "## What it is", ""] + _what(m)
     lines += ["## Contents", ""] + _counts(m) + ["## How it was built", ""] + _build(m)
     lines += ["## Sources and licences", ""] + _sources(m) + _model(m) + _loading(m)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def build_card_text(sets: list[tuple[str, dict]]) -> str:
+    """The card of a build folder: ``sets`` are (split folder relative to it, manifest), in split order."""
+    ms = [m for _, m in sets]
+    m0 = ms[0]
+    for m in ms[1:]:
+        if (m["kind"], m["dataset"]) != (m0["kind"], m0["dataset"]) or (declared(m) and schema_of(m) != schema_of(m0)):
+            raise T2IError(f"{m0['kind']}/{m0['dataset']} ({m0['split']}) and {m['kind']}/{m['dataset']} ({m['split']}): "
+                           "a build card covers splits of one kind and schema; load the split folders one by one")
+    head = title(m0, ", ".join(m["split"] for m in ms))
+    loaded = [m["split"] for m in ms if m["totals"]["samples"]]
+    lines = _yaml_header(head, sets) + [f"# {head}", "", "## What it is", "", DATASETS.get(m0["dataset"], ""), "",
+             "One folder per split, each a shard set with its own `manifest.json` and card (`README.md`: what each sample holds, "
+             "how the split was built and how to rebuild it, its sources' sha256). The YAML header of this card lists every split's "
+             "tar shards that hold samples, so `datasets` reads nothing else here.", "",
+             "## Splits", "", "| split | folder | samples | shards | bytes | quarantined inputs | manifest digest |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {m['split']} | `{folder}/` | {m['totals']['samples']:,} | {m['totals']['shards']:,} | {m['totals']['bytes']:,} | "
+              f"{m['totals'].get('rejected', 0):,} | `{m['digest']}` |" for folder, m in sets]
+    lines += ["", "## Sources and licences", ""] + _licence_table(ms) + ["", _LICENCE_NOTE, "",
+              "## Loading", "", "`DIR` is this folder.", "", "```python", "from datasets import load_dataset", "",
+              f"ds = load_dataset(DIR)  # DatasetDict: {', '.join(loaded) or 'no split holds samples'}; config {config_name(ms)}",
+              "", "from t2i_data.export import data_files  # {split: shard paths}, every shard's sha256 checked first",
+              "files = data_files(DIR)", "```", "", _CONFIG_NOTE, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
