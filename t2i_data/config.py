@@ -36,4 +36,16 @@ def resolve(cls, path: str | Path | None, section: str, flags: dict):
         if unknown:
             raise T2IError(f"--config {path}: unknown key(s) {', '.join(unknown)} in [{section}]; known: {', '.join(sorted(fields))}")
     values.update({k: v for k, v in flags.items() if v is not None})
+    return construct(cls, values, section)
+
+
+def construct(cls, values: dict, section: str | None = None, flag=lambda name: f"--{name.replace('_', '-')}"):
+    """``cls(**values)``, after one ``T2IError`` naming every field that has no default and no
+    value (``flag(name)`` says how the user gives it)."""
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise T2IError(" and ".join(flag(m) for m in missing) + " needed"
+                       + (f" (or '{missing[0]}' in the [{section}] table of --config)" if section else "")
+                       + f": {cls.__name__} has no default for {', '.join(missing)}")
     return cls(**values)

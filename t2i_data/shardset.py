@@ -13,7 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,11 +25,13 @@ from typing import Callable, Iterable
 
 from .card import write_card
 from .digest import canonical_json, file_sha256
+from .errors import DISK_FULL, T2IError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
 from .tario import PARTIAL_SUFFIX, ShardWriter, ensure_index, index_path
 
 log = logging.getLogger(__name__)
 STATS_DIR = ".stats"
+LOCK_NAME = ".t2i-build.lock"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,96 @@ def config_digest(identity: dict) -> str:
     return hashlib.sha256(canonical_json(dict(identity, format_version=FORMAT_VERSION))).hexdigest()
 
 
+@contextmanager
+def build_lock(out: str | Path):
+    """Hold ``out/.t2i-build.lock`` (pid, host, start time) for the length of a build.
+
+    A second build into the same folder stops at once with one message naming the owner, instead
+    of deleting the first's partial files under it. A lock left by a process that is gone (same
+    host, pid not running) is taken over with a warning; one from another host is not, since
+    its pid cannot be checked from here.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise T2IError(f"--out {out}: a file, not a folder; give a folder for the shard set")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise T2IError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+    path = out / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                log.warning("%s: taking over the lock of build pid %d, which is no longer running", out, owner["pid"])
+                path.unlink(missing_ok=True)
+                continue
+            raise T2IError(f"{out}: another build is writing here (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
+                           f"since {owner.get('started', '?')}); wait for it to finish, or delete {path} if that build is gone") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def locks_out(fn):
+    """Decorator for a build function with an ``out`` parameter: it runs holding ``build_lock(out)``."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with build_lock(sig.bind(*args, **kwargs).arguments["out"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def disk_errors(path: str | Path):
+    """A full disk or quota while writing ``path`` → one ``T2IError`` naming it. Complete shards
+    stay (their ``.stats`` record marks them done) and partial files are removed or overwritten
+    by the rerun, so the same command, rerun with space freed, goes on where it stopped."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise T2IError(f"{path}: {os.strerror(e.errno)}; free space (or raise the quota) and rerun the same command: "
+                       "complete shards are kept") from None
+
+
+def derived_dir(source: str | Path, manifest_path: Path, out: str | Path) -> Path:
+    """Where a set derived from one split of ``source`` goes: the output mirrors the input's
+    layout, whatever the number of splits. A split folder (or its manifest file) gives ``out``
+    itself; a build folder of split subfolders gives ``out/<split folder>`` for each, even when
+    it holds a single split."""
+    source = Path(source)
+    single = source.is_file() or (source / MANIFEST_NAME).is_file()
+    return Path(out) if single else Path(out) / manifest_path.parent.name
+
+
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
@@ -88,7 +184,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
                 ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
     rejected, stats, digests = [], {}, []
-    with ShardWriter(final) as writer:
+    with disk_errors(final), ShardWriter(final) as writer:
         for sample in produce(payload):
             if isinstance(sample, Rejected):
                 rejected.append({"key": sample.key, "reason": sample.reason})
@@ -104,7 +200,8 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
         rec["stats"] = stats
     if digests:
         rec["digests"] = digests
-    atomic_write(stats_path, canonical_json(rec))
+    with disk_errors(stats_path):
+        atomic_write(stats_path, canonical_json(rec))
     return dict(rec, skipped=False)
 
 
@@ -163,8 +260,9 @@ def finish_shard_set(out_dir: str | Path, identity: dict, records: list[dict], e
         "bytes": sum(r["bytes"] for r in records),
         "rejected": len(manifest["rejected"]),
     }
-    manifest = write_manifest(out / MANIFEST_NAME, manifest)
-    write_card(out, manifest)  # README.md beside the shards, from the manifest
+    with disk_errors(out / MANIFEST_NAME):
+        manifest = write_manifest(out / MANIFEST_NAME, manifest)
+        write_card(out, manifest)  # README.md beside the shards, from the manifest
     manifest["_skipped"] = sum(r["skipped"] for r in records)
     return manifest
 

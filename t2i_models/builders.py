@@ -1,5 +1,10 @@
-"""Named autoencoder configurations (torchtune's _model_builders style)."""
+"""Named autoencoder configurations (torchtune's _model_builders style), and the one check of
+``model.<field>=value`` overrides that every builder (autoencoders, priors, CLIP) applies."""
 from __future__ import annotations
+
+import dataclasses
+
+from t2i_data.errors import T2IError
 
 from .dvae import DVAE, DVAEConfig
 from .vqvae import VQVAE, VQVAEConfig
@@ -20,15 +25,26 @@ CONFIGS = {
 }
 
 
-def build_autoencoder(name_or_cfg, **overrides):
-    """A model from a builder name (``CONFIGS``) or a config, with field overrides."""
-    import dataclasses
+def config_with(cfg_cls, base: dict, overrides: dict, what: str):
+    """``cfg_cls(**{**base, **overrides})``, after refusing override keys that are not fields of
+    ``cfg_cls`` with a ``T2IError`` naming them and the known fields (a ``TypeError`` from the
+    dataclass would name neither the setting nor what to do)."""
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise T2IError(f"{', '.join('model.' + k for k in unknown)}: not a setting of {what}; "
+                       f"known: {', '.join(sorted(fields))}")
+    return cfg_cls(**{**base, **overrides})
 
+
+def build_autoencoder(name_or_cfg, **overrides):
+    """A model from a builder name (``CONFIGS``) or a config, with field overrides
+    (``T2IError`` for a field the config does not have)."""
     if isinstance(name_or_cfg, str):
         if name_or_cfg not in CONFIGS:
-            raise ValueError(f"unknown autoencoder {name_or_cfg!r}; known: {', '.join(CONFIGS)}")
-        cfg = CONFIGS[name_or_cfg]
+            raise T2IError(f"unknown autoencoder {name_or_cfg!r}; known: {', '.join(CONFIGS)}")
+        cfg, what = CONFIGS[name_or_cfg], name_or_cfg
     else:
-        cfg = name_or_cfg
-    cfg = dataclasses.replace(cfg, **overrides)
+        cfg, what = name_or_cfg, type(name_or_cfg).__name__
+    cfg = config_with(type(cfg), dataclasses.asdict(cfg), overrides, what)
     return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE(cfg)

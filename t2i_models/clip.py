@@ -28,6 +28,7 @@ from t2i_data.errors import T2IError
 from t2i_data.mdmnist import VOCAB
 
 from .attention import Attention
+from .builders import config_with
 from .blocks import check_shape
 from .checkpoint import load_checkpoint_dict, restore_weights, save_checkpoint
 
@@ -136,12 +137,13 @@ class CLIP(nn.Module):
 
 def clip_mdmnist(**over) -> CLIP:
     """The thesis' CLIP: 8×8 patches of 128×128, width 128, 8 blocks, 8 heads, MLP 256."""
-    return CLIP(CLIPConfig(**over))
+    return CLIP(config_with(CLIPConfig, {}, over, "clip_mdmnist"))
 
 
 def clip_tiny(**over) -> CLIP:
     """For tests and smoke runs: 16×16 patches, width 32, 2 blocks, no dropout."""
-    return CLIP(CLIPConfig(**{"patch": 16, "width": 32, "layers": 2, "heads": 2, "mlp": 64, "embed": 32, "dropout": 0.0, **over}))
+    return CLIP(config_with(CLIPConfig, {"patch": 16, "width": 32, "layers": 2, "heads": 2, "mlp": 64, "embed": 32, "dropout": 0.0}, over,
+                            "clip_tiny"))
 
 
 CLIPS = {f.__name__: f for f in (clip_mdmnist, clip_tiny)}

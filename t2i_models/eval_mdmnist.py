@@ -343,6 +343,12 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     accuracy, losses, eval_set = split_pass(cfg.image_tokens, cfg.text_tokens, cfg.seed, cfg.eval_batch_size, cfg.eval_samples,
                                             clip, ae, priors, device, fingerprints["autoencoder"])
+    warnings = []
+    if accuracy["accuracy"] <= accuracy["chance"]:  # then CLIP cannot tell descriptions apart: CICS and CTRS are noise
+        warnings.append(f"CLIP picks the true description for {accuracy['accuracy']:.1%} of {accuracy['samples']} test images, "
+                        f"at or below chance ({accuracy['chance']:.1%}): CICS and CTRS below are noise; train CLIP longer "
+                        f"('t2i train clip') before comparing priors")
+        log.warning("%s", warnings[-1])
     cics, ctrs = cics_ctrs(cfg, priors, clip, ae, device)
 
     cols = [str(m) for m in range(M_MAX + 1)]
@@ -371,6 +377,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "loss": {"a": loss_summary(losses[0]), "b": loss_summary(losses[1]),
                  "histogram": {"edges": [round(e, 6) for e in edges], "a": counts[0], "b": counts[1]}},
         "figures": {"ctrs": "ctrs.png", "ctrs_rank": "ctrs_rank.png", "loss": "loss_hist.png", "samples": "samples.png"},
+        "warnings": warnings,
     }
     (out / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n")
     return report

@@ -6,6 +6,7 @@ made the training image tokens (fingerprint checked too).
 """
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from t2i_data.tokenize import TokenizeConfig, encode_rows
 from .checkpoint import load_autoencoder
 from .encode import decode_tokens
 from .train_prior import load_prior
+
+log = logging.getLogger(__name__)
 
 
 def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str], out, n: int = 4, temperature: float = 1.0,
@@ -36,7 +39,9 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
         raise T2IError(f"autoencoder {ae_ck['fingerprint'][:16]} did not make the prior's image tokens ({want['autoencoder'][:16]}); pass that checkpoint")
     tc = ck.get("text_config", {})
     cfg = TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
-    rows, _ = encode_rows(tok, prompts, cfg, "int64")
+    rows, stats = encode_rows(tok, prompts, cfg, "int64")
+    for warning in prompt_warnings(tok, prompts, rows, stats["lengths"], cfg.length - cfg.add_bos - cfg.add_eos):
+        log.warning("%s", warning)
     text = torch.from_numpy(rows).repeat_interleave(n, dim=0)  # (P·n, L)
     gen = torch.Generator().manual_seed(seed)
     tokens = prior.generate(text, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)  # (P·n, h·w)
@@ -46,6 +51,23 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
+    return out
+
+
+def prompt_warnings(tok, prompts: list[str], rows, lengths: list[int], room: int) -> list[str]:
+    """What the prior will not see of each prompt: words the tokenizer maps to its unknown id (the
+    MD-MNIST vocabulary knows 20 symbols, "a red cat" is three unknowns), tokens cut at the text
+    length, and prompts that tokenize to nothing."""
+    out = []
+    for prompt, row, n in zip(prompts, rows, lengths):
+        unknown = int((row == tok.unk_id).sum()) if tok.unk_id is not None else 0
+        if unknown:
+            out.append(f"prompt {prompt!r}: {unknown} of its {min(n, room)} tokens are unknown to the {tok.kind} tokenizer "
+                       f"(id {tok.unk_id}); the prior sees no word there")
+        if n > room:
+            out.append(f"prompt {prompt!r}: {n} tokens, cut to the {room} the prior was trained with")
+        if n == 0:
+            out.append(f"prompt {prompt!r}: no tokens at all; the prior samples unconditionally")
     return out
 
 

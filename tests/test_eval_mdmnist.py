@@ -156,6 +156,7 @@ def test_eval_runs_end_to_end_and_is_deterministic(stack, tmp_path, capsys):
         assert 0 < loss["mean"] < 2 * math.log(16)  # nats per token, V = 16: near log V for priors trained 3 steps
     acc = report["clip"]["test"]
     assert acc["samples"] == 24 and sum(acc["picked"]) == 24 and report["eval_set"]["split"] == "test"
+    assert len(report["warnings"]) == (acc["accuracy"] <= acc["chance"]) and printed.count("WARNING: CLIP picks") == len(report["warnings"])
     assert report["priors"]["a"]["arch"] == "g1_tiny" and report["priors"]["b"]["kind"] == "g2"
     sizes = {}
     for name in ("ctrs.png", "ctrs_rank.png", "loss_hist.png", "samples.png"):
@@ -170,6 +171,22 @@ def test_eval_runs_end_to_end_and_is_deterministic(stack, tmp_path, capsys):
                                 autoencoder=str(stack / "ae.pt"), image_tokens=str(stack / "img" / "test"), text_tokens=str(stack / "text" / "test"),
                                 out=str(tmp_path / "r2"), n=10, batch_size=4, grid_prompts=2, grid_samples=2))
     assert (tmp_path / "r2" / "report.json").read_bytes() == (tmp_path / "r1" / "report.json").read_bytes() and again == report
+
+
+def test_eval_warns_that_cics_and_ctrs_are_noise_when_clip_is_at_chance(stack, tmp_path, capsys, monkeypatch):
+    import t2i_models.eval_mdmnist as ev
+
+    real = ev.split_pass
+
+    def at_chance(*args, **kwargs):
+        acc, losses, eval_set = real(*args, **kwargs)
+        return dict(acc, accuracy=acc["chance"]), losses, eval_set
+
+    monkeypatch.setattr(ev, "split_pass", at_chance)
+    assert main(eval_args(stack, tmp_path, "g1_tiny", "g2_tiny", extra=["--grid-prompts", "1", "--grid-samples", "1"])) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: CLIP picks the true description for 7.7% of 24 test images, at or below chance (7.7%): CICS and CTRS below are noise" in printed
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == [printed.split("WARNING: ")[1].split("\n")[0]]
 
 
 def test_one_prior_against_itself_greedy_ties_everywhere(stack, tmp_path):
