@@ -5,11 +5,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import T2IError
+from .errors import DISK_FULL, T2IError
 
 log = logging.getLogger("t2i")
 
@@ -144,7 +145,9 @@ def _train_config(args, section: str, cls):
     unknown = sorted(set(values) - known)
     if unknown:
         raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
-    return cls(**values)
+    from .config import construct
+
+    return construct(cls, values, section, flag=lambda name: f"{name}=...")
 
 
 def cmd_train_autoencoder(args) -> int:
@@ -197,6 +200,8 @@ def cmd_eval_mdmnist(args) -> int:
     for s in ("a", "b"):
         print(f"CTRS {s.upper()} ({r['priors'][s]['arch']}): picked m = 0..12: {r['ctrs'][s]['picked']}; "
               f"test loss {r['loss'][s]['mean']:.4f} (median {r['loss'][s]['quantiles']['0.5']:.4f})")
+    for w in r["warnings"]:
+        print(f"WARNING: {w}")
     print(f"wrote {Path(cfg.out) / 'report.json'} and figures {', '.join(sorted(r['figures'].values()))}")
     return 0
 
@@ -219,20 +224,20 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
-    from .manifest import find_manifests
+    from .manifest import find_manifests, load_manifest
     from .runner import make_runner
+    from .shardset import derived_dir
 
     cfg = EncodeConfig(views=args.views, seed=args.seed, batch_size=args.batch_size)
     with make_runner(args.workers, args.scheduler) as runner:
         manifests = encode(args.autoencoder, args.images, args.out, cfg, runner)
-    multi = len(find_manifests(args.images)) > 1
+    dirs = {load_manifest(p)["split"]: (p.parent, derived_dir(args.images, p, args.out)) for p in find_manifests(args.images)}
     for split, m in manifests.items():
         used = len(m["stats"]["code_usage"])
         print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
               f"{used} of {m['autoencoder']['vocab']} codes used; aligned to {m['aligned_to'][:16]}")
         if args.check:
-            img_dir = Path(args.images) / split if multi else Path(args.images)
-            tok_dir = Path(args.out) / split if multi else Path(args.out)
+            img_dir, tok_dir = dirs[split]
             n = check_reencode(args.autoencoder, img_dir, tok_dir, n=args.check)
             print(f"  re-encoded {n} samples in another batch order: identical tokens")
     return 0
@@ -261,17 +266,50 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
+def preview_shards(paths: list[str], fingerprint: str | None) -> list[str]:
+    """The shard files ``t2i preview`` shows: a tar as given; a split or build folder as the
+    shards its manifests list (those holding samples). With ``fingerprint`` (the autoencoder's),
+    an image-token set made by another autoencoder is refused, naming both fingerprints."""
+    from .manifest import MANIFEST_NAME, find_manifests, load_manifest
+
+    shards = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for mpath in find_manifests(p):
+                m = load_manifest(mpath)
+                _check_token_maker(m, mpath, fingerprint)
+                shards += [str(mpath.parent / s["name"]) for s in m["shards"] if s["samples"]]
+        else:
+            beside = p.parent / MANIFEST_NAME
+            if fingerprint is not None and beside.is_file():
+                _check_token_maker(load_manifest(beside), beside, fingerprint)
+            elif fingerprint is not None:
+                log.warning("%s: no manifest beside it, so the autoencoder's fingerprint cannot be checked", p)
+            shards.append(str(p))
+    if not shards:
+        raise T2IError(f"{', '.join(paths)}: no shard holds a sample")
+    return shards
+
+
+def _check_token_maker(m: dict, where: Path, fingerprint: str | None) -> None:
+    made_by = (m.get("autoencoder") or {}).get("fingerprint")
+    if fingerprint is not None and m.get("kind") == "image_tokens" and made_by != fingerprint:
+        raise T2IError(f"{where}: these image tokens were made by the autoencoder with fingerprint {str(made_by)[:16]}, "
+                       f"not by --autoencoder ({fingerprint[:16]}); pass the checkpoint that encoded them")
+
+
 def cmd_preview(args) -> int:
     from .preview import contact_sheet
 
-    decode = None
+    decode, fingerprint = None, None
     if args.autoencoder:
         from t2i_models.checkpoint import load_autoencoder
         from t2i_models.encode import decode_tokens
 
-        model, _ = load_autoencoder(args.autoencoder)
+        model, ck = load_autoencoder(args.autoencoder)
+        fingerprint = ck["fingerprint"]
         decode = lambda tokens: decode_tokens(model, tokens)  # noqa: E731
-    out = contact_sheet(args.shards, args.out, n=args.n, cols=args.cols, decode_tokens=decode)
+    out = contact_sheet(preview_shards(args.shards, fingerprint), args.out, n=args.n, cols=args.cols, decode_tokens=decode)
     print(f"wrote {out}")
     return 0
 
@@ -442,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("preview", help="contact sheet of samples with their captions")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="tar shards, or split / build folders of shard sets")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("-n", type=int, default=16, help="samples to show")
     p.add_argument("--cols", type=int, default=4)
@@ -470,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except T2IError as e:
-        print(f"t2i: error: {e}", file=sys.stderr)
+        print("t2i: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one line, always
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"t2i: error: {e.filename or 'writing output'}: {os.strerror(e.errno)}; free space and rerun the same command", file=sys.stderr)
         return 2
 
 

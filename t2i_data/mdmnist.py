@@ -21,11 +21,12 @@ import numpy as np
 from PIL import Image
 
 from .digest import canonical_json, canonical_pixels
+from .card import write_build_card
 from .schema import SCHEMAS, check_meta
 from .errors import T2IError
 from .pngio import encode_png, encoder_id
 from .rng import stream_id, uniform_int
-from .shardset import build_shard_set
+from .shardset import build_shard_set, locks_out
 from .tario import WRITER_ID
 from .sources.mnist import EMBEDDED, load_mnist
 
@@ -178,6 +179,7 @@ def render_sample(cfg: MDMNISTConfig, split: str, index: int) -> dict:
     return next(produce_shard(dataclasses.replace(cfg, shard_size=1), split, index))
 
 
+@locks_out
 def build(cfg: MDMNISTConfig, out: str | Path, runner, splits: tuple[str, ...] = SPLITS) -> dict[str, dict]:
     """Build every split into ``out/<split>/`` with its manifest; returns the manifests."""
     source = load_mnist(cfg.mnist)  # load and check the source once, here, before any task runs
@@ -199,4 +201,5 @@ def build(cfg: MDMNISTConfig, out: str | Path, runner, splits: tuple[str, ...] =
         }
         produce = partial(produce_shard, cfg, split)
         manifests[split] = build_shard_set(produce, Path(out) / split, f"mdmnist-{split}", sizes, identity, runner, desc=f"mdmnist {split}")
+    write_build_card(out, manifests)  # out/README.md: every split, loadable with datasets
     return manifests

@@ -28,13 +28,14 @@ import numpy as np
 import xxhash
 from PIL import Image
 
+from .card import write_build_card
 from .decode import ImageLimits, decode_source
 from .dedup import deduplicate
 from .digest import canonical_json, canonical_pixels
 from .errors import T2IError
 from .regimes import Regime
 from .schema import SCHEMAS, check_meta
-from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, merge_stats, write_shards
+from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
 from .sources import coco, cub
 from .sources.records import ImageRecord, clean_caption_lines, confiner
 from .tario import WRITER_ID
@@ -219,6 +220,7 @@ def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], d
     return by_split, source
 
 
+@locks_out
 def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | None = None) -> dict[str, dict]:
     """Every split's shards, then the duplicate check over all of them, then the manifests.
 
@@ -247,4 +249,6 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
             identities[split], runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
         )
     written, leakage = deduplicate(dirs, written, stats_of_sample, cfg.strict)
-    return {split: finish_shard_set(dirs[split], identities[split], written[split], {"leakage": leakage[split]}) for split in by_split}
+    manifests = {split: finish_shard_set(dirs[split], identities[split], written[split], {"leakage": leakage[split]}) for split in by_split}
+    write_build_card(out, manifests)  # out/README.md: every split, loadable with datasets
+    return manifests

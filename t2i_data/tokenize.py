@@ -30,7 +30,8 @@ import numpy as np
 from .digest import canonical_array
 from .errors import T2IError
 from .manifest import find_manifests, load_manifest
-from .shardset import ShardStats, build_shard_set
+from .card import write_build_card
+from .shardset import ShardStats, build_shard_set, derived_dir, locks_out
 from .tario import WRITER_ID, iter_samples
 from .text import cached_tokenizer, load_tokenizer, sample_captions
 
@@ -136,6 +137,7 @@ def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_sha
     yield ShardStats(dict(st, samples=len(keys), repaired=repaired, token_length_histogram=hist))
 
 
+@locks_out
 def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg: TokenizeConfig, runner) -> dict[str, dict]:
     tok = load_tokenizer(tokenizer_dir)
     dtype = "uint16" if tok.vocab_size <= 65536 else "int32"
@@ -162,10 +164,11 @@ def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg
             "tokenizer": dict(tok.describe(), length=cfg.length, dtype=dtype),
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID},
         }
-        target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
+        target = derived_dir(images, mpath, out)
         manifests[base["split"]] = build_shard_set(
             partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
             desc=f"tokenize {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
         )
+    write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
     return manifests

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from t2i_data.augment import regime_of, stored_image, views
+from t2i_data.card import write_build_card
 from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
 from t2i_data.manifest import find_manifests, load_manifest
-from t2i_data.shardset import ShardStats, build_shard_set
+from t2i_data.shardset import ShardStats, build_shard_set, derived_dir, locks_out
 from t2i_data.tario import WRITER_ID, iter_samples
 from t2i_data.tokenize import npy_bytes
 
@@ -89,6 +90,7 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     yield ShardStats({"samples": len(keys), "views": len(arrays), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
 
 
+@locks_out
 def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeConfig, runner) -> dict[str, dict]:
     model, ck = load_autoencoder(ckpt)
     dtype = "uint16" if model.cfg.vocab <= 65536 else "int32"
@@ -115,13 +117,14 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID, "torch": torch.__version__},
         }
         split_dir = mpath.parent
-        target = Path(out) / split_dir.name if len(paths) > 1 else Path(out)
+        target = derived_dir(images, mpath, out)
         manifests[base["split"]] = build_shard_set(
             partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
                     schema_for("image_tokens", base["dataset"], dtype)["json"]), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
             desc=f"encode {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
         )
+    write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
     return manifests
 
 
