@@ -14,6 +14,9 @@ mdmnist    the fixed 20-symbol MD-MNIST description vocabulary
 Captions reach a tokenizer through ``captions.py``: ``check_captions`` (every caption read from
 a shard is a str, or one error names the shard, key and index), ``training_captions`` (the
 training split's captions) and ``cut_captions`` (the length caps applied before training).
+
+A saved folder also opens in ``tokenizers`` and ``transformers`` with the same ids; ``interop.py``
+says which file is for whom and why the fingerprint covers only t2i's own files.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def load_tokenizer(folder: str | Path) -> TextTokenizer:
     if cls is None:
         raise T2IError(f"{folder}: unknown tokenizer kind {meta.get('kind')!r}; known: {', '.join(KINDS)}")
     tok = cls._load_files(folder, meta)
-    tok.fingerprint = folder_fingerprint(folder, list(meta["files"]) + [META_NAME])
+    tok.fingerprint = folder_fingerprint(folder, list(meta["files"]) + [META_NAME], cls._t2i_bytes)
     return tok
 
 

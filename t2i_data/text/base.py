@@ -1,14 +1,18 @@
 """What every text tokenizer offers, and its saved form.
 
 A saved tokenizer is a folder: ``t2i_tokenizer.json`` (kind, special ids, vocabulary size,
-where it came from) plus the kind's own files. Its fingerprint is the sha256 over the names and
-bytes of those files, so any change to the vocabulary, merges or special ids changes it.
+where it came from) plus the kind's own files, plus files that ``tokenizers`` and
+``transformers`` open (``interop.py``: which file is for whom). Its fingerprint is the sha256
+over the names and bytes of t2i's own files, the ones ``t2i_tokenizer.json`` lists, each in the
+form t2i reads it (``_t2i_bytes``), so any change to the vocabulary, merges or special ids
+changes it, and files written for other libraries do not.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..digest import canonical_json
 from ..errors import T2IError
@@ -16,10 +20,12 @@ from ..errors import T2IError
 META_NAME = "t2i_tokenizer.json"
 
 
-def folder_fingerprint(folder: Path, names: list[str]) -> str:
+def folder_fingerprint(folder: Path, names: list[str], read: Callable[[Path, str], bytes] | None = None) -> str:
+    """sha256 over (name, sha256 of its bytes) in name order; ``read`` gives a file's bytes as
+    t2i reads it (default: as on disk)."""
     h = hashlib.sha256()
     for name in sorted(names):
-        data = (folder / name).read_bytes()
+        data = read(folder, name) if read else (folder / name).read_bytes()
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()
 
@@ -47,8 +53,14 @@ class TextTokenizer:
         raise NotImplementedError
 
     def _save_files(self, folder: Path) -> list[str]:
-        """Write the kind's own files; return their names."""
+        """Write the kind's own files and the interop files beside them; return the names of
+        the kind's own files (those the fingerprint covers)."""
         raise NotImplementedError
+
+    @classmethod
+    def _t2i_bytes(cls, folder: Path, name: str) -> bytes:
+        """A listed file as t2i reads and fingerprints it."""
+        return (folder / name).read_bytes()
 
     @classmethod
     def _load_files(cls, folder: Path, meta: dict) -> "TextTokenizer":
@@ -67,7 +79,7 @@ class TextTokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         names = self._save_files(folder)
         (folder / META_NAME).write_bytes(canonical_json(dict(self.meta(), files=sorted(names))) + b"\n")
-        self.fingerprint = folder_fingerprint(folder, names + [META_NAME])
+        self.fingerprint = folder_fingerprint(folder, names + [META_NAME], self._t2i_bytes)
         return self.fingerprint
 
     def describe(self) -> dict:

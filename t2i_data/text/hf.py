@@ -4,19 +4,26 @@ bpe_simple_vocab_16e6.txt.gz, BERT's vocab.txt, a Hugging Face tokenizer folder)
 touches the network.
 
 ``encode_special_tokens`` is switched on, so text that spells a special token ("[PAD]",
-"<|endoftext|>") is tokenized as text and the pad id is never produced for a caption.
+"<|endoftext|>") is tokenized as text and the pad id is never produced for a caption. The saved
+tokenizer.json leaves the special added tokens out and tokenizer_config.json lists them, so that
+``tokenizers`` and ``transformers`` reopen the folder with the same ids (``interop.py``).
 """
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 from typing import Iterable
 
+import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from ..errors import T2IError
+from . import interop
 from .base import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 # CLIP's SimpleTokenizer pattern (openai/CLIP, clip/simple_tokenizer.py)
 CLIP_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -67,12 +74,41 @@ class HFTokenizer(TextTokenizer):
         return dict(super().meta(), specials=self.specials)
 
     def _save_files(self, folder: Path) -> list[str]:
-        (folder / "tokenizer.json").write_text(self.tok.to_str(pretty=True) + "\n", encoding="utf-8")
-        return ["tokenizer.json"]
+        """tokenizer.json (t2i, ``tokenizers``, ``transformers``) without the special added
+        tokens, and tokenizer_config.json (``transformers``) naming them; t2i's own form of
+        tokenizer.json, the one fingerprinted, is rebuilt from the two (``interop.t2i_form``)."""
+        t2i_text = self.tok.to_str(pretty=True) + "\n"
+        text, added = interop.interop_form(t2i_text)
+        path, config = folder / interop.TOKENIZER_JSON, folder / interop.CONFIG_NAME
+        path.write_text(text, encoding="utf-8")
+        interop.write_json(config, interop.transformers_config(added, self._special_names()))
+        if interop.t2i_form(folder) != t2i_text.encode("utf-8"):
+            # tokenizers writes added tokens in a layout interop._render does not reproduce:
+            # keep t2i's file and fingerprint, give up the interop files
+            log.warning("%s: cannot write tokenizer.json without its special tokens (tokenizers %s changed its layout); "
+                        "wrote t2i's own form: tokenizers and transformers will encode spelled special tokens as specials",
+                        folder, tokenizers.__version__)
+            path.write_text(t2i_text, encoding="utf-8")
+            config.unlink()
+        return [interop.TOKENIZER_JSON]
+
+    def _special_names(self) -> dict[str, str]:
+        """pad, bos, eos, unk by token, for transformers. GPT-2 and CLIP have no pad token: one
+        named here, absent from the vocabulary, gets the id after it there, as here."""
+        names = {k: self.specials[k] for k in ("pad", "bos", "eos", "unk") if k in self.specials}
+        if "pad" not in names:
+            vocab = self.tok.get_vocab(with_added_tokens=True)
+            names["pad"] = next(t for t in ("[PAD]", "<pad>", "<|pad|>", "[T2I_PAD]") if t not in vocab)
+        return names
+
+    @classmethod
+    def _t2i_bytes(cls, folder: Path, name: str) -> bytes:
+        return interop.t2i_form(folder) if name == interop.TOKENIZER_JSON else super()._t2i_bytes(folder, name)
 
     @classmethod
     def _load_files(cls, folder: Path, meta: dict) -> "HFTokenizer":
-        return cls(meta["kind"], Tokenizer.from_file(str(folder / "tokenizer.json")), meta["specials"], meta["source"])
+        tok = Tokenizer.from_str(interop.t2i_form(folder).decode("utf-8"))
+        return cls(meta["kind"], tok, meta["specials"], meta["source"])
 
 
 # -- training -------------------------------------------------------------------------------
@@ -195,7 +231,11 @@ def _from_transformers(hf, kind: str, source: dict) -> HFTokenizer:
 
 
 def load_tokenizer_json(path: Path, kind: str, specials: dict | None = None) -> HFTokenizer:
-    tok = Tokenizer.from_file(str(path))
+    if path.name == interop.TOKENIZER_JSON and (path.parent / interop.CONFIG_NAME).is_file():
+        # saved by t2i (or transformers): its special added tokens may be listed only in tokenizer_config.json
+        tok = Tokenizer.from_str(interop.t2i_form(path.parent).decode("utf-8"))
+    else:
+        tok = Tokenizer.from_file(str(path))
     tok.post_processor = None
     if specials is None:  # guess the usual names from the added tokens
         added = {t.content for t in tok.get_added_tokens_decoder().values()}

@@ -3,6 +3,9 @@ training split only, ids by (frequency descending, then the word), after PAD, UN
 
 The thesis code numbered words by iterating a Python set (ids changed between runs) and built
 the vocabulary from train and test captions together.
+
+Saved as vocab.json (t2i, fingerprinted) plus an equivalent WordLevel tokenizer.json and a
+tokenizer_config.json for ``tokenizers`` and ``transformers`` (``interop.py``).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from . import interop
 from .base import TextTokenizer
 
 WORD = re.compile(r"\b\w+\b")
@@ -46,7 +50,10 @@ class WordTokenizer(TextTokenizer):
         return " ".join(self.itos[i] for i in ids if i >= len(SPECIALS) or i == self.unk_id)
 
     def _save_files(self, folder: Path) -> list[str]:
+        """vocab.json for t2i; tokenizer.json and tokenizer_config.json for other libraries."""
         (folder / "vocab.json").write_text(json.dumps(self.itos, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        ids = {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id, "unk": self.unk_id}
+        interop.write_wordlevel(folder, interop.word_backend(self.itos, self.itos[self.unk_id]), self.itos, ids)
         return ["vocab.json"]
 
     @classmethod
