@@ -14,7 +14,6 @@ zstd-compressed for storage and ``load_dataset("parquet")``. The output is built
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -26,13 +25,14 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from .digest import IMAGE_EXTS, canonical_json, file_sha256
+from .digest import IMAGE_EXTS, canonical_json, file_sha256, load_npy
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, find_manifests, load_manifest
+from .manifest import KINDS, MANIFEST_NAME, find_manifests, load_manifest, shard_path
 from .tario import iter_samples
+from .schema import SCHEMAS, check_meta
 from .text.captions import check_captions
 
-KINDS = ("images", "text_tokens", "image_tokens")  # also the column order of a zipped export
+# KINDS (manifest.py) is also the column order of a zipped export
 FORMATS = ("arrow", "parquet")
 EXPORT_VERSION = 1
 RECORD_NAME = "export.json"
@@ -67,6 +67,13 @@ class ShardSet:
     def split(self) -> str:
         return self.manifest["split"]
 
+    def field(self, section: str, name: str):
+        """``manifest[section][name]``, or one T2IError saying the manifest lacks it."""
+        value = (self.manifest.get(section) or {}).get(name)
+        if value is None:
+            raise T2IError(f"{self.dir}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
+        return value
+
     @property
     def root(self) -> str:
         """The digest of the image set this set belongs to (its own, for an image set)."""
@@ -100,8 +107,8 @@ def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
 
 
 def check_shard(ss: ShardSet, shard: dict) -> Path:
-    """The shard's path once its size and sha256 match the manifest's."""
-    path = ss.dir / shard["name"]
+    """The shard's path (confined to the set's folder) once its size and sha256 match the manifest's."""
+    path = shard_path(ss.dir, shard["name"])
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -139,10 +146,7 @@ def data_files(path: str | os.PathLike, check: bool = True) -> dict[str, list[st
 # --- export ----------------------------------------------------------------------------------
 
 def _npy(data: bytes, where: str) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        raise T2IError(f"{where}: not a readable .npy ({e}); rebuild the set") from None
+    return load_npy(data, where)  # the header checked against the bytes before anything is allocated
 
 
 class _Images:
@@ -150,6 +154,7 @@ class _Images:
 
     def __init__(self, ss: ShardSet) -> None:
         self.attrs = ATTRIBUTES.get(ss.manifest["dataset"], ())
+        self.schema = SCHEMAS.get(("images", ss.manifest["dataset"]))  # the typed columns' source: checked per row
         self.fields = [pa.field("captions", pa.list_(pa.string())), pa.field("image", _IMAGE),
                        *(pa.field(n, t) for n, t in self.attrs), pa.field("json", pa.string())]
 
@@ -169,6 +174,11 @@ class _Images:
         if not isinstance(meta, dict):
             raise T2IError(f"{where}: sample {key} has a JSON that is not an object; rebuild the set")
         captions = check_captions(meta.get("captions"), f"{where}: sample {key}")  # never str(None) = "None"
+        if self.schema is not None:
+            try:
+                check_meta(meta, self.schema, f"{where}: sample {key}")
+            except ValueError as e:
+                raise T2IError(f"{e}; the shard set is damaged, rebuild it") from None
         values = [captions, {"bytes": sample[ext], "path": f"{key}.{ext}"},
                   *(meta.get(n) for n, _ in self.attrs), text]
         return values, len(sample[ext]) + len(text)
@@ -178,8 +188,7 @@ class _TextTokens:
     """text_tokens: list (captions) of fixed-size lists of L ids, in the manifest's dtype."""
 
     def __init__(self, ss: ShardSet) -> None:
-        tok = ss.manifest["tokenizer"]
-        self.length, self.dtype = tok["length"], np.dtype(tok["dtype"])
+        self.length, self.dtype = ss.field("tokenizer", "length"), np.dtype(ss.field("tokenizer", "dtype"))
         self.fields = [pa.field("text_tokens", pa.list_(pa.list_(pa.from_numpy_dtype(self.dtype), self.length)))]
 
     def row(self, sample: dict, where: str) -> tuple[list, int]:
@@ -201,9 +210,9 @@ class _ImageTokens:
     """image_tokens: (views, h, w) as nested fixed-size lists; views: each view's parameters."""
 
     def __init__(self, ss: ShardSet) -> None:
-        ae = ss.manifest["autoencoder"]
-        self.shape = (ss.manifest["config"]["views"], ae["grid"], ae["grid"])
-        self.dtype = np.dtype(ae["dtype"])
+        grid = ss.field("autoencoder", "grid")
+        self.shape = (ss.field("config", "views"), grid, grid)
+        self.dtype = np.dtype(ss.field("autoencoder", "dtype"))
         t = pa.from_numpy_dtype(self.dtype)
         for n in self.shape[::-1]:
             t = pa.list_(t, n)
@@ -214,7 +223,11 @@ class _ImageTokens:
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise T2IError(f"{where}: {sample['__key__']} image tokens are {arr.dtype} {arr.shape}, the manifest says "
                            f"{self.dtype} {self.shape}; rebuild the set")
-        return [arr, json.loads(sample["json"])["views"]], arr.nbytes
+        try:
+            views = json.loads(sample["json"])["views"]
+        except (KeyError, TypeError, ValueError) as e:  # no json, not an object, no views, not JSON
+            raise T2IError(f"{where}: {sample['__key__']} has no readable views in its JSON ({type(e).__name__}: {e}); rebuild the set") from None
+        return [arr, views], arr.nbytes
 
     def arrays(self, tokens: list[np.ndarray], views: list) -> list[pa.Array]:
         flat = np.stack(tokens).ravel() if tokens else np.zeros(0, self.dtype)
@@ -277,7 +290,15 @@ def _source(ss: ShardSet) -> dict:
     return out
 
 
-def _batch(schema: pa.Schema, group: list[ShardSet], builders: list, keys: list[str], cols: list[list]) -> pa.RecordBatch:
+def _batch(schema: pa.Schema, group: list[ShardSet], builders: list, keys: list[str], cols: list[list], where: str) -> pa.RecordBatch:
+    try:
+        return _arrays(schema, group, builders, keys, cols)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:  # a value of a set with no declared schema
+        raise T2IError(f"{where}: a sample among {keys[0]}..{keys[-1]} does not fit the export's typed columns ({e}); "
+                       f"the shard set is damaged, run t2i verify --deep on it") from None
+
+
+def _arrays(schema: pa.Schema, group: list[ShardSet], builders: list, keys: list[str], cols: list[list]) -> pa.RecordBatch:
     arrays = [pa.array(keys, pa.string()), pa.array([group[0].split] * len(keys), pa.string())]
     at = 0
     for b in builders:
@@ -308,12 +329,12 @@ def iter_batches(group: list[ShardSet], schema: pa.Schema, builders: list, progr
                     at += 1
                 size += nbytes
             if len(keys) >= BATCH_ROWS or size >= BATCH_BYTES:
-                yield _batch(schema, group, builders, keys, cols)
+                yield _batch(schema, group, builders, keys, cols, where)
                 keys, cols, size = [], [[] for _ in range(ncols)], 0
             if progress is not None:
                 progress.update(1)
     if keys:
-        yield _batch(schema, group, builders, keys, cols)
+        yield _batch(schema, group, builders, keys, cols, where)
 
 
 @contextmanager

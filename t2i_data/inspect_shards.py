@@ -10,7 +10,6 @@ sets). (Named ``inspect_shards`` so that it can never shadow the standard librar
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .digest import load_npy
+from .errors import T2IError
 from .export import checked_samples, open_shard_sets, staged_dir, ShardSet
 from .figures import histogram_png
 from .shardset import rejection_counts
@@ -43,6 +44,33 @@ def hist_summary(hist: dict) -> dict:
             "p95": q(0.95), "max": int(values[-1])}
 
 
+def _count(ss: ShardSet, stats: dict, name: str) -> int:
+    """A count the manifest's ``stats`` records (0 when absent), checked to be one."""
+    value = stats.get(name, 0) if isinstance(stats, dict) else stats
+    if type(value) is not int or value < 0:
+        raise T2IError(f"{ss.dir}: its manifest's stats.{name} is {value!r}, not a count; rebuild the set")
+    return value
+
+
+def _leakage(ss: ShardSet) -> list[dict]:
+    leak = ss.manifest.get("leakage") or []
+    fields = ("key", "other_key", "other_split", "by")
+    if not isinstance(leak, list) or not all(isinstance(e, dict) and all(isinstance(e.get(f), str) for f in fields) for e in leak):
+        raise T2IError(f"{ss.dir}: its manifest's leakage is not a list of {{{', '.join(fields)}}} records; rebuild the set")
+    return leak
+
+
+def _tokens(ss: ShardSet, shard: dict, sample: dict, field: str, ndim: int) -> np.ndarray:
+    """The integer array ``field`` of a sample, of ``ndim`` dimensions, or one T2IError naming it."""
+    where = f"{ss.dir / shard['name']}: {sample['__key__']}.{field}"
+    if field not in sample:
+        raise T2IError(f"{where} is missing; not a {ss.kind} shard set")
+    arr = load_npy(sample[field], where)
+    if arr.ndim != ndim or arr.dtype.kind not in "iu":
+        raise T2IError(f"{where}: {arr.dtype} array of shape {arr.shape}, expected {ndim} dimensions of integers; rebuild the set")
+    return arr
+
+
 def inspect_set(ss: ShardSet, progress=None) -> dict:
     """The report of one split: counts, histograms ({value: count}; code usage a list) and rates."""
     m = ss.manifest
@@ -52,10 +80,9 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
     hists = rep["histograms"]
     if ss.kind == "images":
         st = m.get("stats") or {}
-        leak = m.get("leakage") or []
+        leak = _leakage(ss)
         rep["checks"] = {"duplicates": rep["quarantined"].get("duplicate-image", 0), "leakage": len(leak),
-                         "leakage_examples": leak[:5], "size_mismatch": st.get("size_mismatch", 0),
-                         "exif_rotated": st.get("exif_rotated", 0), "captions_dropped": st.get("captions_dropped", 0)}
+                         "leakage_examples": leak[:5], **{k: _count(ss, st, k) for k in ("size_mismatch", "exif_rotated", "captions_dropped")}}
         per_sample, words = {}, {}
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
@@ -66,12 +93,11 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
                     progress.update(1)
         hists.update(captions_per_sample=per_sample, caption_words=words)
     elif ss.kind == "text_tokens":
-        tok = m["tokenizer"]
-        pad, length = tok["pad_id"], tok["length"]
+        pad, length = ss.field("tokenizer", "pad_id"), ss.field("tokenizer", "length")
         lengths, pads, cells, full = {}, 0, 0, 0
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
-                arr = np.load(io.BytesIO(sample["text_tokens.npy"]), allow_pickle=False)
+                arr = _tokens(ss, shard, sample, "text_tokens.npy", 2)
                 n = (arr != pad).sum(axis=1)
                 _add(lengths, n)
                 pads += int(arr.size - n.sum())
@@ -82,15 +108,19 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         hists["token_length"] = lengths
         st = m.get("stats") or {}
         rows = sum(lengths.values())
+        truncated, captions = _count(ss, st, "truncated"), _count(ss, st, "captions")
         rep["rates"] = {"padding": pads / cells if cells else 0.0, "full_rows": full / rows if rows else 0.0,
-                        "truncation": st.get("truncated", 0) / st["captions"] if st.get("captions") else 0.0}
+                        "truncation": truncated / captions if captions else 0.0}
     else:
-        vocab = m["autoencoder"]["vocab"]
+        vocab = ss.field("autoencoder", "vocab")
         usage = np.zeros(vocab, np.int64)
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
-                arr = np.load(io.BytesIO(sample["image_tokens.npy"]), allow_pickle=False)
-                usage += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)[:vocab]
+                arr = _tokens(ss, shard, sample, "image_tokens.npy", 3)
+                if arr.size and (arr.min() < 0 or arr.max() >= vocab):  # never clipped: a code outside V is bad data
+                    raise T2IError(f"{ss.dir / shard['name']}: {sample['__key__']} holds code {int(arr.max()) if arr.max() >= vocab else int(arr.min())}, "
+                                   f"outside the autoencoder's {vocab} codes; rebuild the set")
+                usage += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)
                 if progress is not None:
                     progress.update(1)
         hists["code_usage"] = usage.tolist()

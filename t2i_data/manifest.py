@@ -4,20 +4,45 @@
 data, not the bytes: it covers everything except the shards' file sha256 and sizes and the
 encoder versions, so a shard set rebuilt with another zlib keeps its digest (and its aligned
 derived sets stay valid) while ``t2i verify`` still reports the byte difference.
+
+A manifest is input like any other (DESIGN.md, "Trust"): a shard set is often downloaded, and its
+digest is no defence, since whoever edits a manifest can recompute it. So ``load_manifest``
+checks every field that names a file or sizes a loop before any reader sees it: ``dataset`` and
+``split`` are plain tokens (``TOKEN``), shard i is named ``<dataset>-<split>-<i:06d>.tar`` (the
+only name this project writes, so no manifest can name ``../x`` or ``/etc/passwd``), and each
+shard path, resolved with its symlinks, stays inside the manifest's folder and is a regular file
+when it exists; counts are non-negative integers within ``MAX_SHARD_BYTES`` and one ustar header
+per sample, sha256 fields are 64 hex digits and the totals add up. Every output path downstream
+(tokenize, encode, inspect) is built from these checked tokens.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import stat
 from pathlib import Path
 
 from .digest import canonical_json
 from .errors import T2IError
+from .sources.records import confiner
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+KINDS = ("images", "text_tokens", "image_tokens")
 _BYTE_LEVEL_SHARD_FIELDS = ("sha256", "bytes")
+# dataset, split and regime: they become file names (shards, indexes, figures) and keys
+TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_SHARDS = 10**6  # shard numbers have six digits
+MAX_SHARD_BYTES = 1 << 40  # 1 TiB; this project's shards are tens to hundreds of MB
+MIN_SAMPLE_BYTES = 512  # one ustar header: a sample has at least one member
+# bounds on fields that size arrays in readers (inspect's code usage, export's fixed-size lists)
+_FIELD_BOUNDS = {("tokenizer", "length"): (1, 1 << 16), ("tokenizer", "pad_id"): (0, 1 << 31), ("tokenizer", "vocab_size"): (1, 1 << 31),
+                 ("autoencoder", "vocab"): (1, 1 << 24), ("autoencoder", "grid"): (1, 1 << 12), ("config", "views"): (1, 1 << 12)}
+_DTYPES = ("uint16", "int32")
+_REQUIRED = {"text_tokens": {"tokenizer": ("length", "pad_id")}, "image_tokens": {"autoencoder": ("grid",)}}
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -44,30 +69,158 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> dict:
     return dict(manifest, digest=manifest_digest(manifest))
 
 
+def shard_file_name(dataset: str, split: str, index: int) -> str:
+    """The name of shard ``index`` of a set: the only shard name a manifest may hold."""
+    return f"{dataset}-{split}-{index:06d}.tar"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "..."
+
+
+def _is_int(value, lo: int, hi: int) -> bool:
+    return type(value) is int and lo <= value <= hi  # never a bool, a float or a string
+
+
+def check_manifest(manifest, where: str) -> None:
+    """Every field of a loaded manifest that names a file, sizes a loop or an array, or identifies
+    data, checked; one ``T2IError`` naming ``where``, the field and its value otherwise."""
+
+    def bad(field: str, value, why: str):
+        raise T2IError(f"{where}: {field} is {_shown(value)}, {why}; this manifest is damaged or was not written by t2i "
+                       f"(DESIGN.md, 'Trust'): rebuild the set or get it again from its source")
+
+    if not isinstance(manifest, dict):
+        bad("the manifest", type(manifest).__name__, "not a JSON object")
+    if manifest.get("kind") not in KINDS:
+        bad("kind", manifest.get("kind"), f"not one of {', '.join(KINDS)}")
+    for field in ("dataset", "split"):
+        v = manifest.get(field)
+        if not isinstance(v, str) or not TOKEN.fullmatch(v):
+            bad(field, v, f"not a plain name ({TOKEN.pattern}: lower-case letters, digits, '_', '.', '-')")
+    if manifest.get("regime") is not None and not (isinstance(manifest["regime"], str) and TOKEN.fullmatch(manifest["regime"])):
+        bad("regime", manifest["regime"], "neither null nor a plain name")
+    for field in ("digest", "aligned_to"):
+        v = manifest.get(field)
+        if v is not None and not (isinstance(v, str) and _HEX64.fullmatch(v)):
+            bad(field, v, "not a sha256 (64 lower-case hex digits)")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or len(shards) > MAX_SHARDS:
+        bad("shards", type(shards).__name__ if not isinstance(shards, list) else f"{len(shards)} shards",
+            f"not a list of at most {MAX_SHARDS:,} shard records")
+    for i, s in enumerate(shards):
+        at = f"shards[{i}]"
+        if not isinstance(s, dict):
+            bad(at, s, "not an object")
+        name = shard_file_name(manifest["dataset"], manifest["split"], i)
+        if s.get("name") != name:
+            bad(f"{at}.name", s.get("name"), f"expected {name!r} (shard i of a set is <dataset>-<split>-<i:06d>.tar)")
+        for field in ("sha256", "content_digest"):
+            if (field in s or field == "sha256") and not (isinstance(s.get(field), str) and _HEX64.fullmatch(s[field])):
+                bad(f"{at}.{field}", s.get(field), "not a sha256 (64 lower-case hex digits)")
+        if not _is_int(s.get("bytes"), 0, MAX_SHARD_BYTES):
+            bad(f"{at}.bytes", s.get("bytes"), f"not an integer from 0 to {MAX_SHARD_BYTES:,}")
+        if not _is_int(s.get("samples"), 0, s["bytes"] // MIN_SAMPLE_BYTES):
+            bad(f"{at}.samples", s.get("samples"), f"not an integer from 0 to {s['bytes'] // MIN_SAMPLE_BYTES:,} "
+                f"(its {s['bytes']:,} bytes hold at most one sample per {MIN_SAMPLE_BYTES}-byte tar header)")
+        for field in ("first_key", "last_key"):
+            if s.get(field) is not None and not (isinstance(s[field], str) and len(s[field]) <= 100 and "/" not in s[field]):
+                bad(f"{at}.{field}", s[field], "not a sample key")
+    totals = manifest.get("totals")
+    if not isinstance(totals, dict):
+        bad("totals", totals, "not an object")
+    rejected = manifest.get("rejected", [])
+    if not isinstance(rejected, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("reason"), str)
+                                                 for r in rejected):
+        bad("rejected", type(rejected).__name__ if not isinstance(rejected, list) else "a list", "not a list of {key, reason} records")
+    sums = {"shards": len(shards), "samples": sum(s["samples"] for s in shards), "bytes": sum(s["bytes"] for s in shards)}
+    if "rejected" in manifest:
+        sums["rejected"] = len(rejected)
+    for field, expected in sums.items():
+        if (field in totals or field != "rejected") and totals.get(field) != expected:
+            bad(f"totals.{field}", totals.get(field), f"but the shard records add up to {expected:,}")
+    for section, fields in _REQUIRED.get(manifest["kind"], {}).items():
+        for field in fields:
+            if not isinstance(manifest.get(section), dict) or field not in manifest[section]:
+                bad(f"{section}.{field}", None, f"missing, and a {manifest['kind']} set needs it")
+    if manifest["kind"] != "images" and manifest.get("aligned_to") is None:
+        bad("aligned_to", None, "missing: a derived set names the digest of the image set it is aligned to")
+    for (section, field), (lo, hi) in _FIELD_BOUNDS.items():
+        sec = manifest.get(section)
+        if sec is not None and not isinstance(sec, dict):
+            bad(section, sec, "not an object")
+        if sec and field in sec and not _is_int(sec[field], lo, hi):
+            bad(f"{section}.{field}", sec[field], f"not an integer from {lo} to {hi:,}")
+    for section in ("tokenizer", "autoencoder"):
+        sec = manifest.get(section) or {}
+        if "dtype" in sec and sec["dtype"] not in _DTYPES:
+            bad(f"{section}.dtype", sec["dtype"], f"not one of {', '.join(_DTYPES)}")
+
+
+def shard_path(folder: str | os.PathLike, name: str, where: str | None = None) -> Path:
+    """``folder / name`` for a shard name read from a manifest: a plain relative name that,
+    resolved with its symlinks, stays inside ``folder``, and a regular file if it exists
+    (a FIFO would block a reader, a device would never end); one ``T2IError`` otherwise."""
+    return Path(_confine_shards(Path(folder), [name], where or str(folder))[0])
+
+
+def _confine_shards(folder: Path, names: list, where: str) -> list[str]:
+    check = confiner(folder)
+    out = []
+    for name in names:
+        try:
+            path = check(name, "shard name")
+        except ValueError as e:
+            raise T2IError(f"{where}: {e}; a shard must be a file inside its set's folder (DESIGN.md, 'Trust')") from None
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None  # missing: the reader says so in its own words
+        if mode is not None and not stat.S_ISREG(mode):
+            raise T2IError(f"{where}: shard {name} is not a regular file; replace it with the shard itself")
+        out.append(path)
+    return out
+
+
 def load_manifest(path: str | os.PathLike) -> dict:
+    """The manifest at ``path``, checked (``check_manifest``), its digest verified, and every shard
+    it lists confined to its folder (``shard_path``): readers may then open ``folder / name``."""
     path = Path(path)
     try:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise T2IError(f"{path}: no manifest here; build the shard set first or point at its manifest.json") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise T2IError(f"{path}: not valid JSON ({e}); the manifest is damaged, rebuild the shard set") from None
-    version = manifest.get("format_version")
+    except (IsADirectoryError, RecursionError) as e:
+        raise T2IError(f"{path}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {FORMAT_VERSION}")
+    check_manifest(manifest, str(path))
     if manifest.get("digest") != manifest_digest(manifest):
         raise T2IError(f"{path}: the manifest's digest does not match its content; it was edited by hand or damaged")
+    _confine_shards(path.parent, [s["name"] for s in manifest["shards"]], str(path))
     return manifest
 
 
 def find_manifests(path: str | os.PathLike) -> list[Path]:
-    """A manifest file, a shard directory holding one, or a build directory of split subfolders."""
+    """A manifest file, a shard directory holding one, or a build directory of split subfolders.
+    Inside a directory, a manifest (or split folder) that is a symlink leading out of it is refused."""
     path = Path(path)
     if path.is_file():
         return [path]
     if (path / MANIFEST_NAME).is_file():
-        return [path / MANIFEST_NAME]
-    found = sorted(path.glob(f"*/{MANIFEST_NAME}"))
+        found = [path / MANIFEST_NAME]
+    else:
+        found = sorted(path.glob(f"*/{MANIFEST_NAME}"))
     if not found:
         raise T2IError(f"{path}: no {MANIFEST_NAME} in it or in its subfolders; is this a shard set?")
+    check = confiner(path)
+    for m in found:
+        try:
+            check(m.relative_to(path).as_posix(), "manifest")
+        except ValueError as e:
+            raise T2IError(f"{path}: {e}; a shard set's manifest must lie inside the folder given (DESIGN.md, 'Trust')") from None
     return found

@@ -10,14 +10,28 @@ the manifest records.
 ISA-L's deflate (package ``isal``) compresses these scanlines 3x faster, but its output for the
 same input differed between fresh processes here (1 run in 6; intel/isa-l issue #140), which
 would break "same seed, same bytes whatever the workers", so it is not used.
+
+Reading: every image read back from a shard goes through ``load_image`` (or ``decode_image``),
+which reads the header first and refuses an image over ``MAX_SHARD_PIXELS`` before any pixel is
+decoded, with one ``T2IError`` naming the shard and key. Shards are input (DESIGN.md, "Trust"):
+a 140 KB PNG can declare 12,000 × 12,000 pixels, which Pillow decodes without complaint (its own
+limit is 179 Mpx) into 1.3-2.85 GB per reading process.
 """
 from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
+
+from .decode import ImageLimits
+from .errors import T2IError
+
+# No stored image of this project is larger: preprocessing quarantines any image whose stored
+# form would exceed ImageLimits.max_target_pixels (2**24, 16.8 Mpx: 50 MB as RGB, 67 MB as RGBA).
+MAX_SHARD_PIXELS = ImageLimits().max_target_pixels
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
@@ -54,11 +68,36 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     return _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", _deflate(raw.tobytes(), level)) + _IEND
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG bytes to an (H, W, C) uint8 array with Pillow, keeping its mode's channels."""
+def load_image(data: bytes, where: str = "image", max_pixels: int = MAX_SHARD_PIXELS):
+    """PNG/JPEG bytes read from a shard → a loaded ``PIL.Image`` in its stored mode, after the
+    header's size is checked against ``max_pixels``; ``where`` (``"<shard>: <key>.<ext>"``) names
+    the image in the one ``T2IError`` raised for an image too large, or not decodable."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
+    try:
+        with warnings.catch_warnings():  # Pillow warns above 89 Mpx; the bound below decides, with a message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise T2IError(f"{where}: the image is {w}x{h} = {w * h:,} pixels, above the {max_pixels:,}-pixel limit for images "
+                               f"read from shards (t2i_data.pngio.MAX_SHARD_PIXELS); no t2i build stores one, so the shard set "
+                               f"is damaged or hostile: rebuild it or get it again from its source")
+            im.load()
+    except T2IError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise T2IError(f"{where}: {e}; the shard set is damaged or hostile") from None
+    except Image.UnidentifiedImageError:  # its message holds the address of the BytesIO: not deterministic
+        raise T2IError(f"{where}: not an image Pillow reads (starts with {data[:8]!r}); the shard is damaged") from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError ... on damaged data
+        raise T2IError(f"{where}: the image does not decode ({type(e).__name__}: {e}); the shard is damaged") from None
+    return im
+
+
+def decode_image(data: bytes, where: str = "image", max_pixels: int = MAX_SHARD_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG bytes to an (H, W, C) uint8 array with Pillow, keeping its mode's channels;
+    bounded as ``load_image``."""
+    with load_image(data, where, max_pixels) as im:
         arr = np.asarray(im)
     return arr if arr.ndim == 3 else arr[:, :, None]

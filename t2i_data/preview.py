@@ -1,7 +1,6 @@
 """Contact sheets: samples in a grid with each caption written under its image."""
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from itertools import islice
@@ -10,37 +9,56 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .digest import IMAGE_EXTS
+from .digest import IMAGE_EXTS, load_npy
 from .errors import T2IError
 from .figures import font
 from .pngio import decode_image
 from .tario import iter_samples
+from .text.captions import sample_captions
 
 
 def iter_previews(shards: list[str | Path], decode_tokens=None):
     """(key, pixels, caption) per sample; image-token samples are decoded (view 0) with
-    ``decode_tokens``, a function from (B, h, w) tokens to (B, S, S, 3) uint8 images."""
+    ``decode_tokens``, a function from (B, h, w) tokens to (B, S, S, 3) uint8 images. Images are
+    decoded within ``pngio.MAX_SHARD_PIXELS``; a damaged sample stops with one ``T2IError``
+    naming the shard and key."""
     for shard in shards:
         if not Path(shard).is_file():
             raise T2IError(f"{shard}: no such shard file")
         for sample in iter_samples(shard):
-            meta = json.loads(sample["json"]) if "json" in sample else {}
+            key = sample["__key__"]
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
             if ext is not None:
-                yield sample["__key__"], decode_image(sample[ext]), (meta.get("captions") or [""])[0]
+                caps = sample_captions(sample, shard)[0] if "json" in sample else []
+                yield key, decode_image(sample[ext], f"{shard}: {key}.{ext}"), (caps or [""])[0]
             elif "image_tokens.npy" in sample:
                 if decode_tokens is None:
                     raise T2IError(f"{shard}: image-token shards need --autoencoder CKPT to be decoded for a preview")
-                tokens = np.load(io.BytesIO(sample["image_tokens.npy"]))
-                view = (meta.get("views") or [{}])[0]
-                yield sample["__key__"], decode_tokens(tokens[:1])[0], "view 0 decoded: " + json.dumps(view, sort_keys=True)
+                tokens = load_npy(sample["image_tokens.npy"], f"{shard}: {key}.image_tokens.npy")
+                try:
+                    meta = json.loads(sample["json"]) if "json" in sample else {}
+                    views = meta.get("views") if isinstance(meta, dict) else None
+                except ValueError as e:  # a damaged .npy, JSON or UTF-8
+                    raise T2IError(f"{shard}: sample {key} does not decode ({e}); the shard is damaged") from None
+                if tokens.ndim != 3 or not tokens.shape[0]:
+                    raise T2IError(f"{shard}: sample {key} image tokens have shape {tokens.shape}, expected (views, h, w)")
+                view = views[0] if isinstance(views, list) and views else {}
+                yield key, decode_tokens(tokens[:1])[0], "view 0 decoded: " + json.dumps(view, sort_keys=True)
             else:
-                raise T2IError(f"{shard}: sample {sample['__key__']} has no image field ({', '.join(IMAGE_EXTS)}) and no image tokens")
+                raise T2IError(f"{shard}: sample {key} has no image field ({', '.join(IMAGE_EXTS)}) and no image tokens")
+
+
+def _thumbnail(pixels: np.ndarray, cell: int) -> Image.Image:
+    im = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+    scale = cell / max(im.size)  # fit the cell, keep the aspect; nearest when enlarging keeps pixels crisp
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    return im.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
 
 
 def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: int = 4, cell: int = 256, decode_tokens=None) -> Path:
     """Write a PNG grid of the first ``n`` samples; images are scaled to ``cell`` px wide."""
-    items = list(islice(iter_previews(shards, decode_tokens), n))
+    # each image shrinks to its cell as it is read: n full images are never held at once
+    items = [(key, _thumbnail(pixels, cell), caption) for key, pixels, caption in islice(iter_previews(shards, decode_tokens), n)]
     if not items:
         raise T2IError("the shards given hold no samples to preview")
     fnt = font(max(10, cell // 18))
@@ -52,12 +70,8 @@ def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: 
     cell_h = cell + (text_lines + 1) * line_h
     sheet = Image.new("RGB", (cols * (cell + 8) + 8, rows * (cell_h + 8) + 8), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for i, (key, pixels, caption) in enumerate(items):
+    for i, (key, im, caption) in enumerate(items):
         x, y = 8 + (i % cols) * (cell + 8), 8 + (i // cols) * (cell_h + 8)
-        im = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
-        scale = cell / max(im.size)  # fit the cell, keep the aspect; nearest when enlarging keeps pixels crisp
-        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-        im = im.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
         sheet.paste(im, (x, y))
         lines = [key] + textwrap.wrap(caption, wrap)[: text_lines - 1]
         for j, line in enumerate(lines):

@@ -14,6 +14,16 @@ keeps an index beside its shards: a reader that trusts it slices members out of 
 instead of walking 512-byte headers in Python. ``member_table`` checks the index against the
 file (size, the manifest's sha256 when given, every header's byte sum, vectorised) and falls
 back to parsing the headers when the index is absent or stale. Plain tar tools ignore it.
+
+A shard is input (DESIGN.md, "Trust"), so the reader believes nothing it has not checked:
+every member is a regular file with a plain name ``<key>.<field>`` (no '/', no '..', no control
+characters, none twice), every header's checksum holds, its size field is octal digits and the
+member ends inside the file; anything else stops with one ``ShardError`` naming the shard (a
+``T2IError``, so the command line prints one line; also a ``tarfile.ReadError``). The offset
+index is a hint written beside the shard by whoever made the set: it is used only when it lies
+inside the shard's folder and every entry matches the header it points at (name, size, the
+offsets contiguous from the first header to the end-of-archive zeros), so an index can never
+name a member the file does not hold, nor point outside it.
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +39,8 @@ from typing import Iterator
 import numpy as np
 
 from .digest import ContentHasher, canonical_field
+from .errors import T2IError
+from .sources.records import confiner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,23 @@ PARTIAL_SUFFIX = ".partial"
 WRITER_ID = "t2i-tar/1 ustar mode=0644 mtime=0 record=10240"
 INDEX_DIR = ".index"
 INDEX_FORMAT = "t2i-tar-index/1"
+# a member name: a key and a field (``<key>.<field>``), no '/', no backslash, no control character
+_BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+_OCTAL = re.compile(rb" *([0-7]*) *")
+
+
+class ShardError(tarfile.ReadError, T2IError):
+    """A shard that is not what this project writes, or is damaged: the message names the shard
+    and what is wrong. A ``T2IError`` (the command line prints it and exits 2) and, for callers
+    that read tar files, a ``tarfile.ReadError``."""
+
+
+def check_member_name(name, where: str) -> str:
+    """``name`` if it is a plain WebDataset member name ``<key>.<field>``; else ``ShardError``."""
+    if not isinstance(name, str) or not name or _BAD_NAME_CHARS.search(name) or name.startswith(".") or "." not in name:
+        raise ShardError(f"{where}: member {name!r} is not a plain <key>.<field> name (no '/', no '..', no control "
+                         f"characters); the shard is damaged or was not written for t2i")
+    return name
 
 
 def index_path(shard: str | os.PathLike) -> Path:
@@ -182,31 +212,18 @@ def member_table(path: str | os.PathLike, data, sha256: str | None = None) -> tu
     """(names, data offsets, sizes) of a plain ustar shard's members, in archive order.
 
     From the offset index when it matches this file (its size, ``sha256`` when the caller knows
-    the expected one, and the checksum of every header it points at, checked in one vectorised
-    pass); otherwise from the headers. ``data`` is the file's bytes (any buffer). Raises ``tarfile.ReadError`` for a broken archive and
-    ``ValueError`` for one that is not plain ustar (pax / GNU headers)."""
-    ipath = index_path(path)
-    try:
-        doc = json.loads(ipath.read_bytes())
-    except (OSError, ValueError):
-        doc = None
+    the expected one, and every entry against the header it points at, checked in vectorised
+    passes: ``_index_problem``); otherwise from the headers. ``data`` is the file's bytes (any
+    buffer). Raises ``ShardError`` for a broken archive and ``ValueError`` for one that is not
+    plain ustar (pax / GNU headers)."""
+    doc = _read_index(path)
     if doc is not None:
-        offsets = np.asarray(doc["offsets"], dtype=np.int64)
-        problem = None
-        if doc.get("format") != INDEX_FORMAT:
-            problem = f"format {doc.get('format')!r}"
-        elif doc["bytes"] != len(data):
-            problem = f"it describes {doc['bytes']} bytes, the file has {len(data)}"
-        elif sha256 is not None and doc["sha256"] != sha256:
-            problem = "it describes another version of the shard (sha256 differs)"
-        elif len(offsets) and (offsets.min() < BLOCK or offsets.max() > len(data)):
-            problem = "offsets outside the file"
-        else:
-            heads = np.lib.stride_tricks.sliding_window_view(np.frombuffer(data, dtype=np.uint8), BLOCK)[offsets - BLOCK]
-            if not np.array_equal(byte_sums(heads), np.asarray(doc["header_sums"], dtype=np.uint64)):
-                problem = "its headers do not match the file's"
+        try:
+            problem = _index_problem(doc, path, data, sha256)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, UnicodeError) as e:
+            problem = f"malformed ({type(e).__name__}: {e})"
         if problem is None:
-            return doc["names"], offsets, np.asarray(doc["sizes"], dtype=np.int64)
+            return list(doc["names"]), np.asarray(doc["offsets"], dtype=np.int64), np.asarray(doc["sizes"], dtype=np.int64)
         log.warning("%s: ignoring its offset index (%s); parsing the tar headers instead", path, problem)
     members = _parse_ustar(bytes(data), str(path), offsets=True)
     if members is None:
@@ -215,12 +232,98 @@ def member_table(path: str | os.PathLike, data, sha256: str | None = None) -> tu
             np.array([m[2] for m in members], dtype=np.int64))
 
 
+def _read_index(path) -> dict | None:
+    """The index document of a shard, or None when there is none, it is not JSON, or it (or its
+    folder) is a symlink that leads out of the shard's folder."""
+    path = Path(path)
+    try:
+        ipath = confiner(path.parent)(f"{INDEX_DIR}/{path.name}.json", "offset index")
+    except ValueError as e:
+        log.warning("%s: ignoring its offset index (%s)", path, e)
+        return None
+    try:
+        doc = json.loads(Path(ipath).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _octal_columns(cols: np.ndarray) -> np.ndarray | None:
+    """Values of fixed-width octal fields (n, k) of ASCII digits, or None if any byte is not one."""
+    digits = cols.astype(np.int64) - 48
+    if ((digits < 0) | (digits > 7)).any():
+        return None
+    return digits @ (8 ** np.arange(cols.shape[1] - 1, -1, -1, dtype=np.int64))
+
+
+def _index_problem(doc: dict, path, data, sha256: str | None) -> str | None:
+    """Why the index cannot be used for this file, or None: it must describe exactly the members
+    the headers hold. Names, sizes and offsets are all checked against the headers (not only
+    their byte sums), and the offsets must run contiguously from the first header to the
+    end-of-archive zeros, so a hostile index can name no other member and reach no other byte."""
+    if doc.get("format") != INDEX_FORMAT:
+        return f"format {doc.get('format')!r}"
+    if doc.get("shard") != Path(path).name:
+        return f"it is the index of {doc.get('shard')!r}"
+    if doc["bytes"] != len(data):
+        return f"it describes {doc['bytes']} bytes, the file has {len(data)}"
+    if sha256 is not None and doc["sha256"] != sha256:
+        return "it describes another version of the shard (sha256 differs)"
+    names = doc["names"]
+    offsets = np.asarray(doc["offsets"], dtype=np.int64)
+    sizes = np.asarray(doc["sizes"], dtype=np.int64)
+    sums = np.asarray(doc["header_sums"], dtype=np.uint64)
+    n = len(names)
+    if not (isinstance(names, list) and offsets.shape == sizes.shape == sums.shape == (n,)):
+        return "its columns differ in length"
+    if not all(type(x) is str for x in names) or _BAD_NAME_CHARS.search("".join(names)) or len(set(names)) != n:
+        return "it names members that are not plain <key>.<field> names, or one twice"
+    if (sizes < 0).any():
+        return "negative sizes"
+    ends = offsets + sizes + (-sizes % BLOCK)
+    if n and (offsets[0] != BLOCK or (offsets[1:] != ends[:-1] + BLOCK).any() or ends[-1] > len(data)):
+        return "offsets that do not follow the members one after another inside the file"
+    buf = np.frombuffer(data, dtype=np.uint8)
+    end = int(ends[-1]) if n else 0
+    if buf[end:].any():
+        return "bytes after its last member that are not the end-of-archive zeros"
+    if not n:
+        return None
+    heads = np.lib.stride_tricks.sliding_window_view(buf, BLOCK)[offsets - BLOCK]
+    total = byte_sums(heads)
+    if not np.array_equal(total, sums):
+        return "its headers do not match the file's"
+    try:
+        packed = np.array(names, dtype=bytes)  # (n,) S<longest>, ASCII names (all of this project's)
+    except UnicodeEncodeError:
+        packed = np.array([x.encode("utf-8") for x in names], dtype=bytes)
+    width = packed.dtype.itemsize
+    if width > 100:
+        return "it names a member longer than a ustar name"
+    named = np.zeros((n, 100), np.uint8)
+    named[:, :width] = packed.view(np.uint8).reshape(n, width)
+    if not np.array_equal(heads[:, :100], named):
+        return "its names differ from the headers'"
+    if (named[:, 0] == 0).any() or (named[:, 0] == 46).any() or not (named == 46).any(axis=1).all():
+        return "it names members that are not plain <key>.<field> names"
+    if (heads[:, 345] != 0).any() or (heads[:, 257:262] != np.frombuffer(b"ustar", np.uint8)).any() \
+            or not np.isin(heads[:, 156], (0, 48)).all():
+        return "headers that are not plain ustar regular files"
+    if heads[:, 135].any() or not np.array_equal(_octal_columns(heads[:, 124:135]), sizes):
+        return "its sizes differ from the headers'"
+    chk = _octal_columns(heads[:, 148:154])
+    if chk is None or not np.array_equal(total.astype(np.int64) - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 256, chk):
+        return "a header checksum does not hold"
+    return None
+
+
 def iter_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) in archive order; raises ``tarfile.ReadError`` on a broken archive.
+    """(member name, bytes) in archive order; raises ``ShardError`` on a broken archive.
 
     Plain ustar archives of regular files (what this project writes) are parsed directly from
-    one read of the file, ~20x faster than ``tarfile``; any other header (pax, GNU long names,
-    links) sends the whole archive through ``tarfile`` instead."""
+    one read of the file, ~20x faster than ``tarfile``; any other header (pax, GNU long names)
+    sends the whole archive through ``tarfile`` instead. Either way every name is checked
+    (``check_member_name``), once, and links, directories and devices are refused."""
     data = Path(path).read_bytes()
     members = _parse_ustar(data, str(path))
     if members is None:
@@ -229,9 +332,17 @@ def iter_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         yield from members
 
 
+def _octal_field(field: bytes, what: str, where: str, pos: int) -> int:
+    m = _OCTAL.fullmatch(field.split(b"\0", 1)[0])
+    if m is None:
+        raise ShardError(f"{where}: the tar header at byte {pos} has a {what} field {field!r} that is not octal digits; "
+                         f"the shard is damaged or hostile")
+    return int(m.group(1) or b"0", 8)
+
+
 def _parse_ustar(data: bytes, where: str, offsets: bool = False) -> list[tuple] | None:
     """[(name, bytes)], or with ``offsets`` [(name, data offset, size)] without copying."""
-    out, pos, n = [], 0, len(data)
+    out, pos, n, seen = [], 0, len(data), set()
     view = memoryview(data)
     while pos + BLOCK <= n:
         hdr = data[pos : pos + BLOCK]
@@ -239,52 +350,75 @@ def _parse_ustar(data: bytes, where: str, offsets: bool = False) -> list[tuple] 
             return out
         if hdr[257:262] != b"ustar" or hdr[156:157] not in (b"0", b"\0"):
             return None  # not a plain ustar regular file: let tarfile handle the archive
-        stored = int(hdr[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        stored = _octal_field(hdr[148:156], "checksum", where, pos)
         if stored != sum(hdr) - sum(hdr[148:156]) + 256:  # the checksum field counts as eight spaces
-            raise tarfile.ReadError(f"{where}: bad tar header checksum at byte {pos}")
-        size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            raise ShardError(f"{where}: bad tar header checksum at byte {pos}")
+        size = _octal_field(hdr[124:136], "size", where, pos)  # never negative: digits only
         name = hdr[:100].split(b"\0", 1)[0]
-        prefix = hdr[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
+        if hdr[345:500].split(b"\0", 1)[0]:
+            raise ShardError(f"{where}: member {name!r} at byte {pos} has a path prefix; shard members are plain <key>.<field> names")
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ShardError(f"{where}: member name {name!r} at byte {pos} is not UTF-8") from None
+        check_member_name(name, where)
+        if name in seen:
+            raise ShardError(f"{where}: member {name} appears twice; the shard is damaged or hostile")
+        seen.add(name)
         start = pos + BLOCK
         if start + size > n:
-            raise tarfile.ReadError(f"{where}: truncated: member {name.decode('utf-8', 'replace')} needs {size} bytes, {n - start} left")
-        out.append((name.decode("utf-8"), start, size) if offsets else (name.decode("utf-8"), bytes(view[start : start + size])))
+            raise ShardError(f"{where}: truncated: member {name} needs {size} bytes, {n - start} left")
+        out.append((name, start, size) if offsets else (name, bytes(view[start : start + size])))
         pos = start + size + (-size % BLOCK)
     if pos != n:
-        raise tarfile.ReadError(f"{where}: truncated inside a tar header at byte {pos}")
+        raise ShardError(f"{where}: truncated inside a tar header at byte {pos}")
     return out  # no end-of-archive blocks: tarfile accepts that too
 
 
 def _iter_tarfile(path) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(path, mode="r|") as tf:
-        for info in tf:
-            if info.isfile():
-                yield info.name, tf.extractfile(info).read()
+    where, seen = str(path), set()
+    try:
+        with tarfile.open(path, mode="r|") as tf:
+            for info in tf:
+                if not info.isfile():
+                    raise ShardError(f"{where}: member {info.name!r} is a {'link' if info.issym() or info.islnk() else 'directory' if info.isdir() else 'special file'}, "
+                                     f"not a regular file; shard members are files")
+                name = check_member_name(info.name, where)
+                if name in seen:
+                    raise ShardError(f"{where}: member {name} appears twice; the shard is damaged or hostile")
+                seen.add(name)
+                yield name, tf.extractfile(info).read()
+    except ShardError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as e:
+        raise ShardError(f"{where}: not a readable tar archive ({type(e).__name__}: {e})") from None
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """WebDataset convention: the key is the basename up to its first dot."""
-    base = name.rsplit("/", 1)[-1]
-    key, dot, ext = base.partition(".")
-    if not dot:
-        raise ValueError(f"tar member {name!r} has no extension, so it has no WebDataset field")
-    return name[: len(name) - len(base)] + key, ext
+    """WebDataset convention: the key is the name up to its first dot (names hold no '/')."""
+    key, dot, ext = name.partition(".")
+    if not dot or not key or not ext:
+        raise ValueError(f"tar member {name!r} is not <key>.<field>, so it has no WebDataset key and field")
+    return key, ext
 
 
 def iter_samples(path: str | os.PathLike) -> Iterator[dict]:
-    """Samples ``{"__key__": key, ext: bytes}`` grouped from contiguous members."""
+    """Samples ``{"__key__": key, ext: bytes}`` grouped from contiguous members; a key whose
+    members are not contiguous (two samples with one key) is a ``ShardError``."""
     sample: dict | None = None
+    done: set[str] = set()
     for name, data in iter_members(path):
         key, ext = split_name(name)
         if sample is not None and sample["__key__"] != key:
+            done.add(sample["__key__"])
             yield sample
             sample = None
         if sample is None:
+            if key in done:
+                raise ShardError(f"{path}: sample {key} appears twice (its members are not contiguous); the shard is damaged or hostile")
             sample = {"__key__": key}
         if ext in sample:
-            raise ValueError(f"{path}: member {name!r} appears twice in sample {key!r}")
+            raise ShardError(f"{path}: member {name!r} appears twice in sample {key!r}")
         sample[ext] = data
     if sample is not None:
         yield sample

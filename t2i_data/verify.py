@@ -2,7 +2,10 @@
 
 Statuses: ``ok`` (sha256 matches); ``content-ok`` (bytes differ but decoded pixels, JSON and
 arrays are identical: another encoder version wrote them); ``mismatch`` (content differs);
-``unreadable`` (not a valid tar or a field fails to decode); ``missing``.
+``unreadable`` (not a valid tar, a member name or header that is not what t2i writes, or a field
+that fails to decode, e.g. an image over ``pngio.MAX_SHARD_PIXELS``); ``missing``. A manifest
+that names a file outside its folder stops the run (``manifest.shard_path``): it is not a finding
+about one shard but a set that must not be read.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from .digest import ContentHasher, canonical_field, file_sha256
 from .errors import T2IError
-from .manifest import load_manifest
+from .manifest import load_manifest, shard_path
 from .tario import iter_samples
 
 
@@ -29,7 +32,7 @@ def content_record(path: Path) -> dict:
         key = sample["__key__"]
         for ext, data in sample.items():
             if ext != "__key__":
-                h.update(f"{key}.{ext}", canonical_field(ext, data))
+                h.update(f"{key}.{ext}", canonical_field(ext, data, f"{path}: {key}.{ext}"))
         first, last, n = first or key, key, n + 1
     return {"content_digest": h.hexdigest(), "samples": n, "first_key": first, "last_key": last}
 
@@ -58,7 +61,7 @@ def verify_manifest(manifest_path: Path, data_dir: Path | None = None, deep: boo
     data_dir = data_dir or manifest_path.parent
     if not data_dir.is_dir():
         raise T2IError(f"{data_dir}: no such shard directory")
-    checks = [check_shard(s, data_dir / s["name"], deep) for s in manifest["shards"]]
+    checks = [check_shard(s, shard_path(data_dir, s["name"], str(manifest_path)), deep) for s in manifest["shards"]]
     listed = {s["name"] for s in manifest["shards"]}
     prefix = f"{manifest.get('dataset')}-{manifest.get('split')}-"
     for extra in sorted(p.name for p in data_dir.glob(f"{prefix}*.tar")):
