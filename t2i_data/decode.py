@@ -92,8 +92,10 @@ class Decoded:
 def bbox_square(bbox, factor: float, w: int, h: int) -> tuple[int, int, int, int]:
     """AttnGAN's crop: a square of side factor·max(bw, bh) centred on the box, clipped to the image."""
     x, y, bw, bh = bbox
-    r = int(max(bw, bh) * factor / 2)
-    cx, cy = int((2 * x + bw) / 2), int((2 * y + bh) / 2)
+    lim = 4 * (w + h)  # beyond this every value crops the same; keeps int() finite for absurd boxes
+    clip = lambda v: min(max(v, -lim), lim)  # noqa: E731
+    r = int(clip(max(bw, bh) * factor / 2))
+    cx, cy = int(clip((2 * x + bw) / 2)), int(clip((2 * y + bh) / 2))
     return max(0, cx - r), max(0, cy - r), min(w, cx + r), min(h, cy + r)
 
 
@@ -120,7 +122,9 @@ def exif_orientation(im: Image.Image) -> int:
     if "exif" not in im.info:
         return 1
     try:
-        value = im.getexif().get(EXIF_ORIENTATION, 1)
+        with warnings.catch_warnings():  # Pillow only warns about most broken IFDs: make them count
+            warnings.simplefilter("error")
+            value = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception as e:  # Pillow raises struct.error, SyntaxError, ValueError ... on broken EXIF
         raise Quarantine("corrupt-image", f"EXIF block unreadable ({type(e).__name__}: {e})") from None
     return value if isinstance(value, int) and value in ORIENTATION_TRANSPOSE else 1
@@ -146,8 +150,40 @@ def _strict_jpeg(data: bytes, colorspace: str, **kw) -> np.ndarray:
         raise Quarantine(kind, f"libjpeg: {msg}") from None
 
 
-def _png_bit_depth(data: bytes) -> int:
-    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
+def _raw_mode(im: Image.Image) -> str:
+    """The decoder's raw mode (``RGB;16B`` for a 16-bit RGB PNG, which Pillow opens as 8-bit RGB)."""
+    args = im.tile[0][3] if im.tile else ""
+    return args if isinstance(args, str) else str(args[0]) if args else ""
+
+
+def png_data_complete(data: bytes) -> str | None:
+    """Why a PNG's pixel data is incomplete, or None. Pillow fills the rows a short zlib stream
+    lacks with black and says nothing, even when every chunk CRC is right; this inflates the
+    IDAT chunks and compares the length with what IHDR asks for (one more inflate of the file:
+    PNG sources are rare in COCO / CUB, whose images are JPEGs)."""
+    import struct
+    import zlib
+
+    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    row = lambda width: 1 + (width * channels * depth + 7) // 8 if width else 0  # noqa: E731
+    if interlace:  # Adam7: seven passes of (width, height) sub-images
+        passes = [((w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy) for x0, y0, dx, dy in
+                  ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))]
+        expected = sum(row(pw) * ph for pw, ph in passes if pw and ph)
+    else:
+        expected = row(w) * h
+    z, got, pos = zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data):
+        n, tag = struct.unpack(">I4s", data[pos : pos + 8])
+        if tag == b"IDAT":
+            got += len(z.decompress(data[pos + 8 : pos + 8 + n], expected + 1 - got))
+        pos += 12 + n
+    if not z.eof:
+        return f"its zlib stream does not end ({got:,} of {expected:,} bytes of rows)"
+    if got != expected:
+        return f"its rows hold {got:,} bytes, the header asks for {expected:,}"
+    return None
 
 
 def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, bbox_crop: float | None = None) -> Decoded:
@@ -180,7 +216,12 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
     ow, oh = (ch, cw) if swap else (cw, ch)  # the region upright
     jpeg = im.format in JPEG_FORMATS
     scale = 1.0
-    if jpeg:
+    # prior mirror-pads to a square; a pad wider than the image (aspect over 3:1) drifts by up to
+    # 28/255 at a reduced DCT scale (measured on 650x65 JPEGs), so such images are decoded whole
+    # when that fits the pixel budget
+    whole = (regime.name == "prior" and max(cw, ch) > 3 * min(cw, ch)
+             and src_w * src_h + max(cw, ch) ** 2 <= limits.max_decoded_pixels)
+    if jpeg and not whole:
         rw, rh = regime.draft_request(ow, oh)
         rw, rh = (rh, rw) if swap else (rw, rh)
         drafted = im.draft(None, (max(1, rw * src_w // cw), max(1, rh * src_h // ch)))
@@ -188,9 +229,11 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
             scale = drafted[1][2] / src_w
     dw, dh = im.size  # what will be decoded
     pad = math.ceil(max(cw, ch) * scale) ** 2 if regime.name == "prior" else 0
-    _check_bounds(regime, limits, ow, oh, dw * dh + pad)
-    if im.format == "PNG" and _png_bit_depth(data) == 16:
-        raise Quarantine("unsupported-mode", f"16-bit PNG ({im.mode}); t2i keeps 8-bit sources only")
+    # a progressive JPEG keeps every DCT coefficient of the full-size image until the last scan
+    coefficients = src_w * src_h if jpeg and (im.info.get("progressive") or im.info.get("progression")) else 0
+    _check_bounds(regime, limits, ow, oh, dw * dh + pad + coefficients)
+    if ";16" in _raw_mode(im):
+        raise Quarantine("unsupported-mode", f"16-bit {im.format} ({_raw_mode(im)}, opened as {im.mode}); t2i keeps 8-bit sources only")
     try:
         if jpeg and im.mode in ("RGB", "L"):
             arr = _strict_jpeg(data, "GRAY" if im.mode == "L" else "RGB", min_width=dw, min_height=dh)
@@ -199,19 +242,28 @@ def decode_source(data: bytes, regime: Regime, limits: ImageLimits, bbox=None, b
             decoded = Image.fromarray(arr[:, :, 0] if im.mode == "L" else arr)
         else:
             if jpeg:
-                _strict_jpeg(data, "CMYK", min_factor=8)
+                try:
+                    _strict_jpeg(data, "CMYK", min_factor=8)
+                except Quarantine as q:
+                    if q.kind == "corrupt-image":
+                        raise
+                    # libjpeg-turbo's TurboJPEG API refuses some CMYK layouts (a 2x2-subsampled first
+                    # channel) that Pillow decodes: those keep Pillow's decode, without the strict pass
             elif im.format == "PNG":
                 try:
                     Image.open(io.BytesIO(data)).verify()
-                except Exception as e:  # SyntaxError (bad chunk CRC), OSError / EOFError (truncated)
+                    short = png_data_complete(data)
+                except Exception as e:  # SyntaxError (bad chunk CRC), OSError / EOFError (truncated), zlib.error
                     raise Quarantine("corrupt-image", f"PNG check failed: {type(e).__name__}: {e}") from None
+                if short:
+                    raise Quarantine("corrupt-image", f"PNG data incomplete: {short}")
             im.load()
             decoded = im
     except Quarantine:
         raise
     except Exception as e:  # Pillow: OSError (truncated), SyntaxError (bad CRC), ValueError ...
-        raise Quarantine("corrupt-image" if "CRC" in str(e) or "truncated" in str(e) else "unreadable-image",
-                         f"{type(e).__name__}: {e}") from None
+        damaged = any(w in str(e) for w in ("CRC", "truncated", "decompressing", "broken data stream"))
+        raise Quarantine("corrupt-image" if damaged else "unreadable-image", f"{type(e).__name__}: {e}") from None
     try:
         rgb = to_rgb(decoded)
     except ValueError as e:

@@ -19,10 +19,12 @@ import hashlib
 import io
 import json
 import logging
+import math
+import stat
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import xxhash
@@ -37,7 +39,7 @@ from .regimes import Regime
 from .schema import SCHEMAS, check_meta
 from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
 from .sources import coco, cub
-from .sources.records import ImageRecord, clean_caption_lines, confiner
+from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,10 @@ class PreprocessConfig:
             raise T2IError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.jpeg_quality <= 100:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
-        if self.bbox_crop is not None and (self.dataset != "cub" or self.bbox_crop <= 0):
-            raise T2IError(f"--bbox-crop takes a positive factor and applies to cub only, got {self.bbox_crop} for {self.dataset}")
+        if self.bbox_crop is not None and (self.dataset != "cub" or not (0 < self.bbox_crop <= 100 and math.isfinite(self.bbox_crop))):
+            raise T2IError(f"--bbox-crop takes a factor in (0, 100] (AttnGAN: 1.5) and applies to cub only, got {self.bbox_crop} for {self.dataset}")
+        if len(set(self.splits)) != len(tuple(self.splits)):
+            raise T2IError(f"--split names a split twice: {','.join(self.splits)}")
         if self.limit is not None and self.limit < 0:
             raise T2IError(f"--limit must be >= 0, got {self.limit}")
         try:
@@ -102,10 +106,7 @@ def read_captions(rec: ImageRecord) -> tuple[list[str], int, int]:
     if rec.captions is not None:
         return list(rec.captions), 0, 0
     path = Path(rec.caption_file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise Quarantine("missing-captions", f"no caption file {path}") from None
+    data = read_regular(path, "missing-captions", "unreadable-captions", f"caption file {path}")
     try:
         caps, fixes = clean_caption_lines(data, replace_fffd=True)
     except UnicodeDecodeError as e:
@@ -115,6 +116,42 @@ def read_captions(rec: ImageRecord) -> tuple[list[str], int, int]:
     if not caps:
         raise Quarantine("empty-captions", f"{path.name} has no non-empty line")
     return caps, fixes, blank
+
+
+def read_regular(path: Path, missing: str, unreadable: str, what: str) -> bytes:
+    """The bytes of a regular file, or ``Quarantine``: ``missing`` when nothing is there,
+    ``unreadable`` for a folder, a FIFO or a device (never opened: a FIFO blocks forever), a name
+    the file system refuses (too long) or a file it will not let us read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise Quarantine(missing, f"{what} is listed but not there") from None
+    except OSError as e:
+        raise Quarantine(unreadable, f"{what}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise Quarantine(unreadable, f"{what} is {kind}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise Quarantine(unreadable, f"{what}: {e.strerror}") from None
+
+
+def source_stamp(cfg: "PreprocessConfig", records: list[ImageRecord]) -> str:
+    """What a shard's inputs look like on disk now: size and modification time of every image
+    and caption file it reads. A rerun rewrites a shard whose stamp changed, so an image or a CUB
+    caption file replaced since the last build is read again (the config digest covers only the
+    metadata files, and hashing every image again would cost as much as the build)."""
+    root = Path(cfg.root)
+    parts = []
+    for rec in records:
+        for p in (root / rec.image if rec.image else None, Path(rec.caption_file) if rec.caption_file else None):
+            try:
+                st = p.stat() if p is not None else None
+                parts.append(f"{st.st_size}:{st.st_mtime_ns}" if st else "-")
+            except OSError as e:
+                parts.append(f"error:{e.errno}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -147,19 +184,19 @@ def load_prepared(path: str | Path, regime: Regime, bbox=None, bbox_crop: float 
     return regime.prepare(dec.image, dec.box, dec.scale), dec.info
 
 
-def _process(cfg: PreprocessConfig, regime: Regime, inside_root: Callable[[str, str], str], rec: ImageRecord) -> dict:
-    """One record → its sample, or ``Quarantine``."""
+def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord) -> dict:
+    """One record → its sample, or ``Quarantine``. The source confined ``rec.image`` to its split
+    folder, symlinks resolved (a split folder that is itself a symlink is fine); here it must
+    still be a plain relative name."""
     if rec.reject:
         kind, _, detail = rec.reject.partition(": ")
         raise Quarantine(kind, detail)
     captions, fixes, blank = read_captions(rec)
     try:
-        path = Path(inside_root(rec.image, "image path"))
+        plain_relative(rec.image, "image path")
     except ValueError as e:
         raise Quarantine("bad-metadata", str(e)) from None
-    if not path.is_file():
-        raise Quarantine("missing-image", f"{rec.image} is listed but not there")
-    data = path.read_bytes()
+    data = read_regular(root / rec.image, "missing-image", "unreadable-image", rec.image)
     if not data:
         raise Quarantine("empty-image", f"{rec.image} is 0 bytes")
     dec = decode_source(data, regime, cfg.limits(), rec.bbox, cfg.bbox_crop)
@@ -175,17 +212,21 @@ def _process(cfg: PreprocessConfig, regime: Regime, inside_root: Callable[[str, 
                 size_mismatch=annotated is not None and list(annotated) != list(upright),
                 source_sha256=hashlib.sha256(data).hexdigest(), pixel_digest=pixel_digest(image))
     check_meta(meta, SCHEMAS[("images", cfg.dataset)], rec.key)  # outside the quarantine: a failure here is a bug, not bad input
-    return {"__key__": rec.key, "jpg": jpg, "json": canonical_json(meta),
+    try:
+        meta_json = canonical_json(meta)
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800", valid JSON) in a source string
+        raise Quarantine("bad-metadata", f"a text field holds a character UTF-8 cannot encode ({e.reason} at {e.start})") from None
+    return {"__key__": rec.key, "jpg": jpg, "json": meta_json,
             "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
 
 
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Rejected]:
     regime = Regime(cfg.regime, cfg.size)
-    inside_root = confiner(Path(cfg.root))
+    root = Path(cfg.root)
     totals: dict = {}
     for rec in records:
         try:
-            sample = _process(cfg, regime, inside_root, rec)
+            sample = _process(cfg, regime, root, rec)
         except Quarantine as e:
             if cfg.strict:
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
@@ -247,7 +288,12 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
         written[split] = write_shards(
             partial(produce_shard, cfg), dirs[split], f"{cfg.dataset}-{split}", [len(c) for c in chunks],
             identities[split], runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
+            stamp=partial(source_stamp, cfg),
         )
+        first = next((r for rec in written[split] for r in rec["rejected"]), None)
+        if cfg.strict and first:  # shards reused from a build without --strict hold quarantined inputs
+            raise T2IError(f"{first['key']}: {first['reason']} (kept from an earlier build without --strict; "
+                           "without --strict it is quarantined and the run goes on)")
     written, leakage = deduplicate(dirs, written, stats_of_sample, cfg.strict)
     manifests = {split: finish_shard_set(dirs[split], identities[split], written[split], {"leakage": leakage[split]}) for split in by_split}
     write_build_card(out, manifests)  # out/README.md: every split, loadable with datasets

@@ -168,8 +168,11 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> dict:
+def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple, stamp: Callable | None = None) -> dict:
     """One task: write shard ``item = (index, name, payload)`` unless an identical one is there.
+
+    ``stamp(payload)``, when given, says what the shard's inputs look like now (file sizes and
+    times); a shard whose record holds another stamp is written again.
 
     A sample may carry ``"__digests__": {"file": ..., "pixels": ...}`` (never written to the
     tar): the record keeps them as ``digests`` rows ``[key, file, pixels]`` for the duplicate
@@ -177,9 +180,10 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
     index, name, payload = item
     out = Path(out_dir)
     final, stats_path = out / name, out / STATS_DIR / f"{name}.json"
+    now = stamp(payload) if stamp is not None else None
     if final.exists() and stats_path.exists():
         rec = json.loads(stats_path.read_bytes())
-        if rec.get("config_digest") == digest and rec.get("bytes") == final.stat().st_size:
+        if rec.get("config_digest") == digest and rec.get("input_stamp") == now and rec.get("bytes") == final.stat().st_size:
             if file_sha256(final) == rec["sha256"]:
                 ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
@@ -196,6 +200,8 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple) -> di
                     digests.append([sample["__key__"], sample["__digests__"]["file"], sample["__digests__"]["pixels"]])
         rec = writer.close()
     rec.update(index=index, config_digest=digest, rejected=rejected)
+    if now is not None:
+        rec["input_stamp"] = now
     if stats:
         rec["stats"] = stats
     if digests:
@@ -227,13 +233,14 @@ def build_shard_set(
 
 
 def write_shards(produce: Callable[..., Iterable], out_dir: str | Path, prefix: str, shard_samples: list[int], identity: dict,
-                 runner, desc: str = "", payloads: list | None = None) -> list[dict]:
-    """The shards of ``build_shard_set`` without the manifest: one record per shard, in order."""
+                 runner, desc: str = "", payloads: list | None = None, stamp: Callable | None = None) -> list[dict]:
+    """The shards of ``build_shard_set`` without the manifest: one record per shard, in order
+    (``stamp``: see ``write_shard``)."""
     out = Path(out_dir)
     (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
     names = [shard_name(prefix, i) for i in range(len(shard_samples))]
     _remove_stale(out, prefix, set(names))
-    task = partial(write_shard, produce, str(out), config_digest(identity))
+    task = partial(write_shard, produce, str(out), config_digest(identity), stamp=stamp)
     payloads = list(range(len(names))) if payloads is None else payloads
     records = runner.map(task, list(zip(range(len(names)), names, payloads)), weights=shard_samples, desc=desc)
     skipped = sum(r["skipped"] for r in records)

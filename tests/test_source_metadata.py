@@ -187,8 +187,16 @@ def test_coco_same_id_in_two_forms_is_a_duplicate_and_order_is_by_id(tmp_path):
     make_coco_json(tmp_path, images, [{"image_id": i, "caption": "c"} for i in (7, 9)])
     records = load_coco(tmp_path, "val2017")
     assert [(r.key, (r.reject or "").split(":")[0]) for r in records] == [
-        ("coco-000000000007", ""), ("coco-000000000009", ""), ("coco-000000000009", "duplicate-id"), ("coco-images[1]", "bad-metadata")]
+        ("coco-000000000007", ""), ("coco-000000000009", "duplicate-id"), ("coco-000000000009", "duplicate-id"), ("coco-images[1]", "bad-metadata")]
     assert records[2].normalized == ("images[3].id: 9.0 -> 9",)
+    assert "names 2 different files" in records[1].reject and "captions cannot be attributed" in records[1].reject
+
+
+def test_coco_an_id_listed_twice_with_the_same_file_keeps_the_first(tmp_path):
+    make_coco_json(tmp_path, [coco_image(9, "c.jpg"), coco_image("9", "c.jpg")], [{"image_id": 9, "caption": "c"}])
+    records = load_coco(tmp_path, "val2017")
+    assert [(r.key, r.reject) for r in records] == [("coco-000000000009", None),
+                                                    ("coco-000000000009", "duplicate-id: image id 9 again in captions_val2017.json")]
 
 
 def test_cli_preprocess_coco_with_a_string_id(tmp_path, capsys):
@@ -235,8 +243,10 @@ def with_line(lines, index, line):
 
 
 @pytest.mark.parametrize("box,detail", [
-    ("nan 1 2 3", "bounding_boxes.txt line 2: box [nan, 1.0, 2.0, 3.0] is not finite"),
-    ("1 inf 2 3", "bounding_boxes.txt line 2: box [1.0, inf, 2.0, 3.0] is not finite"),
+    ("nan 1 2 3", "bounding_boxes.txt line 2: box 'nan 1 2 3' is not four numbers"),
+    ("1 inf 2 3", "bounding_boxes.txt line 2: box '1 inf 2 3' is not four numbers"),
+    ("1_0 \u0663 50 \uff130", "bounding_boxes.txt line 2: box '1_0 \u0663 50 \uff130' is not four numbers"),  # float() reads all three
+    ("0 0 1.7e308 1.7e308", "bounding_boxes.txt line 2: box [0.0, 0.0, 1.7e+308, 1.7e+308] is not finite or beyond 1e+06 pixels"),
     ("1 2 -3 4", "bounding_boxes.txt line 2: box [1.0, 2.0, -3.0, 4.0] has a width or height <= 0"),
     ("1 2 3 0", "bounding_boxes.txt line 2: box [1.0, 2.0, 3.0, 0.0] has a width or height <= 0"),
     ("1 2 3", "bounding_boxes.txt line 2: 3 values after the id, expected 4"),

@@ -37,7 +37,7 @@ def annotations_path(root: Path, split: str) -> Path:
 
 
 def available_splits(root: str | Path) -> list[str]:
-    return [s for s in SPLITS if annotations_path(Path(root), s).is_file()]
+    return [s for s in SPLITS if annotations_path(Path(root), s).exists()]  # a folder or FIFO there is refused by _read, by name
 
 
 def fingerprint(root: Path, splits: list[str]) -> dict:
@@ -48,12 +48,18 @@ def fingerprint(root: Path, splits: list[str]) -> dict:
 def _read(path: Path, split: str) -> tuple[list, list]:
     """The ``images`` and ``annotations`` lists; ``T2IError`` naming the file (and the field)
     when the file is missing, not JSON, or not an object holding those two lists."""
+    if path.exists() and not path.is_file():  # a folder; a FIFO would block the read forever
+        raise T2IError(f"{path}: not a regular file; --root must hold annotations/captions_{split}.json")
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise T2IError(f"{path}: missing; --root must hold annotations/captions_{split}.json and {split}/") from None
+    except OSError as e:
+        raise T2IError(f"{path}: cannot be read ({e.strerror})") from None
     except ValueError as e:  # JSONDecodeError, bad UTF-8, an integer over 4,300 digits
         raise T2IError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise T2IError(f"{path}: not a COCO captions file (JSON nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise T2IError(f"{path}: the top level is a {type(data).__name__}, not an object; a COCO captions file is "
                        "an object with 'images' and 'annotations' lists")
@@ -160,7 +166,8 @@ def load_coco(root: str | Path, split: str) -> list[ImageRecord]:
     """One record per entry of ``images``: those with a usable id sorted by id (a duplicate id
     after the first, in file order), then those without one, in file order, keyed by their
     place (``coco-images[3]``). Reasons: ``bad-metadata`` (see ``_check_image``),
-    ``duplicate-id``, ``no-captions`` (none, or none usable: the count dropped is in the
+    ``duplicate-id`` (an entry repeating an earlier one's id and file; every entry of an id
+    listed with two different files, since captions name only the id), ``no-captions`` (none, or none usable: the count dropped is in the
     reason). Raises ``T2IError`` for a malformed file as a whole (see ``_read``)."""
     root = Path(root)
     path = annotations_path(root, split)
@@ -169,6 +176,9 @@ def load_coco(root: str | Path, split: str) -> list[ImageRecord]:
     in_split = confiner(root / split)
     checked = [(i, *_check_image(i, img, split, in_split)) for i, img in enumerate(images)]
     keyed = sorted((c for c in checked if c[1] is not None), key=lambda c: c[1])  # stable: duplicates keep file order
+    files: dict[int, set] = {}
+    for c in keyed:
+        files.setdefault(c[1], set()).add(c[2]["file"])
     seen: set[int] = set()
     records = []
     for i, image_id, meta, image, notes, problems in keyed + [c for c in checked if c[1] is None]:
@@ -178,6 +188,9 @@ def load_coco(root: str | Path, split: str) -> list[ImageRecord]:
             notes = notes + caps.notes.get(image_id, [])
         if problems:
             reject = "bad-metadata: " + "; ".join(problems)
+        elif len(files[image_id]) > 1:  # annotations name the id, so no caption can be told to belong to one of them
+            reject = (f"duplicate-id: image id {image_id} names {len(files[image_id])} different files in {path.name}; "
+                      "its captions cannot be attributed, so none of them is kept")
         elif image_id in seen:
             reject = f"duplicate-id: image id {image_id} again in {path.name}"
         elif not caps.texts.get(image_id):

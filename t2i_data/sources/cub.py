@@ -38,6 +38,8 @@ META = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split
 SPLIT_SCHEMES = ("official", "attngan")
 KEY_DIGITS = 5  # keys are cub-{id:05d}: a longer id would sort out of id order
 _INT = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")  # ASCII only: float() also reads "1_0", "٣", "３0"
+MAX_BOX = 1e6  # pixels: no CUB image is near this; a larger box is a damaged line, not a bird
 
 
 class _ListsOfStrings(pickle.Unpickler):
@@ -73,14 +75,18 @@ def _table(path: Path) -> list[tuple[int, int, list[str]]]:
 
     ``T2IError`` naming file:line when the file is missing, is not UTF-8, or a line's first
     column is not an integer. Column counts and value ranges are the caller's: per image."""
+    if path.exists() and not path.is_file():  # a folder; a FIFO would block the read forever
+        raise T2IError(f"{path}: not a regular file; --root must hold CUB_200_2011/ with the CUB metadata files")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise T2IError(f"{path}: missing; --root must hold CUB_200_2011/ with the CUB metadata files") from None
+    except OSError as e:
+        raise T2IError(f"{path}: cannot be read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise T2IError(f"{path}: not UTF-8 text ({e})") from None
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # "\n" only: splitlines() also breaks at U+0085, U+2028 ...
         parts = line.split()
         if not parts:
             continue
@@ -136,13 +142,13 @@ def _one(side: dict, name: str, image_id: int, ncols: int, problems: list, requi
 
 
 def _bbox(cols: list[str], where: str) -> tuple[float, float, float, float]:
-    """x, y, w, h: four finite numbers with w, h > 0; ``BadField`` naming ``where`` otherwise."""
-    try:
-        box = tuple(float(v) for v in cols)
-    except ValueError:
-        raise BadField(f"{where}: box {' '.join(cols)!r} is not four numbers") from None
-    if not all(math.isfinite(v) for v in box):
-        raise BadField(f"{where}: box {list(box)} is not finite")
+    """x, y, w, h: four plain ASCII decimal numbers, finite, each within ±1e6 pixels, with w, h > 0;
+    ``BadField`` naming ``where`` otherwise."""
+    if not all(_NUMBER.fullmatch(v) for v in cols):
+        raise BadField(f"{where}: box {' '.join(cols)[:200]!r} is not four numbers")
+    box = tuple(float(v) for v in cols)
+    if not all(math.isfinite(v) and abs(v) <= MAX_BOX for v in box):
+        raise BadField(f"{where}: box {list(box)} is not finite or beyond {MAX_BOX:g} pixels")
     if box[2] <= 0 or box[3] <= 0:
         raise BadField(f"{where}: box {list(box)} has a width or height <= 0")
     return box  # type: ignore[return-value]

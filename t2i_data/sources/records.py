@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -104,15 +105,16 @@ class BadField(ValueError):
 _DIGITS = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
-def as_int(value, where: str, *, minimum: int = 0, digits: int | None = None) -> tuple[int, str | None]:
+def as_int(value, where: str, *, minimum: int = 0, digits: int = 18) -> tuple[int, str | None]:
     """An integer read from source metadata, and a line for ``ImageRecord.normalized`` when it
     came in another form that means the same number unambiguously, else None.
 
     Accepted as is: an ``int`` (never a ``bool``: ``True`` is an int in Python, and no source
     means 1 by it). Normalised: a float with an integral value (``7.0 -> 7``) and a string of
     ASCII digits with an optional minus sign (``'7' -> 7``). Then the value must be at least
-    ``minimum`` and, with ``digits``, have at most that many digits, so that a zero-padded key
-    (``coco-{id:012d}``) keeps keys in id order. Raises ``BadField`` naming ``where`` otherwise:
+    ``minimum`` and have at most ``digits`` digits: 18 by default, so that every integer written
+    into a sample fits Arrow's int64 (``datasets`` and ``t2i export`` refuse larger ones), fewer
+    where a zero-padded key (``coco-{id:012d}``) must keep keys in id order. Raises ``BadField`` naming ``where`` otherwise:
     ``"<where> is null"``, ``"<where> is a list"``, ``"<where> is 7.5, not an integer"``,
     ``"<where> is -3, negative"``, ``"<where> is 123456, more than 5 digits"``.
     """
@@ -130,12 +132,20 @@ def as_int(value, where: str, *, minimum: int = 0, digits: int | None = None) ->
     number = int(value)
     if number < minimum:
         raise BadField(f"{where} is {shown}, " + ("negative" if minimum == 0 else f"less than {minimum}"))
-    if digits is not None and abs(number) >= 10**digits:
+    if abs(number) >= 10**digits:
         raise BadField(f"{where} is {shown}, more than {digits} digits")
     return number, None if type(value) is int else f"{where}: {shown} -> {number}"
 
 
 def usable_caption(value) -> bool:
-    """A caption is kept only if it is a string with a non-blank character: null, numbers, lists
-    and blank strings are dropped (and counted by the source), never turned into text like "None"."""
-    return isinstance(value, str) and bool(value.strip())
+    """A caption is kept only if it is a string that UTF-8 can hold (no lone surrogate such as
+    ``"\ud800"``, which JSON allows) with a visible character: null, numbers, lists, blank
+    strings and strings of only spaces, control and format characters (U+200B) are dropped (and
+    counted by the source), never turned into text like "None"."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in value)
