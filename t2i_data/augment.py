@@ -16,6 +16,7 @@ from PIL import Image
 
 from .digest import IMAGE_EXTS
 from .errors import T2IError
+from .pngio import load_image
 from .regimes import Regime, ViewParams
 
 
@@ -30,12 +31,13 @@ def regime_of(manifest: dict, allow_none: bool = False) -> Regime | None:
     return Regime(manifest["regime"], manifest["size"])
 
 
-def stored_image(sample: dict) -> Image.Image:
+def stored_image(sample: dict, where: str | None = None) -> Image.Image:
+    """The sample's stored image as RGB, decoded through ``pngio.load_image`` (its size checked
+    from the header first; ``T2IError`` naming ``where`` (the shard, else ``__url__``) and the key)."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise T2IError(f"sample {sample.get('__key__')} has no image field ({', '.join(IMAGE_EXTS)})")
-    im = Image.open(io.BytesIO(sample[ext]))
-    im.load()
+    im = load_image(sample[ext], f"{where or sample.get('__url__', 'sample')}: {sample['__key__']}.{ext}")
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
@@ -46,10 +48,10 @@ def augment(samples: Iterable[dict], regime: Regime, seed: int, epoch: int) -> I
         yield dict(sample, image=np.asarray(regime.apply_view(im, p)), view=p.to_json())
 
 
-def views(sample: dict, regime: Regime, seed: int, k: int) -> list[tuple[ViewParams, np.ndarray]]:
+def views(sample: dict, regime: Regime, seed: int, k: int, where: str | None = None) -> list[tuple[ViewParams, np.ndarray]]:
     if k < 1:
         raise T2IError(f"--views must be >= 1, got {k}")
-    im = stored_image(sample)
+    im = stored_image(sample, where)
     out = []
     for v in range(k):
         p = regime.draw(seed, sample["__key__"], v, im.size, online=False)

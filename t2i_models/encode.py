@@ -44,11 +44,12 @@ class EncodeConfig:
             raise T2IError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
-def sample_views(sample: dict, regime, seed: int, k: int) -> list:
-    """[(ViewParams or None, (S, S, 3) uint8)]: K views, or the image itself without a regime."""
+def sample_views(sample: dict, regime, seed: int, k: int, where: str | None = None) -> list:
+    """[(ViewParams or None, (S, S, 3) uint8)]: K views, or the image itself without a regime;
+    ``where`` (the shard) names a damaged or oversized image in the error."""
     if regime is None:
-        return [(None, np.array(stored_image(sample)))]
-    return views(sample, regime, seed, k)
+        return [(None, np.array(stored_image(sample, where)))]
+    return views(sample, regime, seed, k, where)
 
 
 @lru_cache(maxsize=2)
@@ -75,7 +76,7 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     regime = Regime(regime_name, size) if regime_name else None
     keys, params, arrays = [], [], []
     for sample in iter_samples(image_shard):
-        vs = sample_views(sample, regime, cfg.seed, cfg.views)
+        vs = sample_views(sample, regime, cfg.seed, cfg.views, image_shard)
         keys.append(sample["__key__"])
         params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
         arrays += [a for _, a in vs]
