@@ -45,8 +45,9 @@ _DIGIT = pa.struct([("value", pa.uint8()), ("size", pa.uint8()), ("color", pa.st
 ATTRIBUTES: dict[str, tuple[tuple[str, pa.DataType], ...]] = {
     "mdmnist": (("description", pa.string()), ("symbols", pa.list_(pa.string(), 12)), ("symbol_ids", pa.list_(pa.uint8(), 12)),
                 ("digits", pa.list_(_DIGIT, 3)), ("index", pa.int64())),
-    "cub": (("image_id", pa.int32()), ("class_id", pa.int32()), ("class_name", pa.string()), ("bbox", pa.list_(pa.float64(), 4))),
-    "coco": (("image_id", pa.int64()), ("license", pa.int32())),
+    # int64 as schema.INT declares (and datasets reads): the sources allow up to 18 digits
+    "cub": (("image_id", pa.int64()), ("class_id", pa.int64()), ("class_name", pa.string()), ("bbox", pa.list_(pa.float64(), 4))),
+    "coco": (("image_id", pa.int64()), ("license", pa.int64())),
 }
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the storage of datasets.Image()
 _VIEW = pa.struct([("identity", pa.bool_()), ("angle", pa.float64()), ("x", pa.int32()), ("y", pa.int32()), ("flip", pa.bool_())])

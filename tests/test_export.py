@@ -68,7 +68,7 @@ def test_arrow_export_is_memory_mapped_and_loads_in_datasets(sets, tmp_path):
     before = pa.total_allocated_bytes()
     t = read_export(out, "train")
     assert pa.total_allocated_bytes() - before < 4096  # the table points into the mapped file: nothing copied
-    assert t.column("image_id").type == pa.int32() and t.column("bbox").type == pa.list_(pa.float64(), 4)
+    assert t.column("image_id").type == pa.int64() and t.column("bbox").type == pa.list_(pa.float64(), 4)
     dd = datasets.load_from_disk(str(out))
     assert sorted(dd) == ["test", "train"] and dd["train"].num_rows == 3 and dd["test"].num_rows == 2
     one = datasets.Dataset.from_file(str(out / "train" / "data-00000-of-00001.arrow"))
@@ -85,7 +85,7 @@ def test_parquet_export_loads_with_datasets_parquet_builder(sets, tmp_path):
                                cache_dir=str(tmp_path / "hf"))
     ours = our_samples(sets["coco"])
     assert ds.num_rows == 4 and ds["key"] == [s["__key__"] for s in ours]
-    assert isinstance(ds.features["image"], datasets.Image) and ds.features["license"] == datasets.Value("int32")
+    assert isinstance(ds.features["image"], datasets.Image) and ds.features["license"] == datasets.Value("int64")
     assert ds[0]["captions"] == json.loads(ours[0]["json"])["captions"]
     txt = our_samples(sets["coco_text"])
     assert [np.asarray(r, dtype=np.uint16).tolist() for r in ds["text_tokens"]] == [np.load(io.BytesIO(s["text_tokens.npy"])).tolist() for s in txt]
