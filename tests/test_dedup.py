@@ -114,3 +114,16 @@ def test_find_leakage_lists_both_sides():
     got = find_leakage(rows)
     assert got == {"train": [{"key": "t2", "other_split": "test", "other_key": "s1", "by": "pixels"}],
                    "test": [{"key": "s1", "other_split": "train", "other_key": "t2", "by": "pixels"}]}
+
+
+@pytest.mark.parametrize("size", [(1, 1), (41, 30), (184, 138)])
+def test_pixel_digest_is_xxh3_of_the_canonical_pixels(size):
+    import numpy as np
+    import xxhash
+    from PIL import Image
+
+    from t2i_data.digest import canonical_pixels
+    from t2i_data.preprocess import pixel_digest
+
+    im = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3)).astype(np.uint8))
+    assert pixel_digest(im) == xxhash.xxh3_128_hexdigest(canonical_pixels(np.asarray(im)))

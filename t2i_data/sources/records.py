@@ -118,6 +118,8 @@ def as_int(value, where: str, *, minimum: int = 0, digits: int = 18) -> tuple[in
     ``"<where> is null"``, ``"<where> is a list"``, ``"<where> is 7.5, not an integer"``,
     ``"<where> is -3, negative"``, ``"<where> is 123456, more than 5 digits"``.
     """
+    if type(value) is int and minimum <= value < 10**digits:  # the common case, first: 45,000 calls for COCO val2017
+        return value, None
     if value is None:
         raise BadField(f"{where} is null")
     if isinstance(value, bool):
