@@ -6,13 +6,22 @@ granularity). Every worker yields ⌈⌈N/G⌉ / B⌉ batches of B entries; entr
 samples are padding with ``valid = False`` (and zero tokens). So in one epoch every sample is
 seen exactly once over all ranks, nothing is dropped, and every rank takes the same number of
 steps; a trainer weights its loss by ``valid``. One caption (of the sample's C) and one view (of
-its K) are picked per (seed, epoch, key). A shard that turns out truncated or corrupt is logged,
-the samples it could not give are counted in the batch's ``lost`` field and replaced by padding,
-and the epoch goes on. Resume: ``set_epoch(epoch, batches_done)`` as in ``ShardStream``.
+its K) are picked per (seed, epoch, key).
+
+Checks (DESIGN.md, "Trust"): each shard file is checked against its manifest record (size and
+sha256, ``stream.verify_shard``) when the stream first opens it, the next shard hashed in a
+thread while the current one is gathered; a shard holds the manifest's sample count and first
+and last key; every gathered caption and view row is range-checked against the tokenizer's and
+the autoencoder's vocabulary (one vectorised max per shard chunk). Any of these failing stops
+the run with one ``T2IError`` naming the shard (and key). A shard that cannot be read at all
+(``OSError``) is logged; its samples are counted in the batch's ``lost`` / ``lost_shards``,
+become padding, and the epoch goes on: the trainer's ``stream.LostSamples`` stops it above
+``max_lost``. Resume at any batch: ``set_epoch(epoch, batches_done)`` / ``load_state_dict``, as
+in ``ShardStream`` (``stream.worker_share``, ``stream.check_plan``).
 
 Batches hold ``text`` (B, L) and ``image`` (B, H·W) as int32 tensors (half the bytes of int64
-to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys`` and
-``lost``.
+to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys``,
+``lost`` and ``lost_shards``.
 
 Speed (no Python per sample but one pass over the keys): a shard's members come from its offset
 index (``tario.member_table``); the .npy headers of a shard's samples are compared in one
@@ -26,16 +35,18 @@ import ast
 import logging
 import mmap
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .rng import key_ids, keyed_u64, stream_id
-from .stream import rank_and_world
+from .stream import check_plan, dataloader_worker, guarded, rank_and_world, verify_shard, worker_share
 from .tario import member_table
 
 log = logging.getLogger(__name__)
@@ -106,49 +117,72 @@ class TokenStream(IterableDataset):
             raise T2IError(f"image tokens made by autoencoder {self.img_m['autoencoder']['fingerprint'][:16]}, the checkpoint expects {expect_autoencoder[:16]}")
         self.names = [s["name"] for s in self.img_m["shards"]]
         self.sizes = [s["samples"] for s in self.img_m["shards"]]
-        self.img_sha = [s.get("sha256") for s in self.img_m["shards"]]
-        self.txt_sha = {s["name"]: s.get("sha256") for s in self.txt_m["shards"]}
-        self.txt_sha = [self.txt_sha.get(n) for n in self.names]
-        self.L = self.txt_m["tokenizer"]["length"]
-        self.pad_id = self.txt_m["tokenizer"]["pad_id"]
-        grid = self.img_m["autoencoder"]["grid"]
+        self.img_rec = list(self.img_m["shards"])
+        txt = {s["name"]: s for s in self.txt_m["shards"]}
+        missing = [n for n in self.names if n not in txt]
+        if missing or len(txt) != len(self.names):
+            raise T2IError(f"{self.txt_dir}: its shard list differs from {self.img_dir}'s (e.g. {(missing or sorted(txt))[0]}); "
+                           f"derive both from the same image set")
+        self.txt_rec = [txt[n] for n in self.names]
+        tok, ae = self.txt_m["tokenizer"], self.img_m["autoencoder"]
+        self.L = tok["length"]
+        self.pad_id = tok["pad_id"]
+        if "vocab_size" not in tok or "vocab" not in ae:
+            raise T2IError(f"{self.txt_dir} / {self.img_dir}: the manifests record no tokenizer vocab_size or autoencoder vocab; "
+                           f"without them token ids cannot be checked; rebuild the sets with this t2i")
+        self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab"])
+        grid = ae["grid"]
         self.hw = grid * grid
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, num_workers: int = 0) -> None:
-        if num_workers > 1 and skip_batches % num_workers:
-            raise T2IError(f"resume at batch {skip_batches} is not a multiple of the {num_workers} dataloader workers")
+        """Start ``epoch`` with its first ``skip_batches`` batches of this rank already consumed (any number)."""
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def state_dict(self, batches_done: int) -> dict:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed}
+    def plan(self, num_workers: int) -> dict:
+        """Everything the sample → (rank, batch) assignment depends on besides the epoch."""
+        return {"batch_size": self.batch_size, "world_size": self._dist()[1], "num_workers": max(num_workers, 1), "seed": self.seed,
+                "shuffle_buffer": self.shuffle_buffer, "sets": [self.img_m["digest"], self.txt_m["digest"]]}
 
-    def load_state_dict(self, state: dict, num_workers: int = 0) -> None:
-        if state["seed"] != self.seed:
-            raise T2IError(f"stream state was saved with seed {state['seed']}, this stream has seed {self.seed}")
-        self.set_epoch(state["epoch"], state["batches_done"], num_workers)
+    def state_dict(self, batches_done: int, num_workers: int = 0, lost: int = 0) -> dict:
+        return {"epoch": self.epoch, "batches_done": batches_done, "batches_in_epoch": self.batches_per_epoch(num_workers),
+                "lost": lost, "plan": self.plan(num_workers)}
+
+    def load_state_dict(self, state: dict, num_workers: int = 0, where: str = "the checkpoint") -> tuple[int, int, int]:
+        """Check ``state``'s plan against this stream's (``stream.check_plan``), set its epoch and
+        position; returns (epoch, batches done, samples lost so far in that epoch)."""
+        epoch, done, lost = check_plan(state, self.plan(num_workers), where)
+        self.set_epoch(epoch, done, num_workers)
+        return epoch, done, lost
 
     def batches_per_epoch(self, num_workers: int) -> int:
         """Batches this rank yields per epoch, whatever the rank: every worker yields ⌈⌈N/G⌉/B⌉."""
         _, world = self._dist()
         return plan_exact(self.sizes, world, num_workers, self.batch_size, self.seed, 0)[1] * max(num_workers, 1)
 
+    def epoch_samples(self, num_workers: int = 0) -> int:
+        return sum(self.sizes)
+
     def _dist(self) -> tuple[int, int]:
         return rank_and_world(self.rank, self.world_size)
 
-    def _rows(self, path: Path, suffix: str, a: int, b: int, sha256: str | None, row: int, stream: str, kh=None, empty: int = 0):
+    def _rows(self, path: Path, data, suffix: str, a: int, b: int, rec: dict, row: int, stream: str, kh=None, empty: int = 0):
         """Keys, one chosen row per sample (caption or view, drawn from (seed, stream, epoch, key))
         of the ``suffix`` arrays of samples a..b of a shard as an (n, row) array, and the key hashes.
 
         Members come from the shard's offset index (``tario.member_table``); samples whose .npy
         headers are identical (all of them, in a shard of fixed shapes) are gathered in one
         vectorised copy out of the file's bytes, so no Python runs per sample but the key list."""
-        data = self._read(path)
-        names, offsets, sizes = member_table(path, data, sha256)
+        names, offsets, sizes = member_table(path, data, rec["sha256"])
         cut = len(suffix)
-        pick = [i for i, n in enumerate(names) if n.endswith(suffix)][a:b]
+        every = [i for i, n in enumerate(names) if n.endswith(suffix)]
+        if len(every) != rec["samples"] or (every and (names[every[0]][:-cut], names[every[-1]][:-cut]) != (rec["first_key"], rec["last_key"])):
+            raise ValueError(f"{len(every)} {suffix} members from {names[every[0]][:-cut] if every else None} to "
+                             f"{names[every[-1]][:-cut] if every else None}; the manifest says {rec['samples']} samples from "
+                             f"{rec['first_key']} to {rec['last_key']}")
+        pick = every[a:b]
         if len(pick) != b - a:
             raise ValueError(f"{len(pick)} {suffix} members where samples {a}..{b} were expected")
         keys = [names[i][:-cut] for i in pick]
@@ -175,6 +209,8 @@ class TokenStream(IterableDataset):
                 raise ValueError(f"members with the same .npy header but different sizes near {names[pick[first]]}")
             if len(shape) < 2 or int(np.prod(shape[1:])) != row:
                 raise ValueError(f"{names[pick[first]]}: shape {shape}, expected (n, {row}) rows")
+            if dtype.kind not in "iu":
+                raise ValueError(f"{names[pick[first]]}: dtype {dtype}, token ids are integers")
             item = dtype.itemsize
             if skip + count * item != sizes[first]:
                 raise ValueError(f"{names[pick[first]]}: {int(sizes[first])} bytes, its .npy header says {skip + count * item}")
@@ -199,49 +235,92 @@ class TokenStream(IterableDataset):
                 return b""
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def _shard(self, shard: int, a: int, b: int):
-        """(texts (n, L), images (n, H·W), keys) for samples a..b of a shard, and how many were lost."""
+    def _open(self, shard: int):
+        """The shard's two files, mapped and checked against their manifest records (in the
+        hashing thread: the hash also faults in the pages the gather reads next)."""
+        name = self.names[shard]
+        img, txt = self._read(self.img_dir / name), self._read(self.txt_dir / name)
+        verify_shard(self.img_dir / name, self.img_rec[shard], img)
+        verify_shard(self.txt_dir / name, self.txt_rec[shard], txt)
+        return img, txt
+
+    def _shard(self, shard: int, a: int, b: int, opened):
+        """(texts (n, L), images (n, H·W), keys) for samples a..b of a shard, and how many were lost.
+
+        ``opened`` is the future of the shard's mapping and check (``_open``): a mismatch raises
+        ``T2IError``; an ``OSError`` (the shard gone or unreadable) counts its samples as lost."""
         name = self.names[shard]
         try:
-            keys, imgs, kh = self._rows(self.img_dir / name, ".image_tokens.npy", a, b, self.img_sha[shard], self.hw, "view")
-            tkeys, txts, _ = self._rows(self.txt_dir / name, ".text_tokens.npy", a, b, self.txt_sha[shard], self.L, "caption", kh, self.pad_id)
-            if keys != tkeys:
-                raise ValueError("the image-token and text-token shards hold different keys")
-        except Exception as e:  # a truncated or corrupt shard: report, count, go on
-            log.warning("%s: unreadable (%s); %d samples lost this epoch", name, e, b - a)
+            img, txt = opened.result()
+            keys, imgs, kh = self._rows(self.img_dir / name, img, ".image_tokens.npy", a, b, self.img_rec[shard], self.hw, "view")
+            tkeys, txts, _ = self._rows(self.txt_dir / name, txt, ".text_tokens.npy", a, b, self.txt_rec[shard], self.L, "caption",
+                                        kh, self.pad_id)
+        except OSError as e:  # gone or unreadable since the run started: report, count, go on
+            log.warning("%s: unreadable (%s); %d samples of epoch %d lost", name, e, b - a, self.epoch)
             return None, b - a
+        except ValueError as e:  # the bytes match the manifest: the set was written wrong
+            raise T2IError(f"{name}: {e}; the shard matches its manifest, so the set itself is malformed; rebuild it") from None
+        if keys != tkeys:
+            raise T2IError(f"{name}: the image-token and text-token shards hold different keys; derive both from the same image set")
+        _check_ids(txts, self.text_vocab, keys, f"{self.txt_dir / name}", "text token", "the tokenizer's")
+        _check_ids(imgs, self.image_vocab, keys, f"{self.img_dir / name}", "image token", "the autoencoder's")
         return (txts, imgs, np.array(keys, dtype=object)), 0
 
     def __iter__(self):
+        return guarded(self._batches())
+
+    def _batches(self):
         rank, world = self._dist()
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        wid, nw = dataloader_worker()
+        me, skip = worker_share(self.skip_batches, wid, nw)
         ranges, batches = plan_exact(self.sizes, world, nw, self.batch_size, self.seed, self.epoch)
-        skip = (self.skip_batches - wid + nw - 1) // nw if self.skip_batches > wid else 0
-        rng = np.random.default_rng([self.seed, self.epoch, rank * nw + wid, stream_id("token-shuffle")])
+        rng = np.random.default_rng([self.seed, self.epoch, rank * nw + me, stream_id("token-shuffle")])
         B = self.batch_size
 
         pool = _RowPool(rng, self.shuffle_buffer)
-        lost, bi = 0, 0
-        ranges_here = ranges[rank * nw + wid]
-        for k, (shard, a, b) in enumerate(ranges_here):
-            chunk, n_lost = self._shard(shard, a, b)
-            lost += n_lost
-            if chunk is not None:
-                pool.add(*chunk)
-            if k == len(ranges_here) - 1:
-                pool.finish()
-            while pool.ready() >= B or (k == len(ranges_here) - 1 and pool.ready()):
-                if bi >= skip:  # batches before the checkpoint are dropped (tokens need no decoding)
-                    yield pool.take(B, self.L, self.hw, self.pad_id, lost)
-                    lost = 0
-                else:
-                    pool.take(B, self.L, self.hw, self.pad_id, 0)
-                bi += 1
+        lost, bi = {}, 0
+        ranges_here = ranges[rank * nw + me]
+        # the next shards are mapped and hashed in a thread (sha256 releases the GIL) while this one is gathered
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="t2i-verify")
+        ahead = deque(hasher.submit(self._open, s) for s, _, _ in ranges_here[:2])
+        try:
+            for k, (shard, a, b) in enumerate(ranges_here):
+                if k + 2 < len(ranges_here):
+                    ahead.append(hasher.submit(self._open, ranges_here[k + 2][0]))
+                chunk, n_lost = self._shard(shard, a, b, ahead.popleft())
+                if n_lost:
+                    lost[self.names[shard]] = n_lost
+                if chunk is not None:
+                    pool.add(*chunk)
+                if k == len(ranges_here) - 1:
+                    pool.finish()
+                while pool.ready() >= B or (k == len(ranges_here) - 1 and pool.ready()):
+                    if bi >= skip:  # batches before the checkpoint are dropped (tokens need no decoding)
+                        yield pool.take(B, self.L, self.hw, self.pad_id, lost)
+                    else:
+                        pool.take(B, self.L, self.hw, self.pad_id, {})
+                    lost = {}  # (reported with the batch that took them; before the checkpoint, by the first run)
+                    bi += 1
+        finally:
+            hasher.shutdown(wait=True, cancel_futures=True)
         for i in range(bi, batches):  # this worker's share is used up: padding-only batches
             if i >= skip:
                 yield pool.take(B, self.L, self.hw, self.pad_id, lost)
-                lost = 0
+            lost = {}
+
+
+def _check_ids(rows: np.ndarray, vocab: int, keys: list, where: str, what: str, whose: str) -> None:
+    """Refuse ids outside 0..vocab-1: one vectorised max (and min for signed dtypes) per chunk."""
+    if not rows.size:
+        return
+    hi = int(rows.max())
+    lo = int(rows.min()) if rows.dtype.kind == "i" else 0
+    if hi < vocab and lo >= 0:
+        return
+    r, c = np.argwhere((rows >= vocab) | (rows < 0))[0]
+    raise T2IError(f"{where}: sample {keys[r]} has {what} id {int(rows[r, c])} (position {c}), outside {whose} vocabulary of "
+                   f"{vocab} ids (0..{vocab - 1}) that the manifest records; the shard or its manifest is damaged: "
+                   f"run `t2i verify` on the set and rebuild it")
 
 
 class _RowPool:
@@ -285,7 +364,7 @@ class _RowPool:
     def ready(self) -> int:
         return len(self.queue)
 
-    def take(self, B: int, L: int, hw: int, pad_id: int, lost: int) -> dict:
+    def take(self, B: int, L: int, hw: int, pad_id: int, lost: dict) -> dict:
         """The next batch of B entries: up to B queued rows, then padding entries (``valid`` False)."""
         ids, self.queue = self.queue[:B], self.queue[B:]
         n = len(ids)
@@ -303,7 +382,7 @@ class _RowPool:
         valid = np.zeros(B, dtype=bool)
         valid[:n] = True
         return {"text": torch.from_numpy(text), "image": torch.from_numpy(image), "valid": torch.from_numpy(valid),
-                "keys": keys.tolist(), "lost": lost}
+                "keys": keys.tolist(), "lost": sum(lost.values()), "lost_shards": dict(lost)}
 
 
 def _group_rows(heads: np.ndarray):

@@ -1,10 +1,31 @@
 """Transformer pieces shared by the priors: pre-LN blocks on torch's scaled_dot_product_attention
-(fused kernels on GPU), with an optional key/value cache for autoregressive sampling."""
+(fused kernels on GPU), with an optional key/value cache for autoregressive sampling, and the
+token-id check every prior runs on its inputs."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def check_ids(**inputs: tuple[torch.Tensor, int]) -> None:
+    """Refuse token ids outside their vocabulary: ``name=(ids, vocab size)``.
+
+    No prior clamps ids (a clamp trained a model on a corrupted shard without a word): an id past
+    the embedding table would be an IndexError on CPU and a device-side assert that poisons the
+    CUDA context on GPU, so it is refused here with the input's name, the id and the vocabulary.
+    All mins and maxes are read back in one transfer (one host sync per forward; training loops
+    already sync per step to log, and the stream has checked every batch before)."""
+    named = [(k.replace("_", " "), t, v) for k, (t, v) in inputs.items() if t.numel()]
+    if not named:
+        return
+    bounds = torch.stack([x for _, t, _ in named for x in torch.aminmax(t)]).tolist()
+    for i, (name, t, vocab) in enumerate(named):
+        lo, hi = bounds[2 * i], bounds[2 * i + 1]
+        if lo < 0 or hi >= vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: id {int(bad)} is outside the vocabulary of {vocab} ids (0..{vocab - 1}); ids are never "
+                             f"clamped: check the tokenizer / autoencoder that made them against the model's config")
 
 
 class Attention(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Block, sample_next
+from .attention import Block, check_ids, sample_next
 from .blocks import check_shape
 
 
@@ -39,6 +39,8 @@ class G1Config:
             raise ValueError(f"pad must be 'mask' or 'learned', got {self.pad!r}")
         if not 0 <= self.text_loss_weight < 1:
             raise ValueError(f"text_loss_weight must be in [0, 1), got {self.text_loss_weight}")
+        if not 0 <= self.pad_id < self.text_vocab:
+            raise ValueError(f"pad_id {self.pad_id} must be a text id, 0..{self.text_vocab - 1} (text_vocab counts the pad id)")
 
 
 class G1(nn.Module):
@@ -65,7 +67,7 @@ class G1(nn.Module):
 
     # -- embeddings and mask ---------------------------------------------------------------
     def _text(self, text: torch.Tensor) -> torch.Tensor:
-        x = self.text_emb(text.clamp(max=self.cfg.text_vocab - 1)) + self.text_pos  # (B, L, w)
+        x = self.text_emb(text) + self.text_pos  # (B, L, w); ids checked by forward / generate, never clamped
         if self.pad_emb is not None:
             x = torch.where((text == self.cfg.pad_id)[..., None], self.pad_emb + self.text_pos, x)
         return x
@@ -98,6 +100,7 @@ class G1(nn.Module):
         c = self.cfg
         check_shape(text, (None, c.text_len), "G1 text tokens")
         check_shape(image, (None, c.grid * c.grid), "G1 image tokens (flattened grid)")
+        check_ids(G1_text_tokens=(text, c.text_vocab), G1_image_tokens=(image, c.image_vocab))
         x = torch.cat([self._text(text), self._image_inputs(image)], dim=1)  # (B, L + h·w, w)
         mask = self._mask(text, c.grid * c.grid)
         for blk in self.blocks:
@@ -121,6 +124,8 @@ class G1(nn.Module):
         """Image tokens (B, h·w) for text (B, L), one token at a time (with a KV cache, or by
         recomputing the whole sequence each step, which the tests compare)."""
         c = self.cfg
+        check_shape(text, (None, c.text_len), "G1 text tokens")
+        check_ids(G1_text_tokens=(text, c.text_vocab))
         n = c.grid * c.grid
         b = text.shape[0]
         out = torch.zeros(b, n, dtype=torch.long, device=text.device)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Block, sample_next
+from .attention import Block, check_ids, sample_next
 from .blocks import check_shape
 
 
@@ -25,6 +25,10 @@ class G2Config:
     heads: int = 8
     width: int = 256
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pad_id < self.text_vocab:
+            raise ValueError(f"pad_id {self.pad_id} must be a text id, 0..{self.text_vocab - 1} (text_vocab counts the pad id)")
 
 
 class G2(nn.Module):
@@ -51,10 +55,11 @@ class G2(nn.Module):
     def encode_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) → encoder states (B, L, w) and the key mask (B, 1, 1, L) of real tokens."""
         check_shape(text, (None, self.cfg.text_len), "G2 text tokens")
+        check_ids(G2_text_tokens=(text, self.cfg.text_vocab))
         real = text != self.cfg.pad_id
         real = real | ~real.any(dim=1, keepdim=True)  # an all-padding caption attends to its padding, not to nothing
         key_mask = real[:, None, None, :]
-        x = self.text_emb(text.clamp(max=self.cfg.text_vocab - 1)) + self.text_pos
+        x = self.text_emb(text) + self.text_pos  # ids checked above, never clamped
         for blk in self.encoder:
             x = blk(x, key_mask)
         return self.ln_enc(x), key_mask
@@ -67,6 +72,7 @@ class G2(nn.Module):
         c = self.cfg
         n = c.grid * c.grid
         check_shape(image, (None, n), "G2 image tokens (flattened grid)")
+        check_ids(G2_image_tokens=(image, c.image_vocab))
         ctx, key_mask = self.encode_text(text)
         b = image.shape[0]
         x = torch.cat([self.bos.expand(b, 1, -1), self.image_emb(image[:, :-1])], dim=1) + self._positions()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import check_ids
 from .blocks import check_shape
 from .g2 import G2Config
 
@@ -45,6 +46,7 @@ class G3(nn.Module):
         c = self.cfg
         check_shape(text, (None, c.text_len), "G3 text tokens")
         check_shape(image, (None, c.grid * c.grid), "G3 image tokens (flattened grid)")
+        check_ids(G3_text_tokens=(text, c.text_vocab), G3_image_tokens=(image, c.image_vocab))
         dec_in = torch.cat([torch.full_like(image[:, :1], self.bos), image[:, :-1]], dim=1)
         out = self.model(input_ids=text, attention_mask=(text != c.pad_id).long(), decoder_input_ids=dec_in)
         logits = out.logits[..., : c.image_vocab]  # BOS is never a target
@@ -58,6 +60,8 @@ class G3(nn.Module):
         from .attention import sample_next
 
         c = self.cfg
+        check_shape(text, (None, c.text_len), "G3 text tokens")
+        check_ids(G3_text_tokens=(text, c.text_vocab))
         mask = (text != c.pad_id).long()
         enc = self.model.get_encoder()(input_ids=text, attention_mask=mask)
         ids = torch.full((text.shape[0], 1), self.bos, dtype=torch.long, device=text.device)

@@ -2,9 +2,13 @@
 
 The same command runs on CPU, one GPU, or several through ``torchrun`` (DistributedDataParallel,
 NCCL on GPUs, gloo on CPU). On GPU: bf16 autocast and channels_last. ``out/last.pt`` is written
-every ``ckpt_every`` steps (on a dataloader-worker boundary, where a resume is exact) and at the
-end; a rerun with the same ``out`` resumes from it at the exact next batch. Every random draw is a
-function of (seed, step) or (seed, key, epoch), so a resumed run continues as if never stopped.
+every ``ckpt_every`` steps and at the end, with the stream's state and plan; a rerun with the same
+``out`` resumes from it at the exact next batch, for any number of dataloader workers, and stops
+naming the setting if it would change the plan mid-epoch (a changed schedule is a warning). Every
+random draw is a function of (seed, step) or (seed, key, epoch), so a resumed run continues as if
+never stopped. Samples the stream could not read are logged, written to ``metrics.jsonl`` and stop
+the run above ``max_lost`` of an epoch; a batch that holds padding for them trains on its valid
+images only (an all-padding batch takes a zero-weighted step, so DDP's ranks stay in step).
 
 Known limit: under DDP the VQ-VAE's EMA buffers are broadcast from rank 0 each step, so the
 codebook follows rank 0's batches only (an all-reduce of the EMA statistics is the fix).
@@ -20,19 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2i_data.augment import regime_of
 from t2i_data.errors import T2IError
 from t2i_data.manifest import MANIFEST_NAME, load_manifest
 from t2i_data.rng import keyed_u64, stream_id
-from t2i_data.stream import ShardStream, image_decoder
+from t2i_data.stream import LostSamples, ShardStream, image_decoder, loader
 
 from .builders import CONFIGS, build_autoencoder
-from .checkpoint import resume_checkpoint, save_autoencoder, setup_distributed, weights_fingerprint
+from .checkpoint import resume_checkpoint, save_autoencoder, setup_distributed, warn_changed_settings, weights_fingerprint
 
 log = logging.getLogger(__name__)
+SCHEDULE = ("steps", "lr", "model")  # model: the dVAE's τ / λ schedules and the VQ-VAE's settings live there
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,12 @@ class TrainConfig:
     grid_every: int = 1_000
     ckpt_every: int = 500
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
+    max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_lost <= 1:
+            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
         if self.arch not in CONFIGS:
             raise T2IError(f"arch must be one of {', '.join(CONFIGS)}, got {self.arch!r}")
         if not self.images or not self.out:
@@ -120,29 +127,39 @@ def train(cfg: TrainConfig) -> dict:
 
     ds = ShardStream(cfg.images, image_decoder(regime, cfg.seed), cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
-    step, epoch, in_epoch = 0, 0, 0
+    step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     last = out / "last.pt"
     ck = resume_checkpoint(last, cfg.arch, map_location=device)
     if ck is not None:
+        state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
+        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
+        warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), SCHEDULE)
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
-        step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+        step = ck["step"]
         log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     metrics_path = out / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
+    lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, metrics_path)
+    lost.start_epoch(epoch, lost_before)
 
     def checkpoint() -> None:
         if rank == 0:
             save_autoencoder(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                             train_config=asdict(cfg), images_digest=base["digest"])
+                             stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
+                             images_digest=base["digest"])
 
     t0, seen = time.perf_counter(), 0
     while step < cfg.steps:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)
-        loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda)
-        for batch in loader:
+        for batch in loader(ds, cfg.num_workers, pin_memory=cuda):
+            lost.add([batch], step + 1)
             x = batch["image"].to(device, non_blocking=True)
+            valid = batch["valid"]
+            weight = 1.0
+            if not valid.all():  # padding for unreadable samples: train on the valid ones
+                x, weight = (x[valid.to(x.device)], 1.0) if valid.any() else (x, 0.0)
             if step == 0 and in_epoch == 0 and epoch == 0:
                 model.init_output_bias(x)
             if cuda:
@@ -151,21 +168,21 @@ def train(cfg: TrainConfig) -> dict:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 res = ddp(x, step=step, generator=_step_generator(cfg.seed, step, device))
             opt.zero_grad(set_to_none=True)
-            res["loss"].backward()
-            opt.step()
-            step, in_epoch, seen = step + 1, in_epoch + 1, seen + len(x)
+            (res["loss"] * weight).backward()
+            if weight or world > 1:  # under DDP every rank steps on the averaged gradients
+                opt.step()
+            step, in_epoch, seen = step + 1, in_epoch + 1, seen + int(valid.sum())
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 rate = seen * world / (time.perf_counter() - t0)
-                row = {"step": step, "epoch": epoch, "images_per_s": round(rate, 1)}
+                row = {"step": step, "epoch": epoch, "images_per_s": round(rate, 1), "lost_in_epoch": lost.total}
                 row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in res.items() if k != "recon"})
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", ppl=f"{row['perplexity']:.1f}")
             if rank == 0 and step % cfg.grid_every == 0:
                 _grid(x, res["recon"].detach(), out / f"grid-{step:07d}.png")
-            on_boundary = in_epoch % max(cfg.num_workers, 1) == 0
-            if step % cfg.ckpt_every == 0 and on_boundary or step == cfg.steps:
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:  # any batch: a resume is exact for every worker count
                 checkpoint()
             if step >= cfg.steps:
                 break
@@ -173,6 +190,7 @@ def train(cfg: TrainConfig) -> dict:
                 break
         if in_epoch >= per_epoch:
             epoch, in_epoch = epoch + 1, 0
+            lost.start_epoch(epoch)
     bar.close()
     if rank == 0:
         _grid(x, res["recon"].detach(), out / "grid-last.png")

@@ -12,28 +12,34 @@ tokenizer's ids 0–19 are the symbols; BOS / EOS / padding are dropped).
 
 Schedule (thesis): 30 epochs, batch 64, Adam at 1e-3, × 0.1 from epoch 20 (a step schedule).
 Padding entries of a batch are left out of the contrastive loss; under DDP each rank contrasts
-its own batch. ``out/last.pt`` resumes at the exact next batch, as the other trainers do. With
+its own batch. ``out/last.pt`` resumes at the exact next batch, as the other trainers do (any
+worker count; a changed stream plan mid-epoch stops the resume naming the setting, a changed
+schedule is a warning); unreadable samples are logged, written to ``metrics.jsonl`` and stop the
+run above ``max_lost`` of an epoch. With
 ``eval_image_tokens`` / ``eval_text_tokens`` (the test split) the end of training reports the
 accuracy at picking the true description among it and 12 changed variants.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2i_data.errors import T2IError
+from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_autoencoder, resume_checkpoint, setup_distributed
+from .checkpoint import load_autoencoder, resume_checkpoint, setup_distributed, warn_changed_settings
 from .clip import CLIPS, save_clip, symbols_from_text_tokens
 from .encode import reconstruct
 
+log = logging.getLogger(__name__)
+SCHEDULE = ("epochs", "steps", "lr", "lr_step", "lr_gamma", "weight_decay")
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
@@ -57,9 +63,12 @@ class ClipTrainConfig:
     stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
     eval_image_tokens: str = ""  # optional: the test split, for the accuracy printed at the end
     eval_text_tokens: str = ""
+    max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_lost <= 1:
+            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
         if self.arch not in CLIPS:
             raise T2IError(f"arch must be one of {', '.join(CLIPS)}, got {self.arch!r}")
         if not (self.image_tokens and self.text_tokens and self.autoencoder and self.out):
@@ -106,17 +115,21 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         model = CLIPS[cfg.arch](image_size=ae.cfg.image_size, **cfg.model)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, epoch, in_epoch = 0, 0, 0
+    step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     ck = resume_checkpoint(last, cfg.arch)
     if ck is not None:
+        state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
+        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
+        warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), SCHEDULE)
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
-        step, epoch, in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+        step = ck["step"]
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
     end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
-    nw = max(cfg.num_workers, 1)
+    lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, out / "metrics.jsonl")
+    lost.start_epoch(epoch, lost_before)
     fingerprints = {"autoencoder": ae_ck["fingerprint"], "tokenizer": ds.txt_m["tokenizer"]["fingerprint"]}
     bar = tqdm(total=total, initial=step, unit="step", desc="train clip", disable=None if rank == 0 else True)
     t0, seen = time.perf_counter(), 0
@@ -124,12 +137,14 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     def checkpoint(**extra) -> str:
         if rank == 0:
             return save_clip(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                             train_config=asdict(cfg), fingerprints=fingerprints, images_digest=ds.img_m["aligned_to"], **extra)
+                             stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
+                             fingerprints=fingerprints, images_digest=ds.img_m["aligned_to"], **extra)
         return ""
 
     while step < end:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)
-        for batch in DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda):
+        for batch in loader(ds, cfg.num_workers, pin_memory=cuda):
+            lost.add([batch], step + 1)
             ok = batch["valid"].to(device)
             symbols = symbols_from_text_tokens(batch["text"], batch["valid"]).to(device)
             images = reconstruct(ae, batch["image"].to(device, non_blocking=True))  # fp32, as evaluation decodes
@@ -151,15 +166,16 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
                 rate = seen * world / (time.perf_counter() - t0)
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
-                                        "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4),
+                                        "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4), "lost_in_epoch": lost.total,
                                         "images_per_s": round(rate, 1)}) + "\n")
                 bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{acc:.2f}", img_s=f"{rate:.0f}")
-            if (step % cfg.ckpt_every == 0 and in_epoch % nw == 0) or step == end:
+            if step % cfg.ckpt_every == 0 or step == end:  # any batch: a resume is exact for every worker count
                 checkpoint()
             if step >= end:
                 break
         if step < end or in_epoch >= per_epoch:
             epoch, in_epoch = epoch + 1, 0
+            lost.start_epoch(epoch)
     bar.close()
     result = {"step": step, "epoch": epoch, "checkpoint": str(last)}
     if rank == 0 and cfg.eval_image_tokens and step >= total:

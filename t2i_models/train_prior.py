@@ -5,12 +5,18 @@ or several through ``torchrun`` (DDP). Each optimizer step takes ``grad_accum`` 
 loss is the mean image-token cross-entropy over the *valid* samples of the whole window (padding
 entries from ``TokenStream`` weigh nothing), so accumulating k micro-batches of B equals one batch
 of k·B — the thesis code summed micro-batch means without rescaling. Learning rate: linear warmup,
-then cosine decay to 10%. ``out/last.pt`` holds the config, weights, optimizer, step, stream
-position and the tokenizer and autoencoder fingerprints; a rerun resumes at the exact next batch.
+then cosine decay to 10%. ``out/last.pt`` holds the config, weights, optimizer, step, the
+stream's state with its plan (batch size, world size, workers, seed, shuffle buffer, the sets'
+digests) and the tokenizer and autoencoder fingerprints; a rerun resumes at the exact next batch,
+for any number of dataloader workers. A rerun that would change the plan mid-epoch stops naming
+the setting (``stream.check_plan``); one that changes the schedule (steps, lr, warmup, weight
+decay, grad_accum) says so in a warning. Samples the stream could not read are logged, written
+to ``metrics.jsonl`` and stop the run above ``max_lost`` of an epoch (``stream.LostSamples``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,16 +24,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2i_data.errors import T2IError
+from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint, setup_distributed
+from .checkpoint import (load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint, setup_distributed,
+                         warn_changed_settings)
 from .prior_builders import PRIORS
 
+log = logging.getLogger(__name__)
 FORMAT = "t2i-prior/1"
+SCHEDULE = ("steps", "lr", "warmup", "weight_decay", "grad_accum")
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,12 @@ class PriorTrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
+    max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_lost <= 1:
+            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
         if self.arch not in PRIORS:
             raise T2IError(f"arch must be one of {', '.join(PRIORS)}, got {self.arch!r}")
         if not (self.image_tokens and self.text_tokens and self.out):
@@ -96,6 +108,8 @@ def save_prior(path: Path, model, **state) -> str:
 
 def train_prior(cfg: PriorTrainConfig) -> dict:
     rank, world, device = setup_distributed()
+    if rank == 0:
+        log.info("train prior: %s", json.dumps(asdict(cfg), sort_keys=True))
     cuda = device.type == "cuda"
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
     out = Path(cfg.out)
@@ -113,26 +127,31 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = PRIORS[cfg.arch](**tokens, **cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, epoch, in_epoch = 0, 0, 0
+    step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     if resume is not None:
+        state = resume.get("stream") or {"epoch": resume["epoch"], "batches_done": resume["batch_in_epoch"]}
+        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
+        warn_changed_settings(last, resume.get("train_config", {}), asdict(cfg), SCHEDULE)
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
-        step, epoch, in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        step = resume["step"]
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
-    nw = max(cfg.num_workers, 1)
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
     fingerprints = {"tokenizer": tok["fingerprint"], "autoencoder": ae["fingerprint"]}
     t0, tokens_seen = time.perf_counter(), 0
     end = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after > 0 else cfg.steps
+    lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, out / "metrics.jsonl")
+    lost.start_epoch(epoch, lost_before)
 
     def checkpoint() -> None:
         if rank == 0:
             save_prior(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                       train_config=asdict(cfg), fingerprints=fingerprints, tokens=tokens, text_config=ds.txt_m["config"])
+                       stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
+                       fingerprints=fingerprints, tokens=tokens, text_config=ds.txt_m["config"])
 
     while step < end:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)
-        it = iter(DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=cuda))
+        it = loader(ds, cfg.num_workers, pin_memory=cuda)
         exhausted = False
         while step < end:
             micro = []
@@ -144,6 +163,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
                 micro.append(b)
             if not micro:
                 break
+            lost.add(micro, step + 1)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
             model.train()
@@ -163,9 +183,9 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
                 rate = tokens_seen / (time.perf_counter() - t0)
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr_at(cfg, step - 1),
-                                        "valid": valid, "tokens_per_s": round(rate, 1)}) + "\n")
+                                        "valid": valid, "lost_in_epoch": lost.total, "tokens_per_s": round(rate, 1)}) + "\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
-            if (step % cfg.ckpt_every == 0 and in_epoch % nw == 0) or step == end:
+            if step % cfg.ckpt_every == 0 or step == end:  # any batch: a resume is exact for every worker count
                 checkpoint()
             if exhausted:
                 break
@@ -173,6 +193,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
             break
         if step < end:
             epoch, in_epoch = epoch + 1, 0
+            lost.start_epoch(epoch)
     bar.close()
     if world > 1:
         torch.distributed.barrier()

@@ -158,3 +158,14 @@ def test_shipped_clip_table_holds_the_thesis_schedule():
 
     cfg = ClipTrainConfig(**table(ROOT / "pipelines" / "mdmnist.toml", "train_clip"))
     assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step) == ("clip_mdmnist", 30, 64, 1e-3, 20)
+
+
+def test_clip_resumes_at_a_batch_that_is_not_a_multiple_of_the_workers(md_tokens, tmp_path):
+    """`t2i train clip ... num_workers=2 stop_after=3`, run twice: the second run used to refuse the
+    checkpoint the first one wrote."""
+    train_clip(clip_cfg(md_tokens, tmp_path / "whole", steps=4, num_workers=2))
+    train_clip(clip_cfg(md_tokens, tmp_path / "cut", steps=4, num_workers=2, stop_after=3))
+    train_clip(clip_cfg(md_tokens, tmp_path / "cut", steps=4, num_workers=2, stop_after=3))
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = rows(tmp_path / "whole"), rows(tmp_path / "cut")
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and [r["loss"] for r in a] == [r["loss"] for r in b]

@@ -122,3 +122,27 @@ def test_every_parameter_receives_a_gradient(name):
     m = PRIORS[name]()
     m(*batch())["loss"].backward()
     assert [n for n, p in m.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("name", PRIORS)
+def test_an_out_of_range_id_is_refused_with_its_name_never_clamped(name):
+    torch.manual_seed(0)
+    m = PRIORS[name]().eval()
+    text, image = batch()
+    prefix = name[:2].upper()
+    bad = text.clone()
+    bad[1, 3] = 65285  # the id, in a 24-id vocabulary
+    with pytest.raises(ValueError, match=f"{prefix} text tokens: id 65285 is outside the vocabulary of 24 ids"):
+        m(bad, image)
+    with pytest.raises(ValueError, match=f"{prefix} text tokens: id 65285 is outside"):
+        m.generate(bad, temperature=0)
+    with pytest.raises(ValueError, match=f"{prefix} image tokens: id -1 is outside the vocabulary of 32 ids"):
+        m(text, image - 1)
+    assert torch.isfinite(m(text, image)["loss"])
+
+
+def test_pad_id_must_be_a_text_id():
+    with pytest.raises(ValueError, match="pad_id 24 must be a text id, 0..23"):
+        g1_tiny(pad_id=24)
+    with pytest.raises(ValueError, match="pad_id 24 must be a text id"):
+        g2_tiny(pad_id=24)

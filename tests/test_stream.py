@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import InProcessRunner
-from t2i_data.stream import ShardStream, plan_epoch
+from t2i_data.stream import ShardStream, loader, plan_epoch, worker_share
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,84 @@ def test_epochs_differ_and_seeds_reproduce(shards):
     assert a != run_rank(shards, 0, 1, 2, 8, epoch=0, seed=6)
 
 
-@pytest.mark.parametrize("workers,skip", [(0, 5), (2, 4), (3, 6)])
-def test_resume_mid_epoch_gives_exactly_the_remaining_batches(shards, workers, skip):
+@pytest.mark.parametrize("workers,skip", [(0, 5), (2, 4), (3, 6), (2, 5), (3, 4), (3, 8)])
+def test_resume_mid_epoch_at_any_batch_gives_exactly_the_remaining_batches(shards, workers, skip):
     full = run_rank(shards, 0, 1, workers, 4, epoch=2)
     assert run_rank(shards, 0, 1, workers, 4, epoch=2, skip=skip) == full[skip:]
 
 
-def test_resume_must_be_on_a_worker_boundary_and_batches_must_fit(shards):
-    ds = ShardStream(shards, keys_only, batch_size=4)
-    with pytest.raises(T2IError, match="not a multiple of the 3 dataloader workers"):
-        ds.set_epoch(0, 4, num_workers=3)
+def test_worker_share_plays_the_plan_worker_whose_batch_comes_next():
+    assert [worker_share(5, w, 3) for w in range(3)] == [(2, 1), (0, 2), (1, 2)]  # batches 0..4 came from plan workers 0,1,2,0,1
+    assert [worker_share(0, w, 2) for w in range(2)] == [(0, 0), (1, 0)]
+    assert worker_share(7, 0, 0) == (0, 7)
+
+
+def test_batches_must_fit_and_a_changed_plan_is_refused_mid_epoch(shards):
     with pytest.raises(T2IError, match="cannot give every one of 8 workers a batch of 64"):
         plan_epoch([203], world=2, workers=4, batch=64, seed=0, epoch=0)
+    ds = ShardStream(shards, keys_only, batch_size=4, seed=5, shuffle_buffer=16)
+    ds.set_epoch(2)
+    state = ds.state_dict(3, num_workers=2)
+    assert ShardStream(shards, keys_only, batch_size=4, seed=5, shuffle_buffer=16).load_state_dict(state, 2) == (2, 3, 0)
+    with pytest.raises(T2IError, match=r"shuffle_buffer 16 → 256.*start fresh with another out="):
+        ShardStream(shards, keys_only, batch_size=4, seed=5).load_state_dict(state, 2, where="out/last.pt")
+
+
+def _copy(shards, tmp_path):
+    import shutil
+
+    shutil.copytree(shards, tmp_path / "train")
+    return tmp_path / "train"
+
+
+@pytest.mark.parametrize("cut_at", ["member", "bytes"])
+def test_a_truncated_shard_stops_the_epoch_naming_it(shards, tmp_path, cut_at):
+    """Truncated on a member boundary (a well-formed tar without end blocks) it used to give one
+    rank 69 batches where 75 were announced: a DDP hang. Now it is one error, from workers too."""
+    from t2i_data.tario import member_table
+
+    d = _copy(shards, tmp_path)
+    victim = d / "mdmnist-train-000003.tar"
+    data = victim.read_bytes()
+    names, offs, sizes = member_table(victim, data)
+    cut = int(offs[20] + sizes[20] + (-sizes[20] % 512)) if cut_at == "member" else len(data) - 700
+    victim.write_bytes(data[:cut])
+    ds = ShardStream(d, keys_only, batch_size=4, seed=5, shuffle_buffer=16)
+    with pytest.raises(T2IError, match=f"mdmnist-train-000003.tar: {cut} bytes where the manifest says {len(data)}") as e:
+        list(loader(ds, 2))
+    assert "Traceback" not in str(e.value)
+
+
+def test_a_same_size_replacement_is_refused_naming_both_hashes(shards, tmp_path):
+    import hashlib
+    import json
+
+    d = _copy(shards, tmp_path)
+    victim = d / "mdmnist-train-000000.tar"
+    data = bytearray(victim.read_bytes())
+    data[700] ^= 0x01
+    victim.write_bytes(bytes(data))
+    expected = json.loads((d / "manifest.json").read_text())["shards"][0]["sha256"]
+    with pytest.raises(T2IError, match=f"sha256 {hashlib.sha256(bytes(data)).hexdigest()}, the manifest says {expected}"):
+        list(ShardStream(d, keys_only, batch_size=4, seed=5, shuffle_buffer=16))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_gone_mid_run_is_counted_as_lost_and_every_batch_still_comes(shards, tmp_path, workers):
+    """No raw ReadError from a worker: the shard is named, its samples counted, padding keeps the count."""
+    d = _copy(shards, tmp_path)
+    ds = ShardStream(d, keys_only, batch_size=4, seed=5, shuffle_buffer=16)
+    clean = list(loader(ds, workers))
+    (d / "mdmnist-train-000001.tar").unlink()
+    batches = list(loader(ds, workers))
+    assert len(batches) == len(clean) == ds.batches_per_epoch(workers)
+    lost = sum(b["lost"] for b in batches)
+    in_plan = sum(1 for b in clean for k in b["key"] if 29 <= int(k.rsplit("-", 1)[1]) < 58)  # shard 1's planned samples
+    assert lost == in_plan > 0
+    assert set().union(*(b["lost_shards"] for b in batches)) == {"mdmnist-train-000001.tar"}
+    kept = [k for b in batches for k, v in zip(b["key"], b["valid"]) if v]
+    assert sorted(kept) == sorted(k for b in clean for k in b["key"] if not 29 <= int(k.rsplit("-", 1)[1]) < 58)
+    assert all(k == "" for b in batches for k, v in zip(b["key"], b["valid"]) if not v)  # padding entries
 
 
 def test_image_decoder_applies_the_online_random_part(tmp_path):

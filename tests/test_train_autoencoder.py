@@ -123,3 +123,32 @@ def test_training_on_gpu_with_bf16_and_channels_last(ae_images, tmp_path):
     assert result["step"] == 4
     model, _ = load_autoencoder(tmp_path / "g" / "last.pt")
     assert next(model.parameters()).device.type == "cpu"  # checkpoints load on machines without a GPU
+
+
+def test_resume_at_a_batch_that_is_not_a_multiple_of_the_workers_is_exact(ae_images, tmp_path, caplog):
+    import logging
+
+    common = dict(arch="dvae_tiny", images=str(ae_images), batch_size=1, num_workers=2, ckpt_every=100, log_every=1, grid_every=100)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), steps=5, **common))
+    train(TrainConfig(out=str(tmp_path / "cut"), steps=3, **common))  # checkpoint at batch 3 of the epoch, 2 workers
+    with caplog.at_level(logging.WARNING):
+        resumed = train(TrainConfig(out=str(tmp_path / "cut"), steps=5, **common))
+    assert "other schedule settings: steps 3 → 5" in caplog.text
+    assert [r["loss"] for r in metrics(tmp_path / "whole")] == [r["loss"] for r in metrics(tmp_path / "cut")]
+    assert resumed["fingerprint"] == whole["fingerprint"]
+    with pytest.raises(T2IError, match=r"stopped at batch 1 of epoch 1; this run changes the stream plan: shuffle_buffer 256 → 8"):
+        train(TrainConfig(out=str(tmp_path / "cut"), steps=6, shuffle_buffer=8, **common))
+
+
+def test_unreadable_images_are_counted_in_metrics_and_stop_above_max_lost(ae_images, tmp_path):
+    shutil.copytree(ae_images, tmp_path / "img")
+    first = sorted((tmp_path / "img").glob("*.tar"))[0]
+    n = json.loads((tmp_path / "img" / "manifest.json").read_text())["shards"][0]["samples"]
+    first.unlink()  # n of the 4 images
+    common = dict(arch="dvae_tiny", images=str(tmp_path / "img"), batch_size=1, num_workers=0, log_every=1, grid_every=100)
+    with pytest.raises(T2IError, match=rf"{n} of epoch 0's 4 samples could not be read \({first.name}: {n}\), more than max_lost"):
+        train(TrainConfig(out=str(tmp_path / "stop"), steps=4, **common))
+    train(TrainConfig(out=str(tmp_path / "go"), steps=4, max_lost=0.5, **common))
+    rows = metrics(tmp_path / "go")
+    assert sum(r.get("lost", 0) for r in rows) == n and all(r["lost_shards"] == {first.name: r["lost"]} for r in rows if "lost" in r)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]

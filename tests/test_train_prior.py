@@ -139,3 +139,72 @@ def test_two_process_ddp_gives_the_gradients_of_one_process_on_the_same_global_b
     assert ddp["valid"] == valid == 6
     assert set(ddp["grads"]) == set(single) == {n for n, _ in model.named_parameters()}  # every parameter takes part
     assert all(torch.allclose(ddp["grads"][n], single[n], atol=1e-6, rtol=1e-4) for n in single)
+
+
+def _copy_set(md_tokens, tmp_path, which):
+    import shutil
+
+    shutil.copytree(md_tokens / which, tmp_path / which)
+    return tmp_path / which
+
+
+def test_a_resume_that_changes_the_plan_mid_epoch_stops_naming_the_setting(md_tokens, tmp_path):
+    """The issue's run: batch_size=4 stop_after=5, then batch_size=8 (20 of 103 samples were never
+    seen that epoch); now the rerun stops before training, naming old and new value."""
+    train_prior(cfg(md_tokens, tmp_path / "r", steps=30, stop_after=5))
+    with pytest.raises(T2IError, match=r"last.pt stopped at batch 5 of epoch 0; this run changes the stream plan: "
+                                       r"batch_size 4 → 8\. .*Resume with the old value\(s\).*or start fresh with another out="):
+        train_prior(cfg(md_tokens, tmp_path / "r", steps=30, batch_size=8))
+    with pytest.raises(T2IError, match=r"seed 0 → 1"):
+        train_prior(cfg(md_tokens, tmp_path / "r", steps=30, seed=1))
+    assert train_prior(cfg(md_tokens, tmp_path / "r", steps=30, stop_after=1))["step"] == 6  # the same plan resumes
+
+
+def test_schedule_changes_on_resume_are_warned_and_the_config_is_echoed(md_tokens, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train_prior(cfg(md_tokens, tmp_path / "r", steps=6, stop_after=2))
+    assert 'train prior: {"arch": "g1_tiny", "batch_size": 4' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train_prior(cfg(md_tokens, tmp_path / "r", steps=20, lr=1e-3, stop_after=1))
+    assert "other schedule settings: steps 6 → 20; lr 0.003 → 0.001" in caplog.text
+
+
+def test_resume_is_exact_at_a_batch_that_is_not_a_multiple_of_the_workers(md_tokens, tmp_path):
+    """num_workers=2 stop_after=3, run twice: the second run used to fail ('resume at batch 3 is not
+    a multiple of the 2 dataloader workers'); now it continues as the uninterrupted run does."""
+    train_prior(cfg(md_tokens, tmp_path / "whole", steps=5, num_workers=2))
+    train_prior(cfg(md_tokens, tmp_path / "cut", steps=5, num_workers=2, stop_after=3))
+    train_prior(cfg(md_tokens, tmp_path / "cut", steps=5, num_workers=2))
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5] and [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_a_damaged_text_shard_stops_training_naming_it(md_tokens, tmp_path):
+    """One byte of a text-token shard gives id 65285 in a 24-id vocabulary: `t2i train prior`
+    trained 130 steps on it (G1/G2 clamped the id); now the stream refuses the shard."""
+    text = _copy_set(md_tokens, tmp_path, "text")
+    victim = text / "mdmnist-train-000001.tar"
+    data = bytearray(victim.read_bytes())
+    data[512 + 128 + 1] = 0xFF  # the high byte of the first sample's first id (.npy header: 128 bytes)
+    victim.write_bytes(bytes(data))
+    with pytest.raises(T2IError, match="text/mdmnist-train-000001.tar: sha256 .* the manifest says"):
+        train_prior(cfg(md_tokens, tmp_path / "r", steps=40, text_tokens=str(text)))
+
+
+def test_lost_samples_go_to_metrics_and_stop_the_run_above_max_lost(md_tokens, tmp_path):
+    img = _copy_set(md_tokens, tmp_path, "img")
+    (img / "mdmnist-train-000004.tar").unlink()  # 16 of 103 samples unreadable
+    with pytest.raises(T2IError, match=r"16 of epoch 0's 103 samples could not be read \(mdmnist-train-000004.tar: 16\), "
+                                       r"more than max_lost=0.001"):
+        train_prior(cfg(md_tokens, tmp_path / "stop", steps=40, image_tokens=str(img)))
+    train_prior(cfg(md_tokens, tmp_path / "go", steps=52, image_tokens=str(img), max_lost=0.2, ckpt_every=100))
+    rows = metrics(tmp_path / "go")
+    lost_rows = [r for r in rows if "lost" in r]
+    assert sum(r["lost"] for r in lost_rows) == 32  # 16 in each of two epochs (26 batches of 4 per epoch)
+    assert all(r["lost_shards"] == {"mdmnist-train-000004.tar": r["lost"]} for r in lost_rows)
+    assert sum(r["valid"] for r in rows if "valid" in r and r["epoch"] == 0) == 103 - 16
+    with pytest.raises(T2IError, match="max_lost is a share"):
+        cfg(md_tokens, tmp_path, max_lost=5)
