@@ -5,11 +5,18 @@ numbers, strings and tensors only), written by ``save_checkpoint`` and read back
 
 The weights fingerprint is the sha256 over the state dict (names, dtypes, shapes and bytes, in
 name order): the same weights give the same fingerprint on any machine.
+
+A save goes to ``<name>.partial`` (a leftover one from an interrupted save is removed first: it
+holds the space the new one needs), is flushed to disk, then renamed over the old file; a save
+that fails (a full disk) removes its partial file and stops with one ``T2IError`` naming the
+path, the free space and that the previous checkpoint is still there.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +26,7 @@ from t2i_data.errors import T2IError
 from .dvae import DVAE, DVAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 
+log = logging.getLogger(__name__)
 FORMAT = "t2i-autoencoder/1"
 KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
 
@@ -41,8 +49,26 @@ def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "fingerprint": weights_fingerprint(model)}
     payload.update(state)
     tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise T2IError(f"{path}: could not write the checkpoint ({reason}; {free}); {kept}. Free space (or fix the folder) "
+                       f"and rerun: training resumes from the last checkpoint") from None
     return payload["fingerprint"]
 
 
@@ -79,6 +105,16 @@ def resume_checkpoint(last: Path, arch: str, map_location="cpu") -> dict | None:
     if found != arch:
         raise T2IError(f"{last} is a {found} run; use another out= for {arch}")
     return ck
+
+
+def warn_changed_settings(where: Path, saved: dict, now: dict, keys: tuple[str, ...]) -> list[str]:
+    """Log one warning listing the settings among ``keys`` (schedule: steps, lr, warmup...) whose
+    value differs between the checkpoint's train_config and this run; returns the changes."""
+    changed = [f"{k} {saved[k]!r} → {now[k]!r}" for k in keys if k in saved and k in now and saved[k] != now[k]]
+    if changed:
+        log.warning("resuming %s with other schedule settings: %s; the schedule (learning rate, steps) follows the new values "
+                    "from here on, so the run is no longer the one the checkpoint started", where, "; ".join(changed))
+    return changed
 
 
 def save_autoencoder(path: str | Path, model, **state) -> str:
