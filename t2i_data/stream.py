@@ -331,7 +331,9 @@ class ShardStream(IterableDataset):
                     if i >= b:
                         break
                     if i >= a:
-                        yield name, merge_aligned(parts, name)
+                        merged = merge_aligned(parts, name)
+                        merged["__url__"] = str(self.dirs[0] / name)  # names the shard in a decoder's error
+                        yield name, merged
                     i += 1
             except OSError as e:  # gone or unreadable since the run started: count, report, go on
                 n = b - max(i, a)

@@ -561,11 +561,7 @@ def _bomb_runs(base, bomb_set, out):
     }
 
 
-PENDING = pytest.mark.xfail(strict=False, reason="needs augment.stored_image (used by stream.image_decoder and t2i_models/encode.py) "
-                            "to decode through t2i_data.pngio.load_image; owned by other engineers (issue 15 report)")
-
-
-@pytest.mark.parametrize("name", ["verify --deep", "preview", "encode", pytest.param("ShardStream", marks=PENDING)])
+@pytest.mark.parametrize("name", ["verify --deep", "preview", "encode", "ShardStream"])
 def test_a_140_kb_png_of_144_megapixels_is_refused_before_it_is_decoded(name, base, bomb_set, tmp_path):
     hostile, clean, expected = _bomb_runs(base, bomb_set, tmp_path)[name]
     got, text = measure(*hostile)
