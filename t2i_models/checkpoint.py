@@ -81,7 +81,8 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
     except FileNotFoundError:
         raise T2IError(f"{where}: no such checkpoint") from None
     except Exception as e:  # pickle errors, a non-checkpoint file, a disallowed global
-        raise T2IError(f"{where}: not a loadable t2i checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]  # torch's weights_only message runs to a dozen lines
+        raise T2IError(f"{where}: not a loadable t2i checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ck, dict) or "format" not in ck:
         raise T2IError(f"{where}: not a t2i checkpoint")
     return ck
