@@ -31,8 +31,9 @@ from .digest import canonical_array
 from .errors import T2IError
 from .manifest import find_manifests, load_manifest
 from .card import write_build_card
+from .export import ShardSet, checked_samples
 from .shardset import ShardStats, build_shard_set, derived_dir, locks_out
-from .tario import WRITER_ID, iter_samples
+from .tario import WRITER_ID
 from .text import cached_tokenizer, load_tokenizer, sample_captions
 
 
@@ -115,11 +116,18 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(arr).tobytes()
 
 
-def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, image_shard: str) -> Iterator:
-    """One image shard → its text-token shard: every caption of the shard encoded in one batch."""
+def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, shard: tuple[str, dict]) -> Iterator:
+    """One image shard → its text-token shard: every caption of the shard encoded in one batch.
+
+    ``shard``: (its folder, its manifest record). The shard is read only after its size and sha256
+    match the record, and its sample count must too (``export.checked_samples``): a shard
+    truncated on a member boundary would otherwise give a short text-token shard that claims to
+    be aligned with the whole image set."""
+    folder, record = shard
+    image_shard = str(Path(folder) / record["name"])
     tok = cached_tokenizer(tokenizer_dir)
     keys, counts, captions, repaired = [], [], [], 0
-    for sample in iter_samples(image_shard):
+    for sample in checked_samples(ShardSet(Path(folder), {"shards": [record]}), record):
         caps, fixed = sample_captions(sample, image_shard)  # a caption that is not a str stops the run
         repaired += fixed
         keys.append(sample["__key__"])
@@ -168,7 +176,7 @@ def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg
         manifests[base["split"]] = build_shard_set(
             partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
-            desc=f"tokenize {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
+            desc=f"tokenize {base['dataset']} {base['split']}", payloads=[(str(split_dir), s) for s in base["shards"]],
         )
     write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
     return manifests

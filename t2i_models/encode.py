@@ -20,6 +20,7 @@ import torch
 
 from t2i_data.augment import regime_of, stored_image, views
 from t2i_data.card import write_build_card
+from t2i_data.export import ShardSet, checked_samples
 from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
@@ -67,15 +68,19 @@ def encode_arrays(model, images: list[np.ndarray], batch_size: int) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, model.cfg.grid, model.cfg.grid), np.int64)
 
 
-def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dtype: str, json_schema, image_shard: str) -> Iterator:
+def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dtype: str, json_schema, shard: tuple[str, dict]) -> Iterator:
     """One image shard → its image-token shard; ``json_schema`` (``t2i_data.schema``) is what
-    every sample's JSON must match."""
+    every sample's JSON must match. ``shard``: (its folder, its manifest record); it is read
+    only after its size and sha256 match, and its sample count must too
+    (``export.checked_samples``), so a truncated shard cannot give a short aligned set."""
+    folder, record = shard
+    image_shard = str(Path(folder) / record["name"])
     from t2i_data.regimes import Regime
 
     model, _ = cached_autoencoder(ckpt)
     regime = Regime(regime_name, size) if regime_name else None
     keys, params, arrays = [], [], []
-    for sample in iter_samples(image_shard):
+    for sample in checked_samples(ShardSet(Path(folder), {"shards": [record]}), record):
         vs = sample_views(sample, regime, cfg.seed, cfg.views, image_shard)
         keys.append(sample["__key__"])
         params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
@@ -123,7 +128,7 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
             partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
                     schema_for("image_tokens", base["dataset"], dtype)["json"]), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
-            desc=f"encode {base['dataset']} {base['split']}", payloads=[str(split_dir / s["name"]) for s in base["shards"]],
+            desc=f"encode {base['dataset']} {base['split']}", payloads=[(str(split_dir), s) for s in base["shards"]],
         )
     write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
     return manifests

@@ -584,3 +584,27 @@ def test_load_image_names_the_limit_and_decodes_what_is_under_it():
     with pytest.raises(T2IError, match="s.tar: k.png: not an image"):
         load_image(b"GIF? no", "s.tar: k.png")
     assert MAX_SHARD_PIXELS == 1 << 24
+
+
+@pytest.mark.parametrize("command", ["tokenize", "encode"])
+def test_an_image_shard_truncated_on_a_member_boundary_stops_tokenize_and_encode(md_tokens, tmp_path, capsys, command):
+    """Issue 15: tokenize exited 0 with 579 of 600 samples, encode with 577, both manifests still
+    claiming alignment with the whole image set."""
+    import shutil
+
+    from t2i_data.tario import iter_members
+
+    images = tmp_path / "md"
+    shutil.copytree(md_tokens / "md" / "train", images)
+    shard = sorted(images.glob("*.tar"))[1]
+    members = list(iter_members(shard))
+    keep = 2 * (len(members) // 2 - 1)  # whole samples, then no end-of-archive blocks
+    size = 0
+    for name, data in members[:keep]:
+        size += 512 + len(data) + (-len(data) % 512)
+    shard.write_bytes(shard.read_bytes()[:size])
+    argv = (["tokenize", "--tokenizer", str(md_tokens / "tk"), "--length", "12"] if command == "tokenize"
+            else ["encode", "--autoencoder", str(md_tokens / "ae.pt")])
+    assert main(["-q", *argv, "--images", str(images), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and shard.name in err[0] and "does not match the manifest" in err[0]
