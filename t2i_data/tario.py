@@ -215,7 +215,12 @@ def member_table(path: str | os.PathLike, data, sha256: str | None = None) -> tu
     the expected one, and every entry against the header it points at, checked in vectorised
     passes: ``_index_problem``); otherwise from the headers. ``data`` is the file's bytes (any
     buffer). Raises ``ShardError`` for a broken archive and ``ValueError`` for one that is not
-    plain ustar (pax / GNU headers)."""
+    plain ustar (pax / GNU headers).
+
+    This reads structure, not identity: the index's recorded sha256 only says which file it was
+    written for. A caller that must know the file is the one its manifest describes hashes it
+    first (``stream.verify_shard``, ``export.check_shard``), as every reader in this package does.
+    """
     doc = _read_index(path)
     if doc is not None:
         try:
