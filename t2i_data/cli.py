@@ -91,6 +91,8 @@ def cmd_preprocess(args) -> int:
 def cmd_tokenizer(args) -> int:
     from . import text
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise T2IError(f"--out {args.out}: a file, not a folder for the tokenizer")
     if args.action == "train":
         captions, origin = text.training_captions(args.images)  # checked: a caption that is not a str stops here
         caps = {}
@@ -147,7 +149,10 @@ def _train_config(args, section: str, cls):
         raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
     from .config import construct
 
-    return construct(cls, values, section, flag=lambda name: f"{name}=...")
+    out = values.get("out")
+    if isinstance(out, str) and out and Path(out).exists() and not Path(out).is_dir():
+        raise T2IError(f"out={out}: a file, not a folder for checkpoints")
+    return construct(cls, values, section, flag=lambda name: name)
 
 
 def cmd_train_autoencoder(args) -> int:
@@ -208,6 +213,15 @@ def cmd_eval_mdmnist(args) -> int:
 
 def cmd_sample(args) -> int:
     from t2i_models.sample import sample_grid
+
+    if args.n < 1:
+        raise T2IError(f"-n must be at least 1 (samples per prompt), got {args.n}")
+    if args.temperature < 0 or args.temperature != args.temperature:
+        raise T2IError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise T2IError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise T2IError(f"--top-k must be 0 (off) or more, got {args.top_k}")
 
     prompts = list(args.prompt or [])
     if args.prompts:

@@ -6,7 +6,9 @@ The dataclass (e.g. ``MDMNISTConfig``) is the one place each default lives; a fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
 from pathlib import Path
 
 from .errors import T2IError
@@ -40,12 +42,48 @@ def resolve(cls, path: str | Path | None, section: str, flags: dict):
 
 
 def construct(cls, values: dict, section: str | None = None, flag=lambda name: f"--{name.replace('_', '-')}"):
-    """``cls(**values)``, after one ``T2IError`` naming every field that has no default and no
-    value (``flag(name)`` says how the user gives it)."""
+    """``cls(**values)``, after checking what a config file or ``key=value`` can get wrong: one
+    ``T2IError`` naming every field that has no default and no value (``flag(name)`` says how
+    the user gives it), then each value against its field's type (an ``int`` field takes an int
+    of at least 0, never a bool; a ``float`` field a finite number; a ``str`` field a string;
+    ``X | None`` also None). The dataclass's own ``__post_init__`` checks then run; a
+    ``ValueError`` or ``TypeError`` from them is wrong use too, reported the same way."""
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise T2IError(" and ".join(flag(m) for m in missing) + " needed"
                        + (f" (or '{missing[0]}' in the [{section}] table of --config)" if section else "")
                        + f": {cls.__name__} has no default for {', '.join(missing)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        problem = type_problem(hints.get(name), value)
+        if problem:
+            raise T2IError(f"{flag(name)}: {problem}, got {value!r}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, T2IError):
+            raise
+        raise T2IError(f"{cls.__name__}: {e}") from None
+
+
+def type_problem(hint, value) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint``, or None (unknown annotations pass)."""
+    args = typing.get_args(hint)
+    if value is None:
+        return None if type(None) in args else "a value is needed"
+    if args and type(None) in args:  # X | None
+        hint = next(a for a in args if a is not type(None))
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "needs a whole number"
+        return "needs a number of at least 0" if value < 0 else None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "needs a finite number"
+        return None
+    if hint is str and not isinstance(value, str):
+        return "needs text"
+    if hint is bool and not isinstance(value, bool):
+        return "needs true or false"
+    return None

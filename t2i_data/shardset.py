@@ -164,6 +164,14 @@ def derived_dir(source: str | Path, manifest_path: Path, out: str | Path) -> Pat
     return Path(out) if single else Path(out) / manifest_path.parent.name
 
 
+def refuse_overwrite(source_dir: Path, target: Path) -> None:
+    """A derived set written into its own source folder would replace the source's shards (same
+    names): refuse it with one message."""
+    if Path(target).resolve() == Path(source_dir).resolve():
+        raise T2IError(f"--out {target}: that is the input set's own folder, whose shards the output would replace; "
+                       "give another folder")
+
+
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 

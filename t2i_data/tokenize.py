@@ -32,10 +32,13 @@ from .errors import T2IError
 from .manifest import find_manifests, load_manifest
 from .card import write_build_card
 from .export import ShardSet, checked_samples
-from .shardset import ShardStats, build_shard_set, derived_dir, locks_out
+from .shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
 from .tario import WRITER_ID
 from .text import cached_tokenizer, load_tokenizer, sample_captions
 
+
+
+MAX_LENGTH = 1 << 16  # tokens per caption; each row is allocated at this length for every caption
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         if self.length < 1 + self.add_bos + self.add_eos:
             raise T2IError(f"--length must leave room for at least one token besides BOS/EOS, got {self.length}")
+        if self.length > MAX_LENGTH:
+            raise T2IError(f"--length {self.length}: at most {MAX_LENGTH} tokens per caption (DALL·E uses 256)")
 
 
 def clean_caption(text: str) -> tuple[str, bool]:
@@ -173,6 +178,7 @@ def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID},
         }
         target = derived_dir(images, mpath, out)
+        refuse_overwrite(split_dir, target)
         manifests[base["split"]] = build_shard_set(
             partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype), target,
             f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,

@@ -29,12 +29,24 @@ def config_with(cfg_cls, base: dict, overrides: dict, what: str):
     """``cfg_cls(**{**base, **overrides})``, after refusing override keys that are not fields of
     ``cfg_cls`` with a ``T2IError`` naming them and the known fields (a ``TypeError`` from the
     dataclass would name neither the setting nor what to do)."""
+    import typing
+
+    from t2i_data.config import type_problem
+
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise T2IError(f"{', '.join('model.' + k for k in unknown)}: not a setting of {what}; "
                        f"known: {', '.join(sorted(fields))}")
-    return cfg_cls(**{**base, **overrides})
+    hints = typing.get_type_hints(cfg_cls)
+    for name, value in overrides.items():
+        problem = type_problem(hints.get(name), value)
+        if problem:
+            raise T2IError(f"model.{name}: {problem}, got {value!r}")
+    try:
+        return cfg_cls(**{**base, **overrides})
+    except ValueError as e:  # the config's own range checks
+        raise T2IError(f"{what}: {e}") from None
 
 
 def build_autoencoder(name_or_cfg, **overrides):
@@ -47,4 +59,7 @@ def build_autoencoder(name_or_cfg, **overrides):
     else:
         cfg, what = name_or_cfg, type(name_or_cfg).__name__
     cfg = config_with(type(cfg), dataclasses.asdict(cfg), overrides, what)
-    return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE(cfg)
+    try:
+        return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE(cfg)
+    except ValueError as e:  # an architecture that cannot be built (e.g. more downsamples than the image allows)
+        raise T2IError(f"{what}: {e}") from None

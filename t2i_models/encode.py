@@ -25,7 +25,7 @@ from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
 from t2i_data.manifest import find_manifests, load_manifest
-from t2i_data.shardset import ShardStats, build_shard_set, derived_dir, locks_out
+from t2i_data.shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
 from t2i_data.tario import WRITER_ID, iter_samples
 from t2i_data.tokenize import npy_bytes
 
@@ -124,6 +124,7 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         }
         split_dir = mpath.parent
         target = derived_dir(images, mpath, out)
+        refuse_overwrite(split_dir, target)
         manifests[base["split"]] = build_shard_set(
             partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
                     schema_for("image_tokens", base["dataset"], dtype)["json"]), target,

@@ -31,7 +31,7 @@ def junk(tmp_path_factory):
 
 def WRONG(d):  # (argv, a fragment of the one-line message)
     return [
-        (["mdmnist", "build", "--out", f"{d}/o", "--train", "-5"], "--train must be >= 0"),
+        (["mdmnist", "build", "--out", f"{d}/o", "--train", "-5"], "--train: needs a number of at least 0"),
         (["mdmnist", "build", "--out", f"{d}/o", "--png-level", "12"], "--png-level must be in 0..9"),
         (["mdmnist", "build", "--out", f"{d}/o", "--mnist", f"{d}/empty"], "point --mnist at the folder"),
         (["mdmnist", "build", "--out", f"{d}/o", "--config", f"{d}/notes.txt"], "not valid TOML"),
@@ -59,13 +59,26 @@ def WRONG(d):  # (argv, a fragment of the one-line message)
         (["preview", f"{d}/missing.tar", "--out", f"{d}/p.png"], "no such shard file"),
         (["export", f"{d}/notes.txt", "--out", f"{d}/x"], "a file, not a shard set"),
         (["inspect", f"{d}/missing"], "no such folder"),
+        (["train", "prior", "arch=g1_tiny", f"image_tokens={d}", f"text_tokens={d}", f"out={d}/r", "batch_size=abc"], "batch_size: needs a whole number"),
+        (["train", "prior", "arch=g1_tiny", f"image_tokens={d}", f"text_tokens={d}", f"out={d}/r", "num_workers=-1"], "num_workers: needs a number of at least 0"),
+        (["train", "autoencoder", f"images={d}", f"out={d}/r", "lr=inf"], "lr: needs a finite number"),
+        (["train", "prior", f"out={d}/notes.txt"], "a file, not a folder for checkpoints"),
+        (["tokenizer", "load", "--kind", "mdmnist", "--out", f"{d}/notes.txt"], "a file, not a folder for the tokenizer"),
+        (["tokenize", "--tokenizer", f"{d}/notes.txt", "--images", f"{d}/empty", "--out", f"{d}/tt", "--length", "8"], "not a folder"),
+        (["tokenize", "--tokenizer", f"{d}/empty", "--images", f"{d}/empty", "--out", f"{d}/tt", "--length", "99999999999"], "at most 65536"),
+        (["sample", "--prior", f"{d}/bad.pt", "--autoencoder", f"{d}/bad.pt", "--tokenizer", f"{d}/empty", "--out", f"{d}/s.png",
+          "--prompt", "x", "-n", "0"], "-n must be at least 1"),
+        (["sample", "--prior", f"{d}/bad.pt", "--autoencoder", f"{d}/bad.pt", "--tokenizer", f"{d}/empty", "--out", f"{d}/s.png",
+          "--prompt", "x", "--top-p", "2"], "--top-p must be in (0, 1]"),
+        (["sample", "--prior", f"{d}/bad.pt", "--autoencoder", f"{d}/bad.pt", "--tokenizer", f"{d}/empty", "--out", f"{d}/s.png",
+          "--prompt", "x", "--temperature", "-1"], "--temperature must be 0 (greedy) or more"),
     ]
 
 
-@pytest.mark.parametrize("case", range(27))
+@pytest.mark.parametrize("case", range(37))
 def test_every_subcommand_refuses_wrong_use_with_one_line_and_exit_2(junk, case, capsys):
     table = WRONG(junk)
-    assert len(table) == 27
+    assert len(table) == 37
     argv, fragment = table[case]
     assert main(["-q", *argv, *(["--workers", "0"] if argv[0] in ("mdmnist", "preprocess", "tokenize", "encode") else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -80,6 +93,10 @@ def test_unknown_model_settings_name_the_known_ones():
     for make in (lambda: build_autoencoder("dvae_tiny", foo=1), lambda: PRIORS["g2_tiny"](foo=1), lambda: CLIPS["clip_tiny"](foo=1)):
         with pytest.raises(T2IError, match=r"model\.foo: not a setting of \w+; known: .*width|model\.foo: not a setting of \w+; known: .*hidden"):
             make()
+    with pytest.raises(T2IError, match=r"model\.hidden: needs a whole number, got 'abc'"):
+        build_autoencoder("dvae_tiny", hidden="abc")
+    with pytest.raises(T2IError, match=r"model\.layers: needs a whole number"):
+        PRIORS["g1_tiny"](layers=2.5)
     assert PRIORS["g1_tiny"](layers=3).cfg.layers == 3  # an override of an architecture field the builder also sets
 
 
@@ -176,3 +193,16 @@ def test_preview_takes_folders_and_refuses_another_autoencoders_tokens(md_tokens
         err = capsys.readouterr().err
         assert "were made by the autoencoder with fingerprint" in err and "not by --autoencoder" in err
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command", ["tokenize", "encode"])
+def test_a_derived_set_is_never_written_into_its_source_folder(md_tokens, tmp_path, capsys, command):
+    import shutil
+
+    shutil.copytree(md_tokens / "md" / "train", tmp_path / "train")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "train").glob("*.tar")}
+    argv = (["tokenize", "--tokenizer", str(md_tokens / "tk"), "--length", "12"] if command == "tokenize"
+            else ["encode", "--autoencoder", str(md_tokens / "ae.pt")])
+    assert main(["-q", *argv, "--images", str(tmp_path / "train"), "--out", str(tmp_path / "train"), "--workers", "0"]) == 2
+    assert "the input set's own folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "train").glob("*.tar")} == before

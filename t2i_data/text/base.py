@@ -88,11 +88,15 @@ class TextTokenizer:
 
 
 def read_meta(folder: Path) -> dict:
+    if not Path(folder).is_dir():
+        raise T2IError(f"{folder}: not a folder; a saved tokenizer is the folder 't2i tokenizer train|load --out' wrote")
     path = folder / META_NAME
     try:
         meta = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise T2IError(f"{folder}: no {META_NAME}; make a tokenizer with 't2i tokenizer train' or 't2i tokenizer load'") from None
+    except (OSError, ValueError) as e:
+        raise T2IError(f"{path}: not a readable tokenizer description ({e})") from None
     missing = [n for n in meta.get("files", []) if not (folder / n).is_file()]
     if missing:
         raise T2IError(f"{folder}: tokenizer files missing: {', '.join(missing)}")
