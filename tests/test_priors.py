@@ -142,7 +142,11 @@ def test_an_out_of_range_id_is_refused_with_its_name_never_clamped(name):
 
 
 def test_pad_id_must_be_a_text_id():
-    with pytest.raises(ValueError, match="pad_id 24 must be a text id, 0..23"):
+    """One message (a T2IError, so the CLI prints one line), e.g. for token shards whose manifest
+    gives a pad id outside its vocabulary."""
+    from t2i_data.errors import T2IError
+
+    with pytest.raises(T2IError, match="g1_tiny: pad_id 24 must be a text id, 0..23"):
         g1_tiny(pad_id=24)
-    with pytest.raises(ValueError, match="pad_id 24 must be a text id"):
+    with pytest.raises(T2IError, match="g2_tiny: pad_id 24 must be a text id"):
         g2_tiny(pad_id=24)
