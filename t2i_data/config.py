@@ -54,17 +54,23 @@ def construct(cls, values: dict, section: str | None = None, flag=lambda name: f
         raise T2IError(" and ".join(flag(m) for m in missing) + " needed"
                        + (f" (or '{missing[0]}' in the [{section}] table of --config)" if section else "")
                        + f": {cls.__name__} has no default for {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        problem = type_problem(hints.get(name), value)
-        if problem:
-            raise T2IError(f"{flag(name)}: {problem}, got {value!r}")
+    check_types(cls, values, flag)
     try:
         return cls(**values)
     except (ValueError, TypeError) as e:
         if isinstance(e, T2IError):
             raise
         raise T2IError(f"{cls.__name__}: {e}") from None
+
+
+def check_types(cls, values: dict, flag) -> None:
+    """``T2IError`` for the first value that does not fit its field's annotation in dataclass
+    ``cls`` (see ``type_problem``), naming it as ``flag(name)``."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        problem = type_problem(hints.get(name), value)
+        if problem:
+            raise T2IError(f"{flag(name)}: {problem}, got {value!r}")
 
 
 def type_problem(hint, value) -> str | None:

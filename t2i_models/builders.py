@@ -29,20 +29,14 @@ def config_with(cfg_cls, base: dict, overrides: dict, what: str):
     """``cfg_cls(**{**base, **overrides})``, after refusing override keys that are not fields of
     ``cfg_cls`` with a ``T2IError`` naming them and the known fields (a ``TypeError`` from the
     dataclass would name neither the setting nor what to do)."""
-    import typing
-
-    from t2i_data.config import type_problem
+    from t2i_data.config import check_types
 
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise T2IError(f"{', '.join('model.' + k for k in unknown)}: not a setting of {what}; "
                        f"known: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cfg_cls)
-    for name, value in overrides.items():
-        problem = type_problem(hints.get(name), value)
-        if problem:
-            raise T2IError(f"model.{name}: {problem}, got {value!r}")
+    check_types(cfg_cls, overrides, lambda name: f"model.{name}")
     try:
         return cfg_cls(**{**base, **overrides})
     except ValueError as e:  # the config's own range checks
