@@ -221,7 +221,7 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
         meta_json = canonical_json(meta)
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800", valid JSON) in a source string
         raise Quarantine("bad-metadata", f"a text field holds a character UTF-8 cannot encode ({e.reason} at {e.start})") from None
-    return {"__key__": rec.key, "jpg": jpg, "json": meta_json,
+    return {"__key__": rec.key, "jpg": jpg, "json": meta_json, "__stats__": sample_stats(meta),
             "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
 
 
@@ -237,7 +237,7 @@ def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
             yield Rejected(rec.key, str(e))
             continue
-        totals = merge_stats(totals, stats_of_sample(sample))
+        totals = merge_stats(totals, sample["__stats__"])  # not parsed again from the JSON just written
         yield sample
     yield ShardStats(totals)
 
