@@ -131,13 +131,3 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     model_cls, cfg_cls = KINDS[ck["kind"]]
     return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)), ck
 
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device): joins the torchrun process group when WORLD_SIZE > 1 (NCCL on
-    GPUs, gloo on CPUs); one GPU per process, picked by LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    return rank, world, device

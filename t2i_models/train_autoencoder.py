@@ -33,7 +33,8 @@ from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import LostSamples, ShardStream, image_decoder, loader
 
 from .builders import CONFIGS, build_autoencoder
-from .checkpoint import resume_checkpoint, save_autoencoder, setup_distributed, warn_changed_settings, weights_fingerprint
+from .checkpoint import resume_checkpoint, save_autoencoder, warn_changed_settings, weights_fingerprint
+from .distributed import setup_distributed, wait_for_all, wrap_ddp
 
 log = logging.getLogger(__name__)
 SCHEDULE = ("steps", "lr", "model")  # model: the dVAE's τ / λ schedules and the VQ-VAE's settings live there
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig) -> dict:
         opt.load_state_dict(ck["optimizer"])
         step = ck["step"]
         log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    ddp = wrap_ddp(model, world, device)
     metrics_path = out / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
     lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, metrics_path)
@@ -194,6 +195,5 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     if rank == 0:
         _grid(x, res["recon"].detach(), out / "grid-last.png")
-    if world > 1:
-        torch.distributed.barrier()
+    wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last)}

@@ -34,8 +34,9 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_autoencoder, resume_checkpoint, setup_distributed, warn_changed_settings
+from .checkpoint import load_autoencoder, resume_checkpoint, warn_changed_settings
 from .clip import CLIPS, save_clip, symbols_from_text_tokens
+from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         step = ck["step"]
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    ddp = wrap_ddp(model, world, device)
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
     end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
@@ -184,6 +185,5 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         acc = clip_accuracy(model.eval(), ae, cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.seed, device=device)
         result["test_accuracy"] = acc
         checkpoint(test_accuracy=acc)
-    if world > 1:
-        torch.distributed.barrier()
+    wait_for_all(world)
     return result

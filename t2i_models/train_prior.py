@@ -30,8 +30,9 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import (load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint, setup_distributed,
+from .checkpoint import (load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint,
                          warn_changed_settings)
+from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .prior_builders import PRIORS
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
         step = resume["step"]
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    ddp = wrap_ddp(model, world, device)
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
     fingerprints = {"tokenizer": tok["fingerprint"], "autoencoder": ae["fingerprint"]}
     t0, tokens_seen = time.perf_counter(), 0
@@ -195,8 +196,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
             epoch, in_epoch = epoch + 1, 0
             lost.start_epoch(epoch)
     bar.close()
-    if world > 1:
-        torch.distributed.barrier()
+    wait_for_all(world)
     return {"step": step, "epoch": epoch, "checkpoint": str(last)}
 
 
