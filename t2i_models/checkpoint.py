@@ -1,7 +1,10 @@
-"""Checkpoints of every model here (autoencoders, priors, CLIP): config, weights and training
-state in one ``torch.save`` file that ``torch.load(weights_only=True)`` reads (plain dicts, lists,
-numbers, strings and tensors only), written by ``save_checkpoint`` and read back by
-``load_checkpoint_dict`` / ``restore_weights``; ``resume_checkpoint`` is every trainer's resume.
+"""Checkpoints of every model here (autoencoders, priors, CLIP), and the one home of their formats:
+config, weights and training state in one ``torch.save`` file that ``torch.load(weights_only=True)``
+reads (plain dicts, lists, numbers, strings and tensors only), written by ``save_checkpoint`` and
+read back by ``load_checkpoint_dict`` / ``restore_weights``; ``resume_checkpoint`` is every
+trainer's resume. Each model family has its format string and a save / load pair here
+(``save_autoencoder`` / ``load_autoencoder``, ``save_prior`` / ``load_prior``, ``save_clip`` /
+``load_clip``), so this module imports the model builders and never the other way round.
 
 The weights fingerprint is the sha256 over the state dict (names, dtypes, shapes and bytes, in
 name order): the same weights give the same fingerprint on any machine.
@@ -23,11 +26,15 @@ import torch
 
 from t2i_data.errors import T2IError
 
+from .clip import CLIP, CLIPConfig
 from .dvae import DVAE, DVAEConfig
+from .prior_builders import PRIORS
 from .vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
-FORMAT = "t2i-autoencoder/1"
+AUTOENCODER_FORMAT = "t2i-autoencoder/1"
+PRIOR_FORMAT = "t2i-prior/1"
+CLIP_FORMAT = "t2i-clip/1"
 KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
 
 
@@ -120,14 +127,52 @@ def warn_changed_settings(where: Path, saved: dict, now: dict, keys: tuple[str, 
 
 def save_autoencoder(path: str | Path, model, **state) -> str:
     """Write atomically; ``state`` holds training state (step, optimizer, stream position...)."""
-    return save_checkpoint(path, model, FORMAT, **state)
+    return save_checkpoint(path, model, AUTOENCODER_FORMAT, **state)
 
 
 def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     """(model in eval mode, the checkpoint dict). Refuses files that are not t2i autoencoders."""
     ck = load_checkpoint_dict(path, map_location=map_location)
-    if ck.get("format") != FORMAT or ck.get("kind") not in KINDS:
+    if ck.get("format") != AUTOENCODER_FORMAT or ck.get("kind") not in KINDS:
         raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
     return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)), ck
 
+
+def save_prior(path: str | Path, model, **state) -> str:
+    """Write a prior (G1, G2, G3) atomically; ``state`` holds its training state. Returns the fingerprint."""
+    return save_checkpoint(path, model, PRIOR_FORMAT, **state)
+
+
+def load_prior(path: str | Path, map_location: str = "cpu"):
+    """(model in eval mode, checkpoint dict); ``torch.load(weights_only=True)``."""
+    ck = load_checkpoint_dict(path, map_location=map_location)
+    if ck["format"] != PRIOR_FORMAT:
+        raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
+    arch = ck["train_config"]["arch"]
+    model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
+    return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7
+
+
+def load_prior_checked(path: str):
+    """``load_prior`` for the ``--priors`` argument: a CLIP or any other t2i checkpoint given there
+    stops with a message that names the flag and the command that writes priors."""
+    ck = load_checkpoint_dict(path, "--priors")
+    if ck["format"] == CLIP_FORMAT:
+        raise T2IError(f"--priors {path} is a CLIP checkpoint; --priors takes two prior checkpoints ('t2i train prior') and --clip the CLIP")
+    if ck["format"] != PRIOR_FORMAT:
+        raise T2IError(f"--priors {path}: a {ck['format']} checkpoint, not a prior ('t2i train prior' writes those)")
+    return load_prior(path)
+
+
+def save_clip(path: str | Path, model: CLIP, **state) -> str:
+    """Write the evaluation CLIP atomically; ``state`` holds its training state. Returns the fingerprint."""
+    return save_checkpoint(path, model, CLIP_FORMAT, **state)
+
+
+def load_clip(path: str | Path, map_location: str = "cpu"):
+    """(CLIP in eval mode, checkpoint dict); refuses prior and autoencoder checkpoints by name."""
+    ck = load_checkpoint_dict(path, "--clip")
+    if ck["format"] != CLIP_FORMAT:
+        raise T2IError(f"--clip {path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CLIP; train one with 't2i train clip'")
+    return restore_weights(CLIP(CLIPConfig(**ck["config"])), ck, f"--clip {path}").to(map_location), ck

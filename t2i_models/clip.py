@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +29,7 @@ from t2i_data.mdmnist import VOCAB
 from .attention import Attention
 from .builders import config_with
 from .blocks import check_shape
-from .checkpoint import load_checkpoint_dict, restore_weights, save_checkpoint
 
-FORMAT = "t2i-clip/1"
 N_SYMBOLS = len(VOCAB)  # 20: ids 0-19 of the MD-MNIST tokenizer are the description symbols
 TEXT_LEN = 12
 
@@ -165,14 +162,3 @@ def symbols_from_text_tokens(text: torch.Tensor, valid: torch.Tensor | None = No
                        f"descriptions tokenized with the mdmnist tokenizer, with a length L that fits BOS / EOS as well")
     return text[keep].reshape(-1, TEXT_LEN)
 
-
-def save_clip(path: str | Path, model: CLIP, **state) -> str:
-    return save_checkpoint(path, model, FORMAT, **state)
-
-
-def load_clip(path: str | Path, map_location: str = "cpu"):
-    """(CLIP in eval mode, checkpoint dict); refuses prior and autoencoder checkpoints by name."""
-    ck = load_checkpoint_dict(path, "--clip")
-    if ck["format"] != FORMAT:
-        raise T2IError(f"--clip {path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CLIP; train one with 't2i train clip'")
-    return restore_weights(CLIP(CLIPConfig(**ck["config"])), ck, f"--clip {path}").to(map_location), ck

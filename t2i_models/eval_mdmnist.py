@@ -43,14 +43,11 @@ from t2i_data.rng import keyed_u64, stream_id, uniform_int
 from t2i_data.text.mdmnist import MDMNISTTokenizer
 from t2i_data.tokenize import TokenizeConfig, encode_rows
 
-from .checkpoint import load_autoencoder, load_checkpoint_dict, weights_fingerprint
-from .clip import FORMAT as CLIP_FORMAT
-from .clip import TEXT_LEN, load_clip, symbols_from_text_tokens
+from .checkpoint import load_autoencoder, load_clip, load_prior_checked, weights_fingerprint
+from .clip import TEXT_LEN, symbols_from_text_tokens
 from .encode import decode_tokens, reconstruct
 from .sample import prompt_sheet
 from .train_clip import open_stream
-from .train_prior import FORMAT as PRIOR_FORMAT
-from .train_prior import load_prior
 
 # The values each of the 12 positions may take, as symbol ids: value, size, colour, position per digit.
 ATTRIBUTES = (tuple(SYMBOL_ID[str(v)] for v in range(10)), tuple(SYMBOL_ID[str(s)] for s in SIZES),
@@ -213,15 +210,6 @@ def split_pass(image_tokens, text_tokens, seed: int, batch_size: int, limit: int
 def mdmnist_tokenizer_fingerprint() -> str:
     with tempfile.TemporaryDirectory() as d:
         return MDMNISTTokenizer().save(d)
-
-
-def load_prior_checked(path: str):
-    ck = load_checkpoint_dict(path, "--priors")
-    if ck["format"] == CLIP_FORMAT:
-        raise T2IError(f"--priors {path} is a CLIP checkpoint; --priors takes two prior checkpoints ('t2i train prior') and --clip the CLIP")
-    if ck["format"] != PRIOR_FORMAT:
-        raise T2IError(f"--priors {path}: a {ck['format']} checkpoint, not a prior ('t2i train prior' writes those)")
-    return load_prior(path)
 
 
 def prior_text(ck: dict, symbols: np.ndarray) -> torch.Tensor:

@@ -18,9 +18,8 @@ from t2i_data.figures import font
 from t2i_data.text import load_tokenizer
 from t2i_data.tokenize import TokenizeConfig, encode_rows
 
-from .checkpoint import load_autoencoder
+from .checkpoint import load_autoencoder, load_prior
 from .encode import decode_tokens
-from .train_prior import load_prior
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import load_autoencoder, resume_checkpoint, warn_changed_settings
-from .clip import CLIPS, save_clip, symbols_from_text_tokens
+from .checkpoint import load_autoencoder, resume_checkpoint, save_clip, warn_changed_settings
+from .clip import CLIPS, symbols_from_text_tokens
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
 

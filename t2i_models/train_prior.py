@@ -30,13 +30,11 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import (load_checkpoint_dict, restore_weights, resume_checkpoint, save_checkpoint,
-                         warn_changed_settings)
+from .checkpoint import resume_checkpoint, save_prior, warn_changed_settings
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .prior_builders import PRIORS
 
 log = logging.getLogger(__name__)
-FORMAT = "t2i-prior/1"
 SCHEDULE = ("steps", "lr", "warmup", "weight_decay", "grad_accum")
 
 
@@ -101,10 +99,6 @@ def window_loss(model, micro: list[dict], device, bf16: bool, world: int) -> tup
         losses.append(loss)
         total += float((per_sample.detach() * ok).sum())
     return losses, total / max(float(valid), 1.0), int(valid)
-
-
-def save_prior(path: Path, model, **state) -> str:
-    return save_checkpoint(path, model, FORMAT, **state)
 
 
 def train_prior(cfg: PriorTrainConfig) -> dict:
@@ -199,12 +193,3 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "checkpoint": str(last)}
 
-
-def load_prior(path: str | Path, map_location: str = "cpu"):
-    """(model in eval mode, checkpoint dict); ``torch.load(weights_only=True)``."""
-    ck = load_checkpoint_dict(path, map_location=map_location)
-    if ck["format"] != FORMAT:
-        raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
-    arch = ck["train_config"]["arch"]
-    model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
-    return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7

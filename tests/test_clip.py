@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from t2i_data.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
-from t2i_models.clip import clip_mdmnist, clip_tiny, load_clip, symbols_from_text_tokens
+from t2i_models.checkpoint import load_clip
+from t2i_models.clip import clip_mdmnist, clip_tiny, symbols_from_text_tokens
 from t2i_models.train_clip import ClipTrainConfig, lr_at, train_clip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ import torch
 
 from t2i_data.cli import main
 from t2i_data.errors import T2IError
-from t2i_models.train_prior import PriorTrainConfig, load_prior, lr_at, train_prior
+from t2i_models.checkpoint import load_prior
+from t2i_models.train_prior import PriorTrainConfig, lr_at, train_prior
 
 
 def cfg(md_tokens, out, **kw):
