@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from t2i_data.errors import T2IError
+from t2i_data.tokenize import TokenizeConfig
 
 from .clip import CLIP, CLIPConfig
 from .dvae import DVAE, DVAEConfig
@@ -152,6 +153,14 @@ def load_prior(path: str | Path, map_location: str = "cpu"):
     arch = ck["train_config"]["arch"]
     model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
     return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7
+
+
+def prompt_config(ck: dict) -> TokenizeConfig:
+    """How a prior's prompts are tokenized: exactly as its training captions were (the text length L
+    from its token spaces, BOS / EOS as its text-token shards had them; off for checkpoints that
+    predate ``text_config``)."""
+    tc = ck.get("text_config", {})
+    return TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
 
 
 def load_prior_checked(path: str):

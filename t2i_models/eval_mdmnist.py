@@ -21,6 +21,8 @@
   prior on the test split: mean, standard deviation, quantiles, and a log-scale histogram.
 
 Outputs in ``out``: report.json (sorted keys), ctrs.png, ctrs_rank.png, loss_hist.png, samples.png.
+The descriptions, their variants, CLIP's scores and the test-split pass come from ``clip_eval``,
+which CLIP training uses for the same accuracy.
 """
 from __future__ import annotations
 
@@ -33,81 +35,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from t2i_data.errors import T2IError
 from t2i_data.figures import bar_chart, value_histogram
-from t2i_data.mdmnist import COLORS, POSITIONS, SIZES, SYMBOL_ID, VOCAB
-from t2i_data.rng import keyed_u64, stream_id, uniform_int
+from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.text.mdmnist import MDMNISTTokenizer
-from t2i_data.tokenize import TokenizeConfig, encode_rows
 
-from .checkpoint import load_autoencoder, load_clip, load_prior_checked, weights_fingerprint
-from .clip import TEXT_LEN, symbols_from_text_tokens
+from .checkpoint import load_autoencoder, load_clip, load_prior_checked
+from .clip_eval import (M_MAX, add_counts, counts_summary, ctrs_counts, describe, prior_text, random_descriptions, split_pass,
+                        variant_scores, variant_set)
 from .encode import decode_tokens, reconstruct
 from .sample import prompt_sheet
-from .train_clip import open_stream
 
-# The values each of the 12 positions may take, as symbol ids: value, size, colour, position per digit.
-ATTRIBUTES = (tuple(SYMBOL_ID[str(v)] for v in range(10)), tuple(SYMBOL_ID[str(s)] for s in SIZES),
-              tuple(SYMBOL_ID[c] for c in COLORS), tuple(SYMBOL_ID[p] for p in POSITIONS))
-ATTRIBUTE_NAMES = ("value", "size", "colour", "position")
-M_MAX = TEXT_LEN  # variants m = 1..12
 log = logging.getLogger(__name__)
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
-
-
-# -- descriptions and variants: pure functions of (seed, index) -----------------------------------
-def random_descriptions(seed: int, indices) -> np.ndarray:
-    """(n, 12) symbol ids; every attribute of every digit uniform over its values."""
-    idx = np.asarray(indices, dtype=np.uint64)
-    stream = stream_id("eval-mdmnist", "description")
-    cols = [np.asarray(ATTRIBUTES[p % 4])[uniform_int(seed, stream, idx, p, len(ATTRIBUTES[p % 4]))] for p in range(TEXT_LEN)]
-    return np.stack(cols, axis=1).astype(np.int64).reshape(len(idx), TEXT_LEN)
-
-
-def _local(symbols: np.ndarray) -> np.ndarray:
-    """Symbol ids → their index within their position's attribute; refuses a malformed description."""
-    firsts = np.array([ATTRIBUTES[p % 4][0] for p in range(TEXT_LEN)])
-    sizes = np.array([len(ATTRIBUTES[p % 4]) for p in range(TEXT_LEN)])
-    local = symbols - firsts
-    if ((local < 0) | (local >= sizes)).any():
-        r = int(np.argwhere((local < 0) | (local >= sizes))[0][0])
-        raise T2IError(f"not an MD-MNIST description (value size colour position × 3): {describe(symbols[r])!r}")
-    return local
-
-
-def variant(symbols: np.ndarray, seed: int, stream: str, indices, m: int) -> np.ndarray:
-    """Each description with exactly ``m`` of its 12 symbols changed: the m positions are distinct
-    (the first m of a keyed random permutation), each takes a uniformly drawn *other* value of the
-    same attribute. A pure function of (seed, stream, index, m)."""
-    if not 0 <= m <= TEXT_LEN:
-        raise ValueError(f"m must be in 0..{TEXT_LEN}, got {m}")
-    symbols = np.asarray(symbols, dtype=np.int64).reshape(-1, TEXT_LEN)
-    idx = np.asarray(indices, dtype=np.uint64).reshape(-1)
-    local = _local(symbols)
-    sid = stream_id("eval-mdmnist", "variant", stream)
-    keys = np.stack([keyed_u64(seed, sid, idx, 2 * (m * TEXT_LEN + p)) for p in range(TEXT_LEN)], axis=1)  # (n, 12)
-    changed = np.zeros(symbols.shape, dtype=bool)
-    np.put_along_axis(changed, np.argsort(keys, axis=1, kind="stable")[:, :m], True, axis=1)
-    out = symbols.copy()
-    for p in range(TEXT_LEN):
-        values = ATTRIBUTES[p % 4]
-        shift = 1 + uniform_int(seed, sid, idx, 2 * (m * TEXT_LEN + p) + 1, len(values) - 1)  # 1 .. |values| − 1
-        new = np.asarray(values)[(local[:, p] + shift) % len(values)]
-        out[:, p] = np.where(changed[:, p], new, symbols[:, p])
-    return out
-
-
-def variant_set(symbols: np.ndarray, seed: int, stream: str, indices) -> np.ndarray:
-    """(n, 13, 12): the true description (m = 0) then its variants m = 1..12."""
-    symbols = np.asarray(symbols, dtype=np.int64).reshape(-1, TEXT_LEN)
-    return np.stack([symbols] + [variant(symbols, seed, stream, indices, m) for m in range(1, M_MAX + 1)], axis=1)
-
-
-def describe(symbols) -> str:
-    return " ".join(VOCAB[int(s)] for s in symbols)
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -124,100 +66,10 @@ def sign_test_p(wins_a: int, wins_b: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
-def ctrs_counts(scores: torch.Tensor) -> dict:
-    """(n, 13) scores, column 0 the true description → picked / true_rank histograms and ties."""
-    true = scores[:, :1]
-    rank = (scores[:, 1:] >= true).sum(dim=1)  # ties count against the true description
-    picked = M_MAX - scores.flip(1).argmax(dim=1)  # the highest score; ties → the larger m
-    top = scores.max(dim=1, keepdim=True).values
-    ties = int(((scores == top).sum(dim=1) > 1).sum())
-    return {"picked": torch.bincount(picked, minlength=M_MAX + 1).tolist(),
-            "true_rank": torch.bincount(rank, minlength=M_MAX + 1).tolist(), "ties": ties}
-
-
-def _add(total: dict, part: dict) -> dict:
-    if not total:
-        return dict(part)
-    return {"picked": [a + b for a, b in zip(total["picked"], part["picked"])],
-            "true_rank": [a + b for a, b in zip(total["true_rank"], part["true_rank"])], "ties": total["ties"] + part["ties"]}
-
-
-def _summary(c: dict) -> dict:
-    n = sum(c["picked"])
-    mean_rank = sum(r * k for r, k in enumerate(c["true_rank"])) / max(n, 1)
-    return dict(c, images=n, top1=round(c["picked"][0] / max(n, 1), 6), mean_true_rank=round(mean_rank, 6))
-
-
-# -- CLIP scoring ----------------------------------------------------------------------------------
-@torch.no_grad()
-def variant_scores(clip, images: torch.Tensor, sets: np.ndarray) -> torch.Tensor:
-    """Cosine of each image (n, 3, S, S) with each of its 13 descriptions (n, 13, 12) → (n, 13)."""
-    dev = images.device
-    img = clip.image_features(images)  # (n, E)
-    txt = clip.text_features(torch.from_numpy(sets.reshape(-1, TEXT_LEN)).to(dev)).view(len(sets), sets.shape[1], -1)
-    return torch.einsum("ne,nke->nk", img, txt).cpu()
-
-
-def key_indices(keys: list[str]) -> np.ndarray:
-    return np.array([stream_id("eval-mdmnist", "key", k) for k in keys], dtype=np.uint64)
-
-
-def clip_accuracy(clip, ae, image_tokens, text_tokens, seed: int, device=None, batch_size: int = 100, limit: int = 0) -> dict:
-    """CLIP's accuracy at picking the true description among it and 12 variants, on the
-    reconstructions of an image-token set (the test split); variants drawn from (seed, key)."""
-    acc, _, where = split_pass(image_tokens, text_tokens, seed, batch_size, limit, clip, ae, [], device or torch.device("cpu"),
-                               expect_ae=weights_fingerprint(ae))
-    return dict(acc, split=where["split"])
-
-
-@torch.no_grad()
-def split_pass(image_tokens, text_tokens, seed: int, batch_size: int, limit: int, clip, ae, priors, device, expect_ae: str):
-    """One pass over a (test) token set made by autoencoder ``expect_ae``: CLIP's accuracy on the
-    reconstructions, and each prior's per-sample image-token cross-entropy, as arrays in key order
-    (independent of the stream's order)."""
-    ds = open_stream(image_tokens, text_tokens, batch_size, seed, expect_ae)
-    if ds.img_m.get("split") != "test":
-        log.warning("%s is the %s split; the thesis evaluates on the test split", image_tokens, ds.img_m.get("split"))
-    losses: list[dict] = [{} for _ in priors]
-    total: dict = {}
-    seen = 0
-    for batch in tqdm(ds, desc=f"{ds.img_m.get('split')} split", unit="batch", disable=None):
-        ok = batch["valid"]
-        keys = [k for k, v in zip(batch["keys"], ok.tolist()) if v]
-        if limit:
-            keys = keys[: max(0, limit - seen)]
-        if not keys:
-            continue
-        seen += len(keys)
-        image = batch["image"][ok][: len(keys)].long().to(device)
-        symbols = symbols_from_text_tokens(batch["text"][ok][: len(keys)]).numpy()
-        sets = variant_set(symbols, seed, "clip-test", key_indices(keys))
-        total = _add(total, ctrs_counts(variant_scores(clip, reconstruct(ae, image), sets)))
-        for slot, (prior, pck) in enumerate(priors):
-            logits = prior(prior_text(pck, symbols).to(device), image)["image_logits"]
-            per = F.cross_entropy(logits.float().transpose(1, 2), image, reduction="none").mean(dim=1)  # (n,)
-            losses[slot].update(zip(keys, per.cpu().tolist()))
-    if not total:
-        raise T2IError(f"{image_tokens}: no samples to evaluate on")
-    s = _summary(total)
-    acc = {"accuracy": s["top1"], "samples": s["images"], "chance": round(1 / (M_MAX + 1), 6), "picked": s["picked"],
-           "true_rank": s["true_rank"], "ties": s["ties"], "mean_true_rank": s["mean_true_rank"]}
-    arrays = [np.array([d[k] for k in sorted(d)]) for d in losses]
-    return acc, arrays, {"split": ds.img_m.get("split"), "digest": ds.img_m.get("aligned_to"), "samples": seen}
-
-
 # -- priors ----------------------------------------------------------------------------------------
 def mdmnist_tokenizer_fingerprint() -> str:
     with tempfile.TemporaryDirectory() as d:
         return MDMNISTTokenizer().save(d)
-
-
-def prior_text(ck: dict, symbols: np.ndarray) -> torch.Tensor:
-    """Descriptions → the prior's text rows, tokenized exactly as its training captions were."""
-    tc = ck.get("text_config", {})
-    cfg = TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
-    rows, _ = encode_rows(MDMNISTTokenizer(), [describe(s) for s in symbols], cfg, "int64")
-    return torch.from_numpy(rows)
 
 
 @dataclass(frozen=True)
@@ -278,7 +130,7 @@ def cics_ctrs(cfg: EvalConfig, priors, clip, ae, device) -> tuple[dict, dict]:
         for slot, (prior, ck) in enumerate(priors):
             images = reconstruct(ae, _generate(cfg, prior, ck, symbols, f"cics-{slot}", start, device))
             scores.append(variant_scores(clip, images, sets))  # (n, 13); column 0 is the CICS score
-            ctrs[slot] = _add(ctrs[slot], ctrs_counts(scores[-1]))
+            ctrs[slot] = add_counts(ctrs[slot], ctrs_counts(scores[-1]))
         a, b = scores[0][:, 0], scores[1][:, 0]
         wins[idx] = torch.stack([a > b, b > a, a == b], dim=1).numpy()
     per100 = [wins[i : i + 100].sum(0) for i in range(0, cfg.n - 99, 100)]  # complete batches of 100
@@ -288,7 +140,7 @@ def cics_ctrs(cfg: EvalConfig, priors, clip, ae, device) -> tuple[dict, dict]:
             "per_100": {"a_mean": round(100 * a_w / cfg.n, 4), "b_mean": round(100 * b_w / cfg.n, 4), "ties_mean": round(100 * ties / cfg.n, 4),
                         "complete_batches": len(per100), "a_std": spread[0], "b_std": spread[1], "ties_std": spread[2]},
             "p_value": sign_test_p(a_w, b_w), "test": "two-sided exact binomial sign test on A's wins among A + B wins (ties left out), H0 p = 1/2"}
-    return cics, {"a": _summary(ctrs[0]), "b": _summary(ctrs[1])}
+    return cics, {"a": counts_summary(ctrs[0]), "b": counts_summary(ctrs[1])}
 
 
 def loss_summary(values: np.ndarray) -> dict:

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 from t2i_data.errors import T2IError
 from t2i_data.figures import font
 from t2i_data.text import load_tokenizer
-from t2i_data.tokenize import TokenizeConfig, encode_rows
+from t2i_data.tokenize import encode_rows
 
-from .checkpoint import load_autoencoder, load_prior
+from .checkpoint import load_autoencoder, load_prior, prompt_config
 from .encode import decode_tokens
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def sample_grid(prior_ckpt, autoencoder_ckpt, tokenizer_dir, prompts: list[str],
     ae, ae_ck = load_autoencoder(autoencoder_ckpt)
     if ae_ck["fingerprint"] != want["autoencoder"]:
         raise T2IError(f"autoencoder {ae_ck['fingerprint'][:16]} did not make the prior's image tokens ({want['autoencoder'][:16]}); pass that checkpoint")
-    tc = ck.get("text_config", {})
-    cfg = TokenizeConfig(length=ck["tokens"]["text_len"], add_bos=tc.get("add_bos", False), add_eos=tc.get("add_eos", False))
+    cfg = prompt_config(ck)
     rows, stats = encode_rows(tok, prompts, cfg, "int64")
     for warning in prompt_warnings(tok, prompts, rows, stats["lengths"], cfg.length - cfg.add_bos - cfg.add_eos):
         log.warning("%s", warning)

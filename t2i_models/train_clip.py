@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
-from t2i_data.token_stream import TokenStream
 
 from .checkpoint import load_autoencoder, resume_checkpoint, save_clip, warn_changed_settings
 from .clip import CLIPS, symbols_from_text_tokens
+from .clip_eval import clip_accuracy, open_stream
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
 
@@ -85,16 +85,6 @@ class ClipTrainConfig:
 
 def lr_at(cfg: ClipTrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
-
-
-def open_stream(image_tokens, text_tokens, batch_size: int, seed: int, autoencoder_fp: str | None, tokenizer_fp: str | None = None):
-    """A TokenStream over MD-MNIST description tokens made by the given autoencoder."""
-    ds = TokenStream(image_tokens, text_tokens, batch_size, seed, expect_tokenizer=tokenizer_fp, expect_autoencoder=autoencoder_fp)
-    kind = ds.txt_m["tokenizer"].get("kind")
-    if kind != "mdmnist" or ds.txt_m.get("dataset") != "mdmnist":
-        raise T2IError(f"{text_tokens}: {ds.txt_m.get('dataset')} captions tokenized by a {kind} tokenizer; CLIP and this evaluation "
-                       f"read MD-MNIST descriptions tokenized with the mdmnist tokenizer ('t2i tokenizer load --kind mdmnist')")
-    return ds
 
 
 def train_clip(cfg: ClipTrainConfig) -> dict:
@@ -180,8 +170,6 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     bar.close()
     result = {"step": step, "epoch": epoch, "checkpoint": str(last)}
     if rank == 0 and cfg.eval_image_tokens and step >= total:
-        from .eval_mdmnist import clip_accuracy
-
         acc = clip_accuracy(model.eval(), ae, cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.seed, device=device)
         result["test_accuracy"] = acc
         checkpoint(test_accuracy=acc)

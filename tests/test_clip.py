@@ -72,7 +72,7 @@ def test_clip_trained_on_tiny_data_ranks_true_descriptions_well_beyond_chance():
     here would cost more than the rest of this file; the trainer's streaming path is tested below."""
     from t2i_data.mdmnist import MDMNISTConfig, produce_shard
     from t2i_data.pngio import decode_image
-    from t2i_models.eval_mdmnist import ctrs_counts, random_descriptions, variant_scores, variant_set
+    from t2i_models.clip_eval import ctrs_counts, random_descriptions, variant_scores, variant_set
 
     def data(split, n):
         samples = list(produce_shard(MDMNISTConfig(seed=1, train=600, test=200, shard_size=n), split, 0))
