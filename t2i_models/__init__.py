@@ -1,4 +1,13 @@
-"""t2i_models: discrete autoencoders (dVAE, VQ-VAE) and, to come, the transformer priors (G1, G2).
+"""t2i_models: the models of the thesis and what trains, samples and judges them.
 
-``builders.build_autoencoder(name)`` makes the thesis' named configurations (``CONFIGS``).
+- Autoencoders (image ↔ tokens): ``dvae``, ``vqvae`` on the ``blocks`` stacks; named configurations
+  in ``builders.CONFIGS`` (``builders.build_autoencoder(name)``); ``encode`` turns image shards into
+  image-token shards.
+- Priors (text tokens → image tokens): G1 (``g1``), G2 (``g2``), the optional G3 (``g3``), on the
+  ``attention`` blocks; named sizes in ``prior_builders.PRIORS``.
+- The evaluation CLIP (``clip``) and what CLIP training and the prior comparison share (``clip_eval``).
+- Checkpoints of all of them, their formats, loaders and the trainers' resume: ``checkpoint``.
+- Training: ``train_autoencoder``, ``train_prior``, ``train_clip`` (one process or torchrun DDP, set
+  up by ``distributed``). Inference: ``sample`` (prompts → a PNG grid) and ``eval_mdmnist`` (two
+  priors compared on MD-MNIST); neither imports a training loop.
 """
