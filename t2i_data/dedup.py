@@ -86,9 +86,9 @@ def drop_samples(out_dir: Path, record: dict, drop: dict[str, str], stats_of: Ca
             else:
                 writer.write(sample)
         new = writer.close()
-    rejected = record["rejected"] + [{"key": k, "reason": r} for k, r in drop.items()]
+    quarantined = record["quarantined"] + [{"key": k, "reason": r} for k, r in drop.items()]
     rec = {k: v for k, v in record.items() if k != "skipped"}
-    rec.update(new, rejected=sorted(rejected, key=lambda r: r["key"]),
+    rec.update(new, quarantined=sorted(quarantined, key=lambda r: r["key"]),
                digests=[row for row in record.get("digests", []) if row[0] not in drop])
     if "stats" in record:
         rec["stats"] = kept_stats

@@ -21,7 +21,7 @@ from .digest import load_npy
 from .errors import T2IError
 from .export import checked_samples, open_shard_sets, staged_dir, ShardSet
 from .figures import histogram_png
-from .shardset import rejection_counts
+from .quarantine import quarantine_counts
 from .text.captions import sample_captions
 
 REPORT_NAME = "inspect.json"
@@ -76,7 +76,7 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
     m = ss.manifest
     rep = {"set": f"{m['dataset']}/{ss.split}", "kind": ss.kind, "dataset": m["dataset"], "split": ss.split, "digest": m["digest"],
            "samples": m["totals"]["samples"], "shards": m["totals"]["shards"], "empty_shards": sum(1 for s in m["shards"] if not s["samples"]),
-           "bytes": m["totals"]["bytes"], "quarantined": rejection_counts(m.get("rejected", [])), "histograms": {}, "rates": {}}
+           "bytes": m["totals"]["bytes"], "quarantined": quarantine_counts(m.get("quarantined", [])), "histograms": {}, "rates": {}}
     hists = rep["histograms"]
     if ss.kind == "images":
         st = m.get("stats") or {}

@@ -28,7 +28,7 @@ from .digest import canonical_json
 from .errors import T2IError
 from .sources.records import confiner
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the field "rejected" became "quarantined" (one word for one idea)
 MANIFEST_NAME = "manifest.json"
 KINDS = ("images", "text_tokens", "image_tokens")
 _BYTE_LEVEL_SHARD_FIELDS = ("sha256", "bytes")
@@ -130,15 +130,15 @@ def check_manifest(manifest, where: str) -> None:
     totals = manifest.get("totals")
     if not isinstance(totals, dict):
         bad("totals", totals, "not an object")
-    rejected = manifest.get("rejected", [])
-    if not isinstance(rejected, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("reason"), str)
-                                                 for r in rejected):
-        bad("rejected", type(rejected).__name__ if not isinstance(rejected, list) else "a list", "not a list of {key, reason} records")
+    quarantined = manifest.get("quarantined", [])
+    if not isinstance(quarantined, list) or not all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("reason"), str)
+                                                 for r in quarantined):
+        bad("quarantined", type(quarantined).__name__ if not isinstance(quarantined, list) else "a list", "not a list of {key, reason} records")
     sums = {"shards": len(shards), "samples": sum(s["samples"] for s in shards), "bytes": sum(s["bytes"] for s in shards)}
-    if "rejected" in manifest:
-        sums["rejected"] = len(rejected)
+    if "quarantined" in manifest:
+        sums["quarantined"] = len(quarantined)
     for field, expected in sums.items():
-        if (field in totals or field != "rejected") and totals.get(field) != expected:
+        if (field in totals or field != "quarantined") and totals.get(field) != expected:
             bad(f"totals.{field}", totals.get(field), f"but the shard records add up to {expected:,}")
     for section, fields in _REQUIRED.get(manifest["kind"], {}).items():
         for field in fields:
@@ -197,7 +197,8 @@ def load_manifest(path: str | os.PathLike) -> dict:
         raise T2IError(f"{path}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
-        raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {FORMAT_VERSION}")
+        raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {FORMAT_VERSION}; rebuild the shard set "
+                       "with this t2i (the same command writes it anew)")
     check_manifest(manifest, str(path))
     if manifest.get("digest") != manifest_digest(manifest):
         raise T2IError(f"{path}: the manifest's digest does not match its content; it was edited by hand or damaged")

@@ -5,7 +5,7 @@ it (``decode.py``: bounds from the header, a strict decode at the DCT scale the 
 EXIF orientation, transparency onto white, optionally AttnGAN's bounding-box crop), apply the
 regime's deterministic part (``Regime.prepare``: box reduce then LANCZOS), and store as JPEG
 (quality 95 by default, 4:4:4 chroma). Every step, JPEG encoding included, runs inside the
-quarantine: a problem with an input becomes a ``Rejected`` record with its reason (or stops the
+quarantine: a problem with an input becomes a ``Quarantined`` record with its reason (or stops the
 run with ``strict``), and the shard's other samples are written. After all shards are written,
 ``dedup.py`` quarantines duplicate images and lists images shared between splits.
 
@@ -37,7 +37,8 @@ from .digest import canonical_json
 from .errors import T2IError
 from .regimes import Regime
 from .schema import SCHEMAS, check_meta
-from .shardset import Quarantine, Rejected, ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
+from .quarantine import Quarantine, Quarantined
+from .shardset import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
 from .sources import coco, cub
 from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID
@@ -193,8 +194,8 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
     """One record → its sample, or ``Quarantine``. The source confined ``rec.image`` to its split
     folder, symlinks resolved (a split folder that is itself a symlink is fine); here it must
     still be a plain relative name."""
-    if rec.reject:
-        kind, _, detail = rec.reject.partition(": ")
+    if rec.quarantine:
+        kind, _, detail = rec.quarantine.partition(": ")
         raise Quarantine(kind, detail)
     captions, fixes, blank = read_captions(rec)
     try:
@@ -225,7 +226,7 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
             "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
 
 
-def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Rejected]:
+def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Quarantined]:
     regime = Regime(cfg.regime, cfg.size)
     root = Path(cfg.root)
     totals: dict = {}
@@ -235,7 +236,7 @@ def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator
         except Quarantine as e:
             if cfg.strict:
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
-            yield Rejected(rec.key, str(e))
+            yield Quarantined(rec.key, str(e))
             continue
         totals = merge_stats(totals, sample["__stats__"])  # not parsed again from the JSON just written
         yield sample
@@ -295,7 +296,7 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
             identities[split], runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
             stamp=partial(source_stamp, cfg),
         )
-        first = next((r for rec in written[split] for r in rec["rejected"]), None)
+        first = next((r for rec in written[split] for r in rec["quarantined"]), None)
         if cfg.strict and first:  # shards reused from a build without --strict hold quarantined inputs
             raise T2IError(f"{first['key']}: {first['reason']} (kept from an earlier build without --strict; "
                            "without --strict it is quarantined and the run goes on)")

@@ -1,7 +1,7 @@
 """Build a shard set: one task per shard, resumable, identical bytes for any worker count.
 
 Every pipeline hands this module a ``produce(payload)`` function that yields the samples of one
-shard (or ``Rejected`` records for inputs it quarantined); a shard's payload is its index, or
+shard (or ``Quarantined`` records for inputs it quarantined); a shard's payload is its index, or
 what the pipeline passes for it (its slice of source records), so a task ships only its own. A task writes its shard under a
 temporary name, renames it, then writes a small record in ``.stats/``, last, as img2dataset
 writes its ``_stats.json``. A rerun skips a shard whose record names the same config digest and
@@ -18,7 +18,6 @@ import re
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,19 +26,12 @@ from .card import write_card
 from .digest import canonical_json, file_sha256
 from .errors import DISK_FULL, T2IError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
+from .quarantine import Quarantined
 from .tario import PARTIAL_SUFFIX, ShardWriter, ensure_index, index_path
 
 log = logging.getLogger(__name__)
 STATS_DIR = ".stats"
 LOCK_NAME = ".t2i-build.lock"
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An input quarantined instead of written: its key and why (``"<kind>: <detail>"``)."""
-
-    key: str
-    reason: str
 
 
 class ShardStats(dict):
@@ -52,22 +44,6 @@ def merge_stats(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = merge_stats(out.get(k, {}), v) if isinstance(v, dict) else out.get(k, 0) + v
     return out
-
-
-class Quarantine(ValueError):
-    """Raised for one bad input; ``kind`` is a short stable code that counts group by."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-
-
-def rejection_counts(rejected: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rejected:
-        kind = r["reason"].split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def config_digest(identity: dict) -> str:
@@ -195,11 +171,11 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple, stamp
             if file_sha256(final) == rec["sha256"]:
                 ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
-    rejected, stats, digests = [], {}, []
+    quarantined, stats, digests = [], {}, []
     with disk_errors(final), ShardWriter(final) as writer:
         for sample in produce(payload):
-            if isinstance(sample, Rejected):
-                rejected.append({"key": sample.key, "reason": sample.reason})
+            if isinstance(sample, Quarantined):
+                quarantined.append({"key": sample.key, "reason": sample.reason})
             elif isinstance(sample, ShardStats):
                 stats = merge_stats(stats, sample)
             else:
@@ -207,7 +183,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple, stamp
                 if "__digests__" in sample:
                     digests.append([sample["__key__"], sample["__digests__"]["file"], sample["__digests__"]["pixels"]])
         rec = writer.close()
-    rec.update(index=index, config_digest=digest, rejected=rejected)
+    rec.update(index=index, config_digest=digest, quarantined=quarantined)
     if now is not None:
         rec["input_stamp"] = now
     if stats:
@@ -263,7 +239,7 @@ def finish_shard_set(out_dir: str | Path, identity: dict, records: list[dict], e
     manifest = dict(identity, **(extra or {}))
     manifest["format_version"] = FORMAT_VERSION
     manifest["shards"] = [{k: r[k] for k in ("name", "sha256", "bytes", "content_digest", "samples", "first_key", "last_key")} for r in records]
-    manifest["rejected"] = [x for r in records for x in r["rejected"]]
+    manifest["quarantined"] = [x for r in records for x in r["quarantined"]]
     if any("stats" in r for r in records):
         stats: dict = {}
         for r in records:
@@ -273,7 +249,7 @@ def finish_shard_set(out_dir: str | Path, identity: dict, records: list[dict], e
         "shards": len(records),
         "samples": sum(r["samples"] for r in records),
         "bytes": sum(r["bytes"] for r in records),
-        "rejected": len(manifest["rejected"]),
+        "quarantined": len(manifest["quarantined"]),
     }
     with disk_errors(out / MANIFEST_NAME):
         manifest = write_manifest(out / MANIFEST_NAME, manifest)

@@ -140,7 +140,7 @@ def test_manifest_records_what_the_design_asks(reference):
     assert (m["kind"], m["dataset"], m["split"], m["size"], m["seed"], m["regime"], m["aligned_to"]) == ("images", "mdmnist", "train", 128, 1, None, None)
     assert m["config"] == {"mnist": "embedded", "png_level": 1, "seed": 1, "shard_size": 250, "test": 300, "train": 1200}
     assert m["sources"]["mnist"]["kind"] == "embedded"
-    assert m["totals"] == {"shards": 5, "samples": 1200, "bytes": sum(s["bytes"] for s in m["shards"]), "rejected": 0}
+    assert m["totals"] == {"shards": 5, "samples": 1200, "bytes": sum(s["bytes"] for s in m["shards"]), "quarantined": 0}
     assert [(s["first_key"], s["last_key"], s["samples"]) for s in m["shards"]][-1] == ("mdmnist-train-00001000", "mdmnist-train-00001199", 200)
     text = (reference / "train" / "manifest.json").read_text()
     assert list(json.loads(text)) == sorted(json.loads(text))

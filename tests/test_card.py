@@ -31,7 +31,7 @@ def test_a_card_beside_every_shard_set_says_what_how_sources_counts_and_loading(
     m = load_manifest(d / "manifest.json")
     card = (d / "README.md").read_text(encoding="utf-8")
     assert card == card_text(m)  # written from the manifest, nothing else
-    assert f"| {m['totals']['samples']:,} | {m['totals']['shards']:,} | {m['totals']['bytes']:,} | {m['totals']['rejected']:,} |" in card
+    assert f"| {m['totals']['samples']:,} | {m['totals']['shards']:,} | {m['totals']['bytes']:,} | {m['totals']['quarantined']:,} |" in card
     assert m["digest"] in card and json.dumps(m["config"], sort_keys=True, indent=1) in card
     for key in LICENCE_KEYS[name]:
         assert f"| {LICENCES[key]['source']} | {LICENCES[key]['licence']} |" in card
@@ -47,7 +47,7 @@ def test_a_card_beside_every_shard_set_says_what_how_sources_counts_and_loading(
     assert f'wds.WebDataset(DIR + "/{first[:-10]}{{{first[-10:-4]}..{last[-10:-4]}}}.tar"' in card
     header = card.split("---\n")[1]
     assert [ln.strip()[3:-1] for ln in header.splitlines() if ln.startswith("    - ")] == [s["name"] for s in m["shards"] if s["samples"]]
-    for reason in {r["reason"].split(":")[0] for r in m["rejected"]}:
+    for reason in {r["reason"].split(":")[0] for r in m["quarantined"]}:
         assert f"| {reason} | " in card
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from t2i_data.cli import main
 from t2i_data.decode import ImageLimits, decode_source, orient_box
 from t2i_data.regimes import Regime, to_rgb
-from t2i_data.shardset import Quarantine
+from t2i_data.quarantine import Quarantine
 from t2i_data.tario import iter_samples
 
 from fixtures_sources import jpeg_bytes
@@ -74,7 +74,7 @@ def run_coco(root: Path, out: Path, *extra: str, size: int = 32, regime: str = "
         for s in iter_samples(p):
             written[s["__key__"]] = (json.loads(s["json"]), np.asarray(Image.open(io.BytesIO(s["jpg"]))))
     m = json.loads((out / split / "manifest.json").read_text())
-    return written, {r["key"]: r["reason"] for r in m["rejected"]}
+    return written, {r["key"]: r["reason"] for r in m["quarantined"]}
 
 
 GOOD = {1: jpeg_bytes(64, 48, seed=1), 3: jpeg_bytes(50, 40, seed=3)}
@@ -118,7 +118,7 @@ def test_a_huge_png_is_refused_from_its_header_with_bounded_memory(tmp_path):
     peak_mb = int(res.stdout.split()[-1]) / 1024
     assert peak_mb < 400, peak_mb
     m = json.loads((tmp_path / "o" / "val2017" / "manifest.json").read_text())
-    assert [r["reason"].split(":")[0] for r in m["rejected"]] == ["too-large"] and m["totals"]["samples"] == 2
+    assert [r["reason"].split(":")[0] for r in m["quarantined"]] == ["too-large"] and m["totals"]["samples"] == 2
 
 
 def test_a_failing_encode_is_quarantined_not_fatal(tmp_path, monkeypatch):

@@ -47,14 +47,14 @@ def keys(out, split):
 
 def test_duplicates_are_quarantined_naming_the_key_they_repeat_and_leakage_is_listed(coco, tmp_path):
     m = preprocess(PreprocessConfig("coco", str(coco), size=32, shard_size=2), tmp_path / "out", InProcessRunner())
-    rejected = {r["key"]: r["reason"] for r in m["train2017"]["rejected"]}
+    rejected = {r["key"]: r["reason"] for r in m["train2017"]["quarantined"]}
     assert rejected.keys() == {"coco-000000000012", "coco-000000000013"}
     assert rejected["coco-000000000012"].startswith("duplicate-image: same source bytes as coco-000000000010")
     assert rejected["coco-000000000013"] == "duplicate-image: same stored pixels as coco-000000000011"
     assert keys(tmp_path / "out", "train2017") == ["coco-000000000010", "coco-000000000011", "coco-000000000014"]
     assert keys(tmp_path / "out", "val2017") == ["coco-000000000020", "coco-000000000021"]
     t = m["train2017"]["totals"]
-    assert (t["samples"], t["rejected"], t["shards"]) == (3, 2, 3)
+    assert (t["samples"], t["quarantined"], t["shards"]) == (3, 2, 3)
     assert m["train2017"]["stats"]["captions"] == 3  # the dropped copies' counts are taken off
     assert m["train2017"]["leakage"] == [{"key": "coco-000000000014", "other_split": "val2017", "other_key": "coco-000000000020", "by": "file"}]
     assert m["val2017"]["leakage"] == [{"key": "coco-000000000020", "other_split": "train2017", "other_key": "coco-000000000014", "by": "file"}]

@@ -32,12 +32,12 @@ def coco_root(tmp_path):
 @pytest.mark.parametrize("regime", ["ae", "prior"])
 def test_cub_every_bad_input_is_quarantined_and_every_other_sample_written(cub_root, tmp_path, regime):
     m = preprocess(PreprocessConfig("cub", str(cub_root), regime=regime, size=32, shard_size=4), tmp_path / "out", InProcessRunner())
-    rejected = {r["key"]: r["reason"] for split in m.values() for r in split["rejected"]}
+    rejected = {r["key"]: r["reason"] for split in m.values() for r in split["quarantined"]}
     assert {k: v.split(":")[0] for k, v in rejected.items()} == CUB_BAD
     assert "images.txt line 14 (first at line 13)" in rejected["cub-00013"]
     written = {split: [s["__key__"] for s in samples_of(tmp_path / "out", split)] for split in ("train", "test")}
     assert written == {"train": ["cub-00001", "cub-00003", "cub-00013"], "test": ["cub-00002", "cub-00004"]}
-    assert m["train"]["totals"]["samples"] == 3 and m["train"]["totals"]["rejected"] == 6
+    assert m["train"]["totals"]["samples"] == 3 and m["train"]["totals"]["quarantined"] == 6
     for split, keys in written.items():
         for s in samples_of(tmp_path / "out", split):
             meta = json.loads(s["json"])
@@ -86,7 +86,7 @@ def test_cli_prints_quarantine_counts_and_preview_shows_first_caption(cub_root, 
 
 def test_coco_captions_kept_in_source_order_byte_for_byte(coco_root, tmp_path):
     m = preprocess(PreprocessConfig("coco", str(coco_root), regime="ae", size=24, shard_size=3), tmp_path / "o", InProcessRunner())["val2017"]
-    assert {r["key"]: r["reason"].split(":")[0] for r in m["rejected"]} == {
+    assert {r["key"]: r["reason"].split(":")[0] for r in m["quarantined"]} == {
         "coco-000000000139": "duplicate-id", "coco-000000000776": "no-captions", "coco-000000000885": "missing-image"}
     samples = samples_of(tmp_path / "o", "val2017")
     assert [s["__key__"] for s in samples] == ["coco-000000000139", "coco-000000000285", "coco-000000000632", "coco-000000000724"]

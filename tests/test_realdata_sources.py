@@ -35,14 +35,14 @@ def test_official_and_attngan_split_counts(cub):
     assert {s: len(r) for s, r in attngan.items()} == {"train": 8855, "test": 2933}
     for recs in (official, attngan):
         assert not {r.key for r in recs["train"]} & {r.key for r in recs["test"]}
-        assert not any(r.reject for s in recs.values() for r in s)
+        assert not any(r.quarantine for s in recs.values() for r in s)
     assert len({r.meta["class_id"] for r in attngan["test"]}) == 50
 
 
 def test_real_cub_build(cub, tmp_path):
     m = preprocess(PreprocessConfig("cub", str(cub), regime="ae", size=64), tmp_path, InProcessRunner())
     assert (m["train"]["totals"]["samples"], m["test"]["totals"]["samples"]) == (18, 23)  # the 41 JPEGs present
-    kinds = {r["reason"].split(":")[0] for s in m.values() for r in s["rejected"]}
+    kinds = {r["reason"].split(":")[0] for s in m.values() for r in s["quarantined"]}
     assert kinds == {"missing-image", "missing-captions"}
     samples = {s["__key__"]: s for split in ("train", "test") for p in (tmp_path / split).glob("*.tar") for s in iter_samples(p)}
     meta = json.loads(samples["cub-00039"]["json"])  # Black_Footed_Albatross_0001_796111
@@ -61,8 +61,8 @@ def test_fffd_quirk_files(cub):
 
 def test_real_coco_build(coco, tmp_path):
     m = preprocess(PreprocessConfig("coco", str(coco), regime="prior", size=64), tmp_path, InProcessRunner())["val2017"]
-    assert m["totals"]["samples"] == 33 and m["totals"]["rejected"] == 4967
-    assert {r["reason"].split(":")[0] for r in m["rejected"]} == {"missing-image"}
+    assert m["totals"]["samples"] == 33 and m["totals"]["quarantined"] == 4967
+    assert {r["reason"].split(":")[0] for r in m["quarantined"]} == {"missing-image"}
     samples = {s["__key__"]: s for p in sorted((tmp_path / "val2017").glob("*.tar")) for s in iter_samples(p)}
     ann = json.loads((coco / "annotations" / "captions_val2017.json").read_bytes())
     expected = [a["caption"] for a in ann["annotations"] if a["image_id"] == 139]

@@ -34,7 +34,7 @@ def build(root, out, *extra, split="val2017"):
         return rc, None, None
     m = json.loads((out / split / "manifest.json").read_text())
     samples = {s["__key__"]: s for p in sorted((out / split).glob("*.tar")) for s in iter_samples(p)}
-    return rc, samples, {r["key"]: r["reason"] for r in m["rejected"]}
+    return rc, samples, {r["key"]: r["reason"] for r in m["quarantined"]}
 
 
 def files(root):
@@ -150,5 +150,5 @@ def test_a_cub_caption_file_that_is_not_a_regular_file_is_quarantined(tmp_path, 
     cap.mkdir() if what == "folder" else os.mkfifo(cap)
     assert main(["-q", "preprocess", "cub", "--root", str(root), "--out", str(tmp_path / "o"), "--size", "16", "--workers", "0"]) == 0
     m = json.loads((tmp_path / "o" / "train" / "manifest.json").read_text())
-    reason = {r["key"]: r["reason"] for r in m["rejected"]}["cub-00001"]
+    reason = {r["key"]: r["reason"] for r in m["quarantined"]}["cub-00001"]
     assert reason.startswith("unreadable-captions: caption file") and ("is a folder" if what == "folder" else "not a regular file") in reason

@@ -1,7 +1,7 @@
 """Issue 14: every field of every source is type-checked where it is read.
 
 Each fault kind is tried with several members, on tiny inputs in the exact source format, and
-the records are compared whole: key, reject reason, captions, captions_dropped, normalized."""
+the records are compared whole: key, quarantine reason, captions, captions_dropped, normalized."""
 import json
 import logging
 import os
@@ -32,7 +32,7 @@ def good_coco(image_id=7, captions=("a red square",), normalized=(), dropped=0, 
 def assert_meta_types(records, schema):
     for r in records:
         assert list(r.meta) == list(schema), r.key
-        if r.reject is None:
+        if r.quarantine is None:
             assert all(isinstance(r.meta[k], t) and not isinstance(r.meta[k], bool) for k, t in schema.items()), r.meta
             assert all(isinstance(c, str) and c.strip() and c != "None" for c in (r.captions or ()))
 
@@ -63,7 +63,7 @@ def test_coco_bad_id_is_quarantined_naming_index_and_field(tmp_path, raw, detail
                    [{"image_id": 3, "id": 1, "caption": "a red square"}, {"image_id": raw, "id": 2, "caption": "lost"}])
     with caplog.at_level(logging.WARNING, logger="t2i_data.sources.coco"):
         records = load_coco(tmp_path, "val2017")
-    bad = ImageRecord(key="coco-images[1]", split="val2017", image="val2017/b.jpg", reject=f"bad-metadata: {detail}", captions=(),
+    bad = ImageRecord(key="coco-images[1]", split="val2017", image="val2017/b.jpg", quarantine=f"bad-metadata: {detail}", captions=(),
                       meta={"image_id": None, "file": "val2017/b.jpg", "license": 1, "annotated_size": [64, 48]})
     assert records == [good_coco(3), bad]
     assert_meta_types(records, COCO_META)
@@ -72,7 +72,7 @@ def test_coco_bad_id_is_quarantined_naming_index_and_field(tmp_path, raw, detail
 
 def test_coco_missing_id_and_non_object_entry(tmp_path):
     make_coco_json(tmp_path, [{"file_name": "a.jpg"}, ["not", "an", "object"]], [])
-    assert [(r.key, r.reject) for r in load_coco(tmp_path, "val2017")] == [
+    assert [(r.key, r.quarantine) for r in load_coco(tmp_path, "val2017")] == [
         ("coco-images[0]", "bad-metadata: images[0].id is missing"),
         ("coco-images[1]", "bad-metadata: images[1] is a list, not an object"),
     ]
@@ -88,7 +88,7 @@ def test_coco_non_string_or_blank_caption_is_dropped_and_counted(tmp_path, bad):
 def test_coco_image_whose_every_caption_is_bad_is_no_captions(tmp_path):
     anns = [{"image_id": 7, "id": j, "caption": c} for j, c in enumerate([None, 5, "  "])]
     make_coco_json(tmp_path, [coco_image(7), coco_image(8, "b.jpg")], anns)
-    assert [(r.key, r.reject, r.captions, r.captions_dropped) for r in load_coco(tmp_path, "val2017")] == [
+    assert [(r.key, r.quarantine, r.captions, r.captions_dropped) for r in load_coco(tmp_path, "val2017")] == [
         ("coco-000000000007", "no-captions: no caption for image id 7 in captions_val2017.json (3 dropped: not text or blank)", (), 3),
         ("coco-000000000008", "no-captions: no caption for image id 8 in captions_val2017.json", (), 0),
     ]
@@ -107,7 +107,7 @@ def test_coco_image_whose_every_caption_is_bad_is_no_captions(tmp_path):
 def test_coco_file_name_must_be_plain_and_confined(tmp_path, name, detail):
     make_coco_json(tmp_path, [coco_image(7, name)], [{"image_id": 7, "id": 1, "caption": "a red square"}])
     (rec,) = load_coco(tmp_path, "val2017")
-    assert (rec.key, rec.reject, rec.image, rec.meta["file"]) == ("coco-000000000007", f"bad-metadata: {detail}", "", None)
+    assert (rec.key, rec.quarantine, rec.image, rec.meta["file"]) == ("coco-000000000007", f"bad-metadata: {detail}", "", None)
 
 
 def test_coco_file_name_through_a_symlink_out_of_the_split_folder(tmp_path):
@@ -118,10 +118,10 @@ def test_coco_file_name_through_a_symlink_out_of_the_split_folder(tmp_path):
     (tmp_path / "val2017" / "inside").symlink_to(tmp_path / "val2017")  # a link that stays inside is fine
     (tmp_path / "val2017" / "loop").symlink_to(tmp_path / "val2017" / "loop")
     first, second, third = load_coco(tmp_path, "val2017")
-    assert first.reject.startswith("bad-metadata: images[0].file_name 'link/a.jpg' resolves to ")
-    assert first.reject.endswith(", outside " + str((tmp_path / "val2017").resolve()))
-    assert second.reject is None and second.image == "val2017/inside/b.jpg"
-    assert third.reject.startswith("bad-metadata: images[2].file_name 'loop/c.jpg' cannot be resolved (")
+    assert first.quarantine.startswith("bad-metadata: images[0].file_name 'link/a.jpg' resolves to ")
+    assert first.quarantine.endswith(", outside " + str((tmp_path / "val2017").resolve()))
+    assert second.quarantine is None and second.image == "val2017/inside/b.jpg"
+    assert third.quarantine.startswith("bad-metadata: images[2].file_name 'loop/c.jpg' cannot be resolved (")
 
 
 @pytest.mark.parametrize("fields,size,license,normalized,detail", [
@@ -146,7 +146,7 @@ def test_coco_sizes_and_license(tmp_path, fields, size, license, normalized, det
     (rec,) = load_coco(tmp_path, "val2017")
     assert rec.meta == {"image_id": 7, "file": "val2017/a.jpg", "license": license, "annotated_size": size}
     assert rec.normalized == tuple(normalized)
-    assert rec.reject == (f"bad-metadata: {detail}" if detail else None)
+    assert rec.quarantine == (f"bad-metadata: {detail}" if detail else None)
 
 
 @pytest.mark.parametrize("top,field", [
@@ -186,16 +186,16 @@ def test_coco_same_id_in_two_forms_is_a_duplicate_and_order_is_by_id(tmp_path):
     images = [coco_image("9", "c.jpg"), coco_image([1], "x.jpg"), coco_image(7), coco_image(9.0, "d.jpg")]
     make_coco_json(tmp_path, images, [{"image_id": i, "caption": "c"} for i in (7, 9)])
     records = load_coco(tmp_path, "val2017")
-    assert [(r.key, (r.reject or "").split(":")[0]) for r in records] == [
+    assert [(r.key, (r.quarantine or "").split(":")[0]) for r in records] == [
         ("coco-000000000007", ""), ("coco-000000000009", "duplicate-id"), ("coco-000000000009", "duplicate-id"), ("coco-images[1]", "bad-metadata")]
     assert records[2].normalized == ("images[3].id: 9.0 -> 9",)
-    assert "names 2 different files" in records[1].reject and "captions cannot be attributed" in records[1].reject
+    assert "names 2 different files" in records[1].quarantine and "captions cannot be attributed" in records[1].quarantine
 
 
 def test_coco_an_id_listed_twice_with_the_same_file_keeps_the_first(tmp_path):
     make_coco_json(tmp_path, [coco_image(9, "c.jpg"), coco_image("9", "c.jpg")], [{"image_id": 9, "caption": "c"}])
     records = load_coco(tmp_path, "val2017")
-    assert [(r.key, r.reject) for r in records] == [("coco-000000000009", None),
+    assert [(r.key, r.quarantine) for r in records] == [("coco-000000000009", None),
                                                     ("coco-000000000009", "duplicate-id: image id 9 again in captions_val2017.json")]
 
 
@@ -216,7 +216,7 @@ def test_real_coco_records_are_clean(realdata):
     if not (path / "annotations" / "captions_val2017.json").is_file():
         pytest.skip(f"no COCO captions in {path}")
     records = load_coco(path, "val2017")
-    assert len(records) == 5000 and not any(r.reject or r.normalized or r.captions_dropped for r in records)
+    assert len(records) == 5000 and not any(r.quarantine or r.normalized or r.captions_dropped for r in records)
     assert_meta_types(records, COCO_META)
 
 
@@ -255,13 +255,13 @@ def with_line(lines, index, line):
 ])
 def test_cub_bad_bounding_box_quarantines_that_image(tmp_path, box, detail):
     records = cub_records(make_cub_meta(tmp_path, boxes=with_line(CUB_BOXES, 1, f"2 {box}")))
-    assert {k: r.reject for k, r in records.items()} == {"cub-00001": None, "cub-00002": f"bad-metadata: {detail}", "cub-00003": None}
+    assert {k: r.quarantine for k, r in records.items()} == {"cub-00001": None, "cub-00002": f"bad-metadata: {detail}", "cub-00003": None}
     assert records["cub-00002"].bbox is None and records["cub-00002"].meta["bbox"] is None
 
 
 def test_cub_image_without_a_box_line_has_null_bbox(tmp_path):
     records = cub_records(make_cub_meta(tmp_path, boxes=CUB_BOXES[:2]))
-    assert records["cub-00003"].reject is None and records["cub-00003"].meta["bbox"] is None and records["cub-00003"].bbox is None
+    assert records["cub-00003"].quarantine is None and records["cub-00003"].meta["bbox"] is None and records["cub-00003"].bbox is None
 
 
 @pytest.mark.parametrize("flag,detail", [
@@ -272,8 +272,8 @@ def test_cub_image_without_a_box_line_has_null_bbox(tmp_path):
 ])
 def test_cub_bad_is_training(tmp_path, flag, detail):
     root = make_cub_meta(tmp_path, split=with_line(CUB_SPLIT, 1, f"2 {flag}"))
-    assert cub_records(root)["cub-00002"].reject == f"bad-metadata: {detail}"
-    assert cub_records(root, "attngan")["cub-00002"].reject is None  # the attngan split does not read it
+    assert cub_records(root)["cub-00002"].quarantine == f"bad-metadata: {detail}"
+    assert cub_records(root, "attngan")["cub-00002"].quarantine is None  # the attngan split does not read it
 
 
 @pytest.mark.parametrize("label,detail", [
@@ -285,14 +285,14 @@ def test_cub_bad_is_training(tmp_path, flag, detail):
 def test_cub_class_that_names_no_class(tmp_path, label, detail):
     labels = [x for x in with_line(CUB_LABELS, 1, label) if x is not None]
     records = cub_records(make_cub_meta(tmp_path, labels=labels))
-    assert {k: r.reject for k, r in records.items()} == {"cub-00001": None, "cub-00002": f"bad-metadata: {detail}", "cub-00003": None}
+    assert {k: r.quarantine for k, r in records.items()} == {"cub-00001": None, "cub-00002": f"bad-metadata: {detail}", "cub-00003": None}
     assert records["cub-00002"].meta["class_id"] is None and records["cub-00002"].meta["class_name"] is None
 
 
 def test_cub_two_lines_for_one_image_in_a_per_image_file(tmp_path):
     records = cub_records(make_cub_meta(tmp_path, boxes=CUB_BOXES + ["3 1 1 1 1"]))
-    assert records["cub-00003"].reject == "bad-metadata: bounding_boxes.txt lines 3, 4 all give image id 3"
-    assert records["cub-00001"].reject is None and records["cub-00002"].reject is None
+    assert records["cub-00003"].quarantine == "bad-metadata: bounding_boxes.txt lines 3, 4 all give image id 3"
+    assert records["cub-00001"].quarantine is None and records["cub-00002"].quarantine is None
 
 
 @pytest.mark.parametrize("path,detail", [
@@ -304,7 +304,7 @@ def test_cub_two_lines_for_one_image_in_a_per_image_file(tmp_path):
 ])
 def test_cub_images_txt_path_must_be_plain(tmp_path, path, detail):
     rec = cub_records(make_cub_meta(tmp_path, images=with_line(CUB_IMAGES, 1, f"2 {path}")))["cub-00002"]
-    assert (rec.reject, rec.image, rec.caption_file, rec.meta["file"]) == (f"bad-metadata: {detail}", "", None, None)
+    assert (rec.quarantine, rec.image, rec.caption_file, rec.meta["file"]) == (f"bad-metadata: {detail}", "", None, None)
 
 
 def test_cub_image_and_caption_paths_are_confined_against_symlinks(tmp_path):
@@ -315,9 +315,9 @@ def test_cub_image_and_caption_paths_are_confined_against_symlinks(tmp_path):
     text.rmdir()
     text.symlink_to(tmp_path / "elsewhere")
     records = cub_records(root)
-    assert records["cub-00004"].reject.startswith("bad-metadata: images.txt line 4: path 'out/x.jpg' resolves to ")
-    assert records["cub-00003"].reject.startswith("bad-metadata: images.txt line 3: caption file '002.Beta_bird/Beta_0003.txt' resolves to ")
-    assert records["cub-00001"].reject is None
+    assert records["cub-00004"].quarantine.startswith("bad-metadata: images.txt line 4: path 'out/x.jpg' resolves to ")
+    assert records["cub-00003"].quarantine.startswith("bad-metadata: images.txt line 3: caption file '002.Beta_bird/Beta_0003.txt' resolves to ")
+    assert records["cub-00001"].quarantine is None
 
 
 @pytest.mark.parametrize("line,key,detail", [
@@ -327,8 +327,8 @@ def test_cub_image_and_caption_paths_are_confined_against_symlinks(tmp_path):
 def test_cub_id_that_does_not_fit_the_key(tmp_path, line, key, detail, caplog):
     records = load_cub(make_cub_meta(tmp_path, images=with_line(CUB_IMAGES, 1, line)), "official")
     everything = [r for s in records.values() for r in s]
-    bad = [r for r in everything if r.reject]
-    assert [(r.key, r.reject) for r in bad] == [
+    bad = [r for r in everything if r.quarantine]
+    assert [(r.key, r.quarantine) for r in bad] == [
         (key, f"bad-metadata: {detail}; image_class_labels.txt has no line for image id {line.split()[0]}")]
     assert records["test"][-1] is bad[0]  # after the ids that fit, in file order
     assert "skipped 1 lines naming no image in images.txt (first: line 2, id 2)" in caplog.text
@@ -363,7 +363,7 @@ def test_attngan_pickle_names_must_be_plain(tmp_path, names, message):
 
 def test_attngan_name_in_both_pickles(tmp_path):
     root = make_cub_meta(tmp_path, test=["001.Alpha_bird/Alpha_0002", "001.Alpha_bird/Alpha_0001"])
-    assert cub_records(root, "attngan")["cub-00001"].reject == (
+    assert cub_records(root, "attngan")["cub-00001"].quarantine == (
         "bad-metadata: 001.Alpha_bird/Alpha_0001 is in both birds/train and birds/test filenames.pickle")
 
 

@@ -154,7 +154,7 @@ def test_zipping_misaligned_sets_or_another_tokenizer_fails_naming_both_digests(
 
 
 def test_invalid_utf8_in_a_caption_json_is_repaired_and_counted(tmp_path, trained):
-    from t2i_data.manifest import write_manifest
+    from t2i_data.manifest import FORMAT_VERSION, write_manifest
 
     d = tmp_path / "imgs"
     d.mkdir()
@@ -163,8 +163,8 @@ def test_invalid_utf8_in_a_caption_json_is_repaired_and_counted(tmp_path, traine
     w.write({"__key__": "x-0001", "json": bad, "__content__": {"json": bad}})  # our writer would refuse to parse it
     w.write({"__key__": "x-0002", "json": b'{"captions": []}'})
     rec = w.close()
-    write_manifest(d / "manifest.json", {"format_version": 1, "kind": "images", "dataset": "x", "split": "test", "shards": [rec],
-                                        "totals": {"shards": 1, "samples": 2, "bytes": rec["bytes"], "rejected": 0}, "rejected": []})
+    write_manifest(d / "manifest.json", {"format_version": FORMAT_VERSION, "kind": "images", "dataset": "x", "split": "test", "shards": [rec],
+                                        "totals": {"shards": 1, "samples": 2, "bytes": rec["bytes"], "quarantined": 0}, "quarantined": []})
     trained["word"].save(tmp_path / "tok")
     m = tokenize(tmp_path / "tok", d, tmp_path / "out", TokenizeConfig(length=8), InProcessRunner())["test"]
     assert m["stats"]["repaired"] == 1 and m["stats"]["captions"] == 1

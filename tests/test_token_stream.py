@@ -209,7 +209,7 @@ def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5, text_vocab
 
     import numpy as np
 
-    from t2i_data.manifest import write_manifest
+    from t2i_data.manifest import FORMAT_VERSION, write_manifest
     from t2i_data.tario import ShardWriter
 
     def npy(a):
@@ -230,11 +230,11 @@ def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5, text_vocab
             ws["txt"].write({"__key__": key, "text_tokens.npy": npy(t)})
         for k, w in ws.items():
             recs[k].append(w.close())
-    common = {"format_version": 1, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "rejected": []}
+    common = {"format_version": FORMAT_VERSION, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "quarantined": []}
     for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": grid, "fingerprint": "a" * 64, "vocab": image_vocab}}),
                            ("txt", "text_tokens", {"tokenizer": {"length": L, "pad_id": 0, "fingerprint": "t" * 64,
                                                                  "vocab_size": text_vocab}})):
-        tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "rejected": 0}
+        tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "quarantined": 0}
         write_manifest(root / k / "manifest.json", dict(common, kind=kind, shards=recs[k], totals=tot, **extra))
     return truth
 

@@ -182,25 +182,25 @@ def load_coco(root: str | Path, split: str) -> list[ImageRecord]:
     seen: set[int] = set()
     records = []
     for i, image_id, meta, image, notes, problems in keyed + [c for c in checked if c[1] is None]:
-        reject = None
+        quarantine = None
         dropped = caps.dropped.get(image_id, 0) if image_id is not None else 0
         if image_id is not None:
             notes = notes + caps.notes.get(image_id, [])
         if problems:
-            reject = "bad-metadata: " + "; ".join(problems)
+            quarantine = "bad-metadata: " + "; ".join(problems)
         elif len(files[image_id]) > 1:  # annotations name the id, so no caption can be told to belong to one of them
-            reject = (f"duplicate-id: image id {image_id} names {len(files[image_id])} different files in {path.name}; "
+            quarantine = (f"duplicate-id: image id {image_id} names {len(files[image_id])} different files in {path.name}; "
                       "its captions cannot be attributed, so none of them is kept")
         elif image_id in seen:
-            reject = f"duplicate-id: image id {image_id} again in {path.name}"
+            quarantine = f"duplicate-id: image id {image_id} again in {path.name}"
         elif not caps.texts.get(image_id):
             extra = f" ({dropped} dropped: not text or blank)" if dropped else ""
-            reject = f"no-captions: no caption for image id {image_id} in {path.name}{extra}"
+            quarantine = f"no-captions: no caption for image id {image_id} in {path.name}{extra}"
         if image_id is not None:
             seen.add(image_id)
         records.append(ImageRecord(
             key=f"coco-{image_id:012d}" if image_id is not None else f"coco-images[{i}]", split=split, image=image,
-            meta=meta, captions=tuple(caps.texts.get(image_id, ())), reject=reject,
+            meta=meta, captions=tuple(caps.texts.get(image_id, ())), quarantine=quarantine,
             captions_dropped=dropped, normalized=tuple(notes),
         ))
     _warn_skipped(path, len(anns), caps, seen)

@@ -161,7 +161,7 @@ def fingerprint(root: Path) -> dict:
 
 def load_cub(root: str | Path, scheme: str = "official", captions: str | Path | None = None) -> dict[str, list[ImageRecord]]:
     """Records per split, sorted by image id (an id too long for the key last, in file order,
-    keyed ``cub-images.txt:<line>``); metadata problems become ``reject`` reasons:
+    keyed ``cub-images.txt:<line>``); metadata problems become ``quarantine`` reasons:
     ``bad-metadata`` (see ``_check``), ``duplicate-id``, ``no-split``."""
     if scheme not in SPLIT_SCHEMES:
         raise T2IError(f"--cub-split must be one of {', '.join(SPLIT_SCHEMES)}, got {scheme!r}")
@@ -195,18 +195,18 @@ def load_cub(root: str | Path, scheme: str = "official", captions: str | Path | 
             if split == "both":
                 problems.append(f"{stem} is in both birds/train and birds/test filenames.pickle")
                 split = None
-        reject = None
+        quarantine = None
         if problems:
-            reject = "bad-metadata: " + "; ".join(problems)
+            quarantine = "bad-metadata: " + "; ".join(problems)
         elif image_id in first_line:
-            reject = f"duplicate-id: image id {image_id} again at images.txt line {lineno} (first at line {first_line[image_id]})"
+            quarantine = f"duplicate-id: image id {image_id} again at images.txt line {lineno} (first at line {first_line[image_id]})"
         elif split is None:
-            reject = f"no-split: image id {image_id} has no {scheme} split assignment"
+            quarantine = f"no-split: image id {image_id} has no {scheme} split assignment"
         first_line.setdefault(image_id, lineno)
         split = split or ("test" if scheme == "official" else "train")
         key = f"cub-{image_id:05d}" if rec["meta"]["image_id"] is not None else f"cub-images.txt:{lineno}"
         order[key] = image_id if rec["meta"]["image_id"] is not None else 10**KEY_DIGITS + lineno
-        records[split].append(ImageRecord(key=key, split=split, reject=reject, **rec))
+        records[split].append(ImageRecord(key=key, split=split, quarantine=quarantine, **rec))
     for split in records:  # stable: a duplicate id follows the first occurrence
         records[split].sort(key=lambda r: order[r.key])
     return records

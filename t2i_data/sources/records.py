@@ -19,7 +19,7 @@ class ImageRecord:
     captions: tuple[str, ...] | None = None  # inline captions (COCO); None: read caption_file
     caption_file: str | None = None  # path relative to the source root (CUB)
     bbox: tuple[float, float, float, float] | None = None  # x, y, w, h in source pixels
-    reject: str | None = None  # "<kind>: <detail>" found in the metadata: quarantine unread
+    quarantine: str | None = None  # "<kind>: <detail>" found in the metadata: quarantine unread
     captions_dropped: int = 0  # captions the source listed that were not usable text (null, number, blank)
     normalized: tuple[str, ...] = ()  # metadata values read in another unambiguous form, e.g. "images[0].id: '7' -> 7"
 
