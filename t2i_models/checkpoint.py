@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -124,6 +125,30 @@ def warn_changed_settings(where: Path, saved: dict, now: dict, keys: tuple[str, 
         log.warning("resuming %s with other schedule settings: %s; the schedule (learning rate, steps) follows the new values "
                     "from here on, so the run is no longer the one the checkpoint started", where, "; ".join(changed))
     return changed
+
+
+def training_state(opt: torch.optim.Optimizer, step: int, epoch: int, in_epoch: int, ds, cfg, lost: int) -> dict:
+    """The training state every trainer saves beside its weights: the optimizer, the step, the
+    position in the epoch, the stream's state with its plan (``ds.state_dict``: batch size, world
+    size, workers, seed, the sets' digests; ``lost`` samples so far this epoch) and the run's config.
+    ``restore_training`` reads it back."""
+    return dict(optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
+                stream=ds.state_dict(in_epoch, cfg.num_workers, lost), train_config=asdict(cfg))
+
+
+def restore_training(ck: dict, last: Path, ds, cfg, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     schedule: tuple[str, ...]) -> tuple[int, int, int, int]:
+    """Put a trainer back where its ``out/last.pt`` (``ck``, from ``resume_checkpoint``) stopped:
+    the stream at the exact next batch (``ds.load_state_dict`` stops with a ``T2IError`` naming the
+    setting if this run would change the plan mid-epoch; checkpoints older than the stream state
+    resume from their epoch and batch), one warning for changed ``schedule`` settings, then the
+    weights and the optimizer. Returns (step, epoch, batch in epoch, samples lost so far this epoch)."""
+    state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
+    epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
+    warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), schedule)
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    return ck["step"], epoch, in_epoch, lost_before
 
 
 def save_autoencoder(path: str | Path, model, **state) -> str:

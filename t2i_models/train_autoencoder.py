@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,9 @@ from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import LostSamples, ShardStream, image_decoder, loader
 
 from .builders import CONFIGS, build_autoencoder
-from .checkpoint import resume_checkpoint, save_autoencoder, warn_changed_settings, weights_fingerprint
+from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
+from .train_common import append_metrics, check_train_config, use_bf16
 
 log = logging.getLogger(__name__)
 SCHEDULE = ("steps", "lr", "model")  # model: the dVAE's τ / λ schedules and the VQ-VAE's settings live there
@@ -59,17 +60,9 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_lost <= 1:
-            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
-        if self.arch not in CONFIGS:
-            raise T2IError(f"arch must be one of {', '.join(CONFIGS)}, got {self.arch!r}")
-        if not self.images or not self.out:
-            raise T2IError("images=DIR and out=DIR are needed (the ae-regime train split, and where checkpoints go)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "ckpt_every", "log_every", "grid_every"):
-            if getattr(self, name) < 1:
-                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_train_config(self, CONFIGS, ("images", "out"),
+                           "images=DIR and out=DIR are needed (the ae-regime train split, and where checkpoints go)",
+                           ("steps", "batch_size", "ckpt_every", "log_every", "grid_every"))
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -109,7 +102,7 @@ def train(cfg: TrainConfig) -> dict:
     cuda = device.type == "cuda"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    bf16 = use_bf16(cfg.precision, device)
 
     base = load_manifest(Path(cfg.images) / MANIFEST_NAME)
     regime = regime_of(base, allow_none=True)
@@ -132,12 +125,7 @@ def train(cfg: TrainConfig) -> dict:
     last = out / "last.pt"
     ck = resume_checkpoint(last, cfg.arch, map_location=device)
     if ck is not None:
-        state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
-        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
-        warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), SCHEDULE)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        step = ck["step"]
+        step, epoch, in_epoch, lost_before = restore_training(ck, last, ds, cfg, model, opt, SCHEDULE)
         log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)
     ddp = wrap_ddp(model, world, device)
     metrics_path = out / "metrics.jsonl"
@@ -147,9 +135,7 @@ def train(cfg: TrainConfig) -> dict:
 
     def checkpoint() -> None:
         if rank == 0:
-            save_autoencoder(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                             stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
-                             images_digest=base["digest"])
+            save_autoencoder(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), images_digest=base["digest"])
 
     t0, seen = time.perf_counter(), 0
     while step < cfg.steps:
@@ -178,8 +164,7 @@ def train(cfg: TrainConfig) -> dict:
                 rate = seen * world / (time.perf_counter() - t0)
                 row = {"step": step, "epoch": epoch, "images_per_s": round(rate, 1), "lost_in_epoch": lost.total}
                 row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in res.items() if k != "recon"})
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_metrics(metrics_path, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", ppl=f"{row['perplexity']:.1f}")
             if rank == 0 and step % cfg.grid_every == 0:
                 _grid(x, res["recon"].detach(), out / f"grid-{step:07d}.png")

@@ -21,10 +21,9 @@ accuracy at picking the true description among it and 12 changed variants.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,11 +32,12 @@ from tqdm.auto import tqdm
 from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 
-from .checkpoint import load_autoencoder, resume_checkpoint, save_clip, warn_changed_settings
+from .checkpoint import load_autoencoder, restore_training, resume_checkpoint, save_clip, training_state
 from .clip import CLIPS, symbols_from_text_tokens
 from .clip_eval import clip_accuracy, open_stream
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
+from .train_common import append_metrics, check_train_config, use_bf16
 
 log = logging.getLogger(__name__)
 SCHEDULE = ("epochs", "steps", "lr", "lr_step", "lr_gamma", "weight_decay")
@@ -68,17 +68,9 @@ class ClipTrainConfig:
     model: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_lost <= 1:
-            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
-        if self.arch not in CLIPS:
-            raise T2IError(f"arch must be one of {', '.join(CLIPS)}, got {self.arch!r}")
-        if not (self.image_tokens and self.text_tokens and self.autoencoder and self.out):
-            raise T2IError("image_tokens=DIR, text_tokens=DIR, autoencoder=CKPT and out=DIR are needed (the train split's token shards)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("epochs", "batch_size", "ckpt_every", "log_every", "lr_step"):
-            if getattr(self, name) < 1:
-                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_train_config(self, CLIPS, ("image_tokens", "text_tokens", "autoencoder", "out"),
+                           "image_tokens=DIR, text_tokens=DIR, autoencoder=CKPT and out=DIR are needed (the train split's token shards)",
+                           ("epochs", "batch_size", "ckpt_every", "log_every", "lr_step"))
         if bool(self.eval_image_tokens) != bool(self.eval_text_tokens):
             raise T2IError("eval_image_tokens and eval_text_tokens go together (the test split's two token sets)")
 
@@ -90,7 +82,7 @@ def lr_at(cfg: ClipTrainConfig, epoch: int) -> float:
 def train_clip(cfg: ClipTrainConfig) -> dict:
     rank, world, device = setup_distributed()
     cuda = device.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    bf16 = use_bf16(cfg.precision, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
@@ -109,12 +101,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     ck = resume_checkpoint(last, cfg.arch)
     if ck is not None:
-        state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
-        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
-        warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), SCHEDULE)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        step = ck["step"]
+        step, epoch, in_epoch, lost_before = restore_training(ck, last, ds, cfg, model, opt, SCHEDULE)
     ddp = wrap_ddp(model, world, device)
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
     total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
@@ -127,9 +114,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
 
     def checkpoint(**extra) -> str:
         if rank == 0:
-            return save_clip(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                             stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
-                             fingerprints=fingerprints, images_digest=ds.img_m["aligned_to"], **extra)
+            return save_clip(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), fingerprints=fingerprints,
+                             images_digest=ds.img_m["aligned_to"], **extra)
         return ""
 
     while step < end:
@@ -155,10 +141,9 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
                 logits = res["logits_per_image"].detach()
                 acc = float((logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean())
                 rate = seen * world / (time.perf_counter() - t0)
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
-                                        "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4), "lost_in_epoch": lost.total,
-                                        "images_per_s": round(rate, 1)}) + "\n")
+                append_metrics(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
+                                                       "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4),
+                                                       "lost_in_epoch": lost.total, "images_per_s": round(rate, 1)})
                 bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{acc:.2f}", img_s=f"{rate:.0f}")
             if step % cfg.ckpt_every == 0 or step == end:  # any batch: a resume is exact for every worker count
                 checkpoint()

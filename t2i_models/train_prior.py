@@ -30,9 +30,10 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
 from t2i_data.token_stream import TokenStream
 
-from .checkpoint import resume_checkpoint, save_prior, warn_changed_settings
+from .checkpoint import restore_training, resume_checkpoint, save_prior, training_state
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .prior_builders import PRIORS
+from .train_common import append_metrics, check_train_config, use_bf16
 
 log = logging.getLogger(__name__)
 SCHEDULE = ("steps", "lr", "warmup", "weight_decay", "grad_accum")
@@ -60,17 +61,9 @@ class PriorTrainConfig:
     model: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_lost <= 1:
-            raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {self.max_lost}")
-        if self.arch not in PRIORS:
-            raise T2IError(f"arch must be one of {', '.join(PRIORS)}, got {self.arch!r}")
-        if not (self.image_tokens and self.text_tokens and self.out):
-            raise T2IError("image_tokens=DIR, text_tokens=DIR and out=DIR are needed")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise T2IError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise T2IError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_train_config(self, PRIORS, ("image_tokens", "text_tokens", "out"),
+                           "image_tokens=DIR, text_tokens=DIR and out=DIR are needed",
+                           ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"))
 
 
 def lr_at(cfg: PriorTrainConfig, step: int) -> float:
@@ -106,7 +99,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     if rank == 0:
         log.info("train prior: %s", json.dumps(asdict(cfg), sort_keys=True))
     cuda = device.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    bf16 = use_bf16(cfg.precision, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
@@ -124,12 +117,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     if resume is not None:
-        state = resume.get("stream") or {"epoch": resume["epoch"], "batches_done": resume["batch_in_epoch"]}
-        epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
-        warn_changed_settings(last, resume.get("train_config", {}), asdict(cfg), SCHEDULE)
-        model.load_state_dict(resume["state_dict"])
-        opt.load_state_dict(resume["optimizer"])
-        step = resume["step"]
+        step, epoch, in_epoch, lost_before = restore_training(resume, last, ds, cfg, model, opt, SCHEDULE)
     ddp = wrap_ddp(model, world, device)
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=None if rank == 0 else True)
     fingerprints = {"tokenizer": tok["fingerprint"], "autoencoder": ae["fingerprint"]}
@@ -140,9 +128,8 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
 
     def checkpoint() -> None:
         if rank == 0:
-            save_prior(last, model, optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=in_epoch,
-                       stream=ds.state_dict(in_epoch, cfg.num_workers, lost.total), train_config=asdict(cfg),
-                       fingerprints=fingerprints, tokens=tokens, text_config=ds.txt_m["config"])
+            save_prior(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), fingerprints=fingerprints,
+                       tokens=tokens, text_config=ds.txt_m["config"])
 
     while step < end:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)
@@ -176,9 +163,8 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 rate = tokens_seen / (time.perf_counter() - t0)
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr_at(cfg, step - 1),
-                                        "valid": valid, "lost_in_epoch": lost.total, "tokens_per_s": round(rate, 1)}) + "\n")
+                append_metrics(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr_at(cfg, step - 1),
+                                                       "valid": valid, "lost_in_epoch": lost.total, "tokens_per_s": round(rate, 1)})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate:,.0f}")
             if step % cfg.ckpt_every == 0 or step == end:  # any batch: a resume is exact for every worker count
                 checkpoint()
