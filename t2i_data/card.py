@@ -390,10 +390,10 @@ def _loading(m: dict) -> list[str]:
            "", "```python",
            "from datasets import load_dataset", "", f'ds = load_dataset(DIR, split="{m["split"]}")  # config {config_name([m])}',
            "# or, naming the files (pass the features, or datasets infers them from the first shard's samples):",
-           "# load_dataset(\"webdataset\", data_files=t2i_data.export.data_files(DIR), features=t2i_data.schema.features_of(DIR))",
+           "# load_dataset(\"webdataset\", data_files=t2i_data.manifest.data_files(DIR), features=t2i_data.schema.features_of(DIR))",
            "```", "", _CONFIG_NOTE, "",
            "This package (every shard's sha256 checked against the manifest first):", "", "```python",
-           "from t2i_data.export import data_files", "from t2i_data.tario import iter_samples", "",
+           "from t2i_data.manifest import data_files", "from t2i_data.tario import iter_samples", "",
            f'for path in data_files(DIR)["{m["split"]}"]:', "    for sample in iter_samples(path):  # {\"__key__\": ..., field: bytes}",
            "        ..."]
     if m["kind"] != "images":
@@ -436,6 +436,6 @@ def build_card_text(sets: list[tuple[str, dict]]) -> str:
     lines += ["", "## Sources and licences", ""] + _licence_table(ms) + ["", _LICENCE_NOTE, "",
               "## Loading", "", "`DIR` is this folder.", "", "```python", "from datasets import load_dataset", "",
               f"ds = load_dataset(DIR)  # DatasetDict: {', '.join(loaded) or 'no split holds samples'}; config {config_name(ms)}",
-              "", "from t2i_data.export import data_files  # {split: shard paths}, every shard's sha256 checked first",
+              "", "from t2i_data.manifest import data_files  # {split: shard paths}, every shard's sha256 checked first",
               "files = data_files(DIR)", "```", "", _CONFIG_NOTE, ""]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,9 +1,8 @@
-"""Shard sets out to the tools the field uses: checked reading, loader helpers, Arrow/Parquet export.
+"""Shard sets out to the tools the field uses: Arrow/Parquet export.
 
-Every reader here starts from the manifest and stops with one ``T2IError`` on a folder with no
-manifest, a missing shard or a shard whose sha256 differs from the manifest's. ``data_files``
-hands the checked shard paths to ``webdataset.WebDataset`` or ``datasets.load_dataset
-("webdataset", data_files=...)``. ``export`` writes one table per split, one row per sample in
+Reading starts from the manifest through the checked-reading API of ``manifest.py``
+(``open_shard_sets``, ``checked_samples``), which stops with one ``T2IError`` on a folder with no
+manifest, a missing shard or a shard whose sha256 differs from the manifest's. ``export`` writes one table per split, one row per sample in
 shard order: the key, the split, and per input set its typed columns (captions, image bytes,
 source attributes and the full JSON for image sets; fixed-size integer lists for token sets).
 Aligned sets given together (an image set and its text- and image-token sets) become one table,
@@ -18,7 +17,6 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,8 +25,8 @@ import pyarrow as pa
 
 from .digest import IMAGE_EXTS, canonical_json, file_sha256, load_npy
 from .errors import T2IError
-from .manifest import KINDS, MANIFEST_NAME, find_manifests, load_manifest, shard_path
-from .tario import iter_samples
+from .extras import require
+from .manifest import KINDS, ShardSet, checked_samples, open_shard_sets
 from .schema import SCHEMAS, check_meta
 from .text.captions import check_captions
 
@@ -51,97 +49,6 @@ ATTRIBUTES: dict[str, tuple[tuple[str, pa.DataType], ...]] = {
 }
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the storage of datasets.Image()
 _VIEW = pa.struct([("identity", pa.bool_()), ("angle", pa.float64()), ("x", pa.int32()), ("y", pa.int32()), ("flip", pa.bool_())])
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """One split of a shard set: its folder and its (loaded, digest-checked) manifest."""
-
-    dir: Path
-    manifest: dict
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    @property
-    def split(self) -> str:
-        return self.manifest["split"]
-
-    def field(self, section: str, name: str):
-        """``manifest[section][name]``, or one T2IError saying the manifest lacks it."""
-        value = (self.manifest.get(section) or {}).get(name)
-        if value is None:
-            raise T2IError(f"{self.dir}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
-        return value
-
-    @property
-    def root(self) -> str:
-        """The digest of the image set this set belongs to (its own, for an image set)."""
-        return self.manifest["digest"] if self.kind == "images" else self.manifest.get("aligned_to")
-
-
-def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
-    """The split(s) at ``path`` (a split folder, a build folder of splits, or a manifest.json),
-    with every listed shard present; raises one T2IError otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise T2IError(f"{path}: no such folder; give a shard set folder (the one holding {MANIFEST_NAME}) or a build folder of splits")
-    if path.is_file() and path.name != MANIFEST_NAME:
-        raise T2IError(f"{path}: a file, not a shard set; give the folder that holds the shards and their {MANIFEST_NAME}")
-    if path.is_dir() and not (path / MANIFEST_NAME).is_file() and not any(path.glob(f"*/{MANIFEST_NAME}")):
-        raise T2IError(f"{path}: no {MANIFEST_NAME} here or in its subfolders, so it is not a t2i shard set; point at the folder "
-                       f"a t2i build wrote (shards with their {MANIFEST_NAME}), or rebuild the set")
-    sets = []
-    for mpath in find_manifests(path):
-        m = load_manifest(mpath)
-        if m.get("kind") not in KINDS:
-            raise T2IError(f"{mpath}: kind {m.get('kind')!r}; t2i reads {', '.join(KINDS)} shard sets")
-        ss = ShardSet(mpath.parent, m)
-        missing = [s["name"] for s in m["shards"] if not (ss.dir / s["name"]).is_file()]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise T2IError(f"{ss.dir}: shard {', '.join(missing[:3])}{more} listed in its manifest is missing; restore it or rebuild "
-                           f"the set (t2i verify {ss.dir} lists every problem)")
-        sets.append(ss)
-    return sets
-
-
-def check_shard(ss: ShardSet, shard: dict) -> Path:
-    """The shard's path (confined to the set's folder) once its size and sha256 match the manifest's."""
-    path = shard_path(ss.dir, shard["name"])
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise T2IError(f"{path}: listed in the manifest but missing; restore it or rebuild the set (t2i verify {ss.dir})") from None
-    sha = file_sha256(path) if size == shard["bytes"] else None
-    if sha != shard["sha256"]:
-        found = f"sha256 {sha[:12]}…" if sha else f"{size} bytes"
-        raise T2IError(f"{path}: checksum does not match the manifest ({found}, expected sha256 {shard['sha256'][:12]}… of "
-                       f"{shard['bytes']} bytes): the shard changed after the build; run t2i verify {ss.dir}, then rebuild or restore it")
-    return path
-
-
-def checked_samples(ss: ShardSet, shard: dict) -> Iterator[dict]:
-    """The samples of one shard, after its checksum check, with their count checked too."""
-    n = 0
-    for sample in iter_samples(check_shard(ss, shard)):
-        n += 1
-        yield sample
-    if n != shard["samples"]:
-        raise T2IError(f"{ss.dir / shard['name']}: {n} samples, the manifest says {shard['samples']}; rebuild the set")
-
-
-def data_files(path: str | os.PathLike, check: bool = True) -> dict[str, list[str]]:
-    """{split: shard paths in order} for ``webdataset.WebDataset(files[split])`` and
-    ``datasets.load_dataset("webdataset", data_files=files)``, after the manifest, presence and
-    (with ``check``) checksum checks. Shards with no samples are left out: they add no rows, and
-    datasets infers the columns from the first shard it is given."""
-    out = {}
-    for ss in open_shard_sets(path):
-        shards = [s for s in ss.manifest["shards"] if s["samples"]]
-        out[ss.split] = [str(check_shard(ss, s) if check else ss.dir / s["name"]) for s in shards]
-    return out
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -265,8 +172,7 @@ def _group_by_split(inputs: list[list[ShardSet]]) -> dict[str, list[ShardSet]]:
 
 def _hf_metadata(schema: pa.Schema, has_image: bool) -> bytes:
     """The schema metadata datasets reads its features from (so "image" decodes to a PIL image)."""
-    import datasets
-
+    datasets = require("datasets", "t2i export (the Hugging Face feature metadata it writes)")
     features = datasets.Features.from_arrow_schema(schema)
     if has_image:
         features["image"] = datasets.Image()

@@ -19,7 +19,8 @@ import numpy as np
 
 from .digest import load_npy
 from .errors import T2IError
-from .export import checked_samples, open_shard_sets, staged_dir, ShardSet
+from .export import staged_dir
+from .manifest import ShardSet, checked_samples, open_shard_sets
 from .figures import histogram_png
 from .quarantine import quarantine_counts
 from .text.captions import sample_captions

@@ -14,6 +14,12 @@ shard path, resolved with its symlinks, stays inside the manifest's folder and i
 when it exists; counts are non-negative integers within ``MAX_SHARD_BYTES`` and one ustar header
 per sample, sha256 fields are 64 hex digits and the totals add up. Every output path downstream
 (tokenize, encode, inspect) is built from these checked tokens.
+
+The checked-reading API lives here too, beside the contract it holds readers to: ``ShardSet`` (a
+split's folder and its loaded manifest), ``open_shard_sets``, ``check_shard_file`` (the one size
+and sha256 check every reader runs, the streams' cached one included), ``checked_shard_path``,
+``checked_samples`` (count checked too) and ``data_files`` (for ``webdataset.WebDataset`` and
+``datasets.load_dataset("webdataset")``).
 """
 from __future__ import annotations
 
@@ -22,11 +28,14 @@ import json
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from .digest import canonical_json
+from .digest import canonical_json, file_sha256
 from .errors import T2IError
 from .sources.records import confiner
+from .tario import iter_samples
 
 FORMAT_VERSION = 2  # 2: the field "rejected" became "quarantined" (one word for one idea)
 MANIFEST_NAME = "manifest.json"
@@ -225,3 +234,113 @@ def find_manifests(path: str | os.PathLike) -> list[Path]:
         except ValueError as e:
             raise T2IError(f"{path}: {e}; a shard set's manifest must lie inside the folder given (DESIGN.md, 'Trust')") from None
     return found
+
+
+# --- checked reading ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardSet:
+    """One split of a shard set: its folder and its (loaded, digest-checked) manifest."""
+
+    dir: Path
+    manifest: dict
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def split(self) -> str:
+        return self.manifest["split"]
+
+    def field(self, section: str, name: str):
+        """``manifest[section][name]``, or one T2IError saying the manifest lacks it."""
+        value = (self.manifest.get(section) or {}).get(name)
+        if value is None:
+            raise T2IError(f"{self.dir}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
+        return value
+
+    @property
+    def root(self) -> str:
+        """The digest of the image set this set belongs to (its own, for an image set)."""
+        return self.manifest["digest"] if self.kind == "images" else self.manifest.get("aligned_to")
+
+
+def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
+    """The split(s) at ``path`` (a split folder, a build folder of splits, or a manifest.json),
+    with every listed shard present; raises one T2IError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise T2IError(f"{path}: no such folder; give a shard set folder (the one holding {MANIFEST_NAME}) or a build folder of splits")
+    if path.is_file() and path.name != MANIFEST_NAME:
+        raise T2IError(f"{path}: a file, not a shard set; give the folder that holds the shards and their {MANIFEST_NAME}")
+    if path.is_dir() and not (path / MANIFEST_NAME).is_file() and not any(path.glob(f"*/{MANIFEST_NAME}")):
+        raise T2IError(f"{path}: no {MANIFEST_NAME} here or in its subfolders, so it is not a t2i shard set; point at the folder "
+                       f"a t2i build wrote (shards with their {MANIFEST_NAME}), or rebuild the set")
+    sets = []
+    for mpath in find_manifests(path):
+        m = load_manifest(mpath)
+        if m.get("kind") not in KINDS:
+            raise T2IError(f"{mpath}: kind {m.get('kind')!r}; t2i reads {', '.join(KINDS)} shard sets")
+        ss = ShardSet(mpath.parent, m)
+        missing = [s["name"] for s in m["shards"] if not (ss.dir / s["name"]).is_file()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise T2IError(f"{ss.dir}: shard {', '.join(missing[:3])}{more} listed in its manifest is missing; restore it or rebuild "
+                           f"the set (t2i verify {ss.dir} lists every problem)")
+        sets.append(ss)
+    return sets
+
+
+def check_shard_file(path: Path, record: dict, data=None) -> str:
+    """Check one shard file against its manifest record: size first, then sha256 of the bytes
+    (``data``: the file's bytes or its mapping when the caller has them, so hashing faults in the
+    pages the caller reads next; hashlib releases the GIL over the whole buffer). Returns the sha256.
+
+    Raises ``T2IError`` naming the shard with expected and actual values when they differ;
+    ``OSError`` (missing, unreadable) passes through for the caller to word or to count the shard
+    as lost (the streams). Every reader in the project checks a shard through this function."""
+    expected = record.get("sha256")
+    if not expected or "bytes" not in record:
+        raise T2IError(f"{path}: the manifest records no sha256 or size for this shard; rebuild the set's manifest")
+    size = os.stat(path).st_size
+    if size != record["bytes"]:
+        raise T2IError(f"{path}: {size} bytes where the manifest says {record['bytes']} (sha256 {expected}): the shard "
+                       f"is truncated or was replaced; run `t2i verify {path.parent}` and rebuild or re-fetch it")
+    actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    if actual != expected:
+        raise T2IError(f"{path}: checksum does not match the manifest: sha256 {actual}, the manifest says {expected} (the shard "
+                       f"was replaced, damaged or comes from another set); run `t2i verify {path.parent}` and rebuild or re-fetch it")
+    return actual
+
+
+def checked_shard_path(ss: ShardSet, shard: dict) -> Path:
+    """The shard's path (confined to the set's folder) once its size and sha256 match the manifest's."""
+    path = shard_path(ss.dir, shard["name"])
+    try:
+        check_shard_file(path, shard)
+    except FileNotFoundError:
+        raise T2IError(f"{path}: listed in the manifest but missing; restore it or rebuild the set (t2i verify {ss.dir})") from None
+    return path
+
+
+def checked_samples(ss: ShardSet, shard: dict) -> Iterator[dict]:
+    """The samples of one shard, after its checksum check, with their count checked too."""
+    n = 0
+    for sample in iter_samples(checked_shard_path(ss, shard)):
+        n += 1
+        yield sample
+    if n != shard["samples"]:
+        raise T2IError(f"{ss.dir / shard['name']}: {n} samples, the manifest says {shard['samples']}; rebuild the set")
+
+
+def data_files(path: str | os.PathLike, check: bool = True) -> dict[str, list[str]]:
+    """{split: shard paths in order} for ``webdataset.WebDataset(files[split])`` and
+    ``datasets.load_dataset("webdataset", data_files=files)``, after the manifest, presence and
+    (with ``check``) checksum checks. Shards with no samples are left out: they add no rows, and
+    datasets infers the columns from the first shard it is given."""
+    out = {}
+    for ss in open_shard_sets(path):
+        shards = [s for s in ss.manifest["shards"] if s["samples"]]
+        out[ss.split] = [str(checked_shard_path(ss, s) if check else ss.dir / s["name"]) for s in shards]
+    return out

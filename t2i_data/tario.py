@@ -219,7 +219,7 @@ def member_table(path: str | os.PathLike, data, sha256: str | None = None) -> tu
 
     This reads structure, not identity: the index's recorded sha256 only says which file it was
     written for. A caller that must know the file is the one its manifest describes hashes it
-    first (``stream.verify_shard``, ``export.check_shard``), as every reader in this package does.
+    first (``manifest.check_shard_file``), as every reader in this package does.
     """
     doc = _read_index(path)
     if doc is not None:

@@ -20,6 +20,9 @@ from .tario import iter_samples
 
 @dataclass(frozen=True)
 class ShardCheck:
+    """One shard's status (``ok``, ``content-ok``, ``mismatch``, ``unreadable``, ``missing``,
+    ``extra``) with what was found."""
+
     name: str
     status: str
     detail: str = ""
@@ -37,7 +40,9 @@ def content_record(path: Path) -> dict:
     return {"content_digest": h.hexdigest(), "samples": n, "first_key": first, "last_key": last}
 
 
-def check_shard(expected: dict, path: Path, deep: bool = False) -> ShardCheck:
+def verify_shard(expected: dict, path: Path, deep: bool = False) -> ShardCheck:
+    """``t2i verify``'s finding about one shard (a status, never an exception for bad data):
+    ``expected`` is its manifest record, ``deep`` decodes it even when its sha256 matches."""
     name = expected["name"]
     if not path.is_file():
         return ShardCheck(name, "missing", f"{path} does not exist")
@@ -57,11 +62,13 @@ def check_shard(expected: dict, path: Path, deep: bool = False) -> ShardCheck:
 
 
 def verify_manifest(manifest_path: Path, data_dir: Path | None = None, deep: bool = False) -> list[ShardCheck]:
+    """Every shard of a manifest checked (``data_dir``: where the shards are, when the manifest
+    lies elsewhere), plus ``extra`` for shard files of the set that the manifest does not list."""
     manifest = load_manifest(manifest_path)
     data_dir = data_dir or manifest_path.parent
     if not data_dir.is_dir():
         raise T2IError(f"{data_dir}: no such shard directory")
-    checks = [check_shard(s, shard_path(data_dir, s["name"], str(manifest_path)), deep) for s in manifest["shards"]]
+    checks = [verify_shard(s, shard_path(data_dir, s["name"], str(manifest_path)), deep) for s in manifest["shards"]]
     listed = {s["name"] for s in manifest["shards"]}
     prefix = f"{manifest.get('dataset')}-{manifest.get('split')}-"
     for extra in sorted(p.name for p in data_dir.glob(f"{prefix}*.tar")):

@@ -14,7 +14,8 @@ import datasets  # noqa: E402
 
 from t2i_data.cli import main  # noqa: E402
 from t2i_data.errors import T2IError  # noqa: E402
-from t2i_data.export import data_files, export, read_export  # noqa: E402
+from t2i_data.export import export, read_export
+from t2i_data.manifest import data_files  # noqa: E402
 from t2i_data.inspect_shards import inspect  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from fixtures_interop import build_sets, md_sets, our_samples, shard_paths  # se
 import datasets  # noqa: E402
 import webdataset as wds  # noqa: E402
 
-from t2i_data.export import data_files  # noqa: E402
+from t2i_data.manifest import data_files  # noqa: E402
 from t2i_data.pngio import decode_image  # noqa: E402
 
 KINDS = ["mdmnist", "cub", "coco", "text_tokens", "image_tokens"]

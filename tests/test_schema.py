@@ -20,7 +20,7 @@ from fixtures_interop import md_sets, our_samples  # sets HF_*_OFFLINE first
 import datasets  # noqa: E402
 
 from t2i_data.digest import canonical_json  # noqa: E402
-from t2i_data.export import data_files  # noqa: E402
+from t2i_data.manifest import data_files  # noqa: E402
 from t2i_data.manifest import load_manifest  # noqa: E402
 from t2i_data.runner import InProcessRunner  # noqa: E402
 from t2i_data.schema import SCHEMAS, check_meta, features, features_of, schema_for, schema_of  # noqa: E402
