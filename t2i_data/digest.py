@@ -7,12 +7,12 @@ with sorted keys, arrays with their dtype and shape.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 
 import numpy as np
 import xxhash
+
+from .npyio import load_npy
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 
@@ -43,31 +43,6 @@ def canonical_field(ext: str, data: bytes, where: str = "field") -> bytes:
     if ext == "npy":
         return canonical_array(load_npy(data, where))
     return data
-
-
-def load_npy(data: bytes, where: str = "array") -> np.ndarray:
-    """The array of ``.npy`` bytes read from a shard, as a read-only view of ``data``, once its
-    header is checked against the bytes that follow it; one ``T2IError`` naming ``where``
-    otherwise. ``np.load`` allocates the shape its header declares before reading any element,
-    so a 128-byte header saying (10**7, 10**6) costs terabytes (MemoryError) or, lazily, gigabytes.
-    Object arrays (pickles) are refused, as ``allow_pickle=False`` would."""
-    from .errors import T2IError
-
-    f = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f".npy format version {version}, t2i reads 1.0 and 2.0")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if dtype.hasobject:
-            raise ValueError("an object array (a pickle)")
-        count = math.prod(shape)
-        if count * dtype.itemsize != len(data) - f.tell():
-            raise ValueError(f"its header declares {dtype} {shape} ({count * dtype.itemsize:,} bytes) but {len(data) - f.tell():,} bytes follow")
-        return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
-    except Exception as e:  # ValueError mostly; numpy's header parser also leaks tokenize.TokenError on garbage
-        raise T2IError(f"{where}: not a readable .npy ({e}); the shard is damaged") from None
 
 
 def canonical_array(arr: np.ndarray) -> bytes:

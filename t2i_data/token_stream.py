@@ -31,7 +31,6 @@ gathered once from the shard chunks into its tensors.
 """
 from __future__ import annotations
 
-import ast
 import logging
 import mmap
 import os
@@ -45,41 +44,18 @@ from torch.utils.data import IterableDataset
 
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
+from .npyio import npy_meta
 from .rng import key_ids, keyed_u64, stream_id
 from .stream import check_plan, dataloader_worker, guarded, rank_and_world, verify_shard, worker_share
 from .tario import member_table
 
 log = logging.getLogger(__name__)
-_HEADERS: dict[bytes, tuple] = {}
 
 
 def windows(a: np.ndarray, width: int) -> np.ndarray:
     """Every run of ``width`` consecutive items of a 1-D array as a row, without copying:
     ``windows(a, w)[starts]`` copies the rows that begin at ``starts`` in one C loop."""
     return np.lib.stride_tricks.sliding_window_view(a, width)
-
-
-def npy_meta(data: bytes) -> tuple[np.dtype, tuple, int, int]:
-    """(dtype, shape, item count, header bytes) of an .npy payload from its first bytes; the
-    header dict is parsed once per distinct header."""
-    if data[:6] != b"\x93NUMPY":
-        raise ValueError("not an .npy payload")
-    hlen = int.from_bytes(data[8:10], "little") if data[6] == 1 else int.from_bytes(data[8:12], "little")
-    start = 10 if data[6] == 1 else 12
-    head = bytes(data[start : start + hlen])
-    meta = _HEADERS.get(head)
-    if meta is None:
-        d = ast.literal_eval(head.decode("latin1"))
-        if d["fortran_order"]:
-            raise ValueError("fortran-ordered .npy is not supported here")
-        meta = _HEADERS[head] = (np.dtype(d["descr"]), tuple(d["shape"]), int(np.prod(d["shape"])))
-    return (*meta, start + hlen)
-
-
-def npy_view(data: bytes) -> np.ndarray:
-    """The array of an .npy payload, without copying."""
-    dtype, shape, count, skip = npy_meta(data)
-    return np.frombuffer(data, dtype=dtype, offset=skip, count=count).reshape(shape)
 
 
 def plan_exact(sizes: list[int], world: int, workers: int, batch: int, seed: int, epoch: int):

@@ -17,7 +17,6 @@ Defined behaviour for awkward captions (each counted in the manifest's ``stats``
 """
 from __future__ import annotations
 
-import io
 import unicodedata
 from itertools import chain
 from dataclasses import asdict, dataclass
@@ -30,8 +29,9 @@ import numpy as np
 from .digest import canonical_array
 from .errors import T2IError
 from .manifest import find_manifests, load_manifest
+from .npyio import npy_bytes
 from .card import write_build_card
-from .export import ShardSet, checked_samples
+from .manifest import ShardSet, checked_samples
 from .shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
 from .tario import WRITER_ID
 from .text import cached_tokenizer, load_tokenizer, sample_captions
@@ -107,25 +107,11 @@ def encode_rows_reference(tok, captions: list[str], cfg: TokenizeConfig, dtype) 
     return rows
 
 
-_NPY_HEADERS: dict = {}
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """``np.save`` output, with the header built once per (dtype, shape) instead of per array."""
-    key = (arr.dtype.str, arr.shape)
-    header = _NPY_HEADERS.get(key)
-    if header is None:
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.zeros(arr.shape, arr.dtype), allow_pickle=False)
-        header = _NPY_HEADERS[key] = buf.getvalue()[: len(buf.getvalue()) - arr.nbytes]
-    return header + np.ascontiguousarray(arr).tobytes()
-
-
 def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, shard: tuple[str, dict]) -> Iterator:
     """One image shard → its text-token shard: every caption of the shard encoded in one batch.
 
     ``shard``: (its folder, its manifest record). The shard is read only after its size and sha256
-    match the record, and its sample count must too (``export.checked_samples``): a shard
+    match the record, and its sample count must too (``manifest.checked_samples``): a shard
     truncated on a member boundary would otherwise give a short text-token shard that claims to
     be aligned with the whole image set."""
     folder, record = shard

@@ -9,7 +9,6 @@ image set it is aligned to, and the code-usage histogram.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -20,14 +19,14 @@ import torch
 
 from t2i_data.augment import regime_of, stored_image, views
 from t2i_data.card import write_build_card
-from t2i_data.export import ShardSet, checked_samples
+from t2i_data.manifest import ShardSet, checked_samples
 from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
 from t2i_data.manifest import find_manifests, load_manifest
+from t2i_data.npyio import load_npy, npy_bytes
 from t2i_data.shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
 from t2i_data.tario import WRITER_ID, iter_samples
-from t2i_data.tokenize import npy_bytes
 
 from .checkpoint import load_autoencoder
 
@@ -72,7 +71,7 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     """One image shard → its image-token shard; ``json_schema`` (``t2i_data.schema``) is what
     every sample's JSON must match. ``shard``: (its folder, its manifest record); it is read
     only after its size and sha256 match, and its sample count must too
-    (``export.checked_samples``), so a truncated shard cannot give a short aligned set."""
+    (``manifest.checked_samples``), so a truncated shard cannot give a short aligned set."""
     folder, record = shard
     image_shard = str(Path(folder) / record["name"])
     from t2i_data.regimes import Regime
@@ -156,7 +155,7 @@ def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: 
     arrays = [a for img, _ in chosen for _, a in sample_views(img, regime, tm["seed"], k)]
     again = encode_arrays(model, arrays, batch_size=7)
     for i, (img, tok) in enumerate(chosen):
-        stored = np.load(io.BytesIO(tok["image_tokens.npy"]))
+        stored = load_npy(tok["image_tokens.npy"], f"{tokens}: {tok['__key__']}.image_tokens.npy")
         if not np.array_equal(stored, again[i * k : (i + 1) * k]):
             diff = int((stored != again[i * k : (i + 1) * k]).sum())
             raise T2IError(f"{img['__key__']}: {diff} of {stored.size} tokens differ when re-encoded in another batch order")
