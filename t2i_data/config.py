@@ -6,8 +6,12 @@ The dataclass (e.g. ``MDMNISTConfig``) is the one place each default lives; a fi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, released as tomli before 3.11 took it in
+    import tomli as tomllib
 import typing
 from pathlib import Path
 
@@ -93,3 +97,40 @@ def type_problem(hint, value) -> str | None:
     if hint is bool and not isinstance(value, bool):
         return "needs true or false"
     return None
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``key=value`` pairs -> a dict; ``model.X=v`` go into the model overrides. Values are read as
+    JSON when they parse (numbers, true/false), else as strings. ``T2IError`` for an item with no ``=``."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise T2IError(f"override {item!r} is not key=value")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        if key.startswith("model."):
+            out.setdefault("model", {})[key[len("model."):]] = parsed
+        else:
+            out[key] = parsed
+    return out
+
+
+def train_config(cls, path: str | Path | None, section: str, overrides: list[str]):
+    """``cls`` (a trainer's config dataclass) from the ``[section]`` table of the pipeline file at
+    ``path``, then the ``key=value`` overrides (``model.<field>`` merged into the table's ``model``);
+    one ``T2IError`` naming every unknown setting, or an ``out`` that is a file."""
+    values = dict(table(path, section)) if path else {}
+    over = parse_overrides(overrides)
+    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
+    values.update(over)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
+    out = values.get("out")
+    if isinstance(out, str) and out and Path(out).exists() and not Path(out).is_dir():
+        raise T2IError(f"out={out}: a file, not a folder for checkpoints")
+    return construct(cls, values, section, flag=lambda name: name)

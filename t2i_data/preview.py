@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from itertools import islice
 from pathlib import Path
@@ -12,9 +13,12 @@ from PIL import Image, ImageDraw
 from .digest import IMAGE_EXTS, load_npy
 from .errors import T2IError
 from .figures import font
+from .manifest import MANIFEST_NAME, find_manifests, load_manifest
 from .pngio import decode_image
 from .tario import iter_samples
 from .text.captions import sample_captions
+
+log = logging.getLogger(__name__)
 
 
 def iter_previews(shards: list[str | Path], decode_tokens=None):
@@ -80,3 +84,33 @@ def contact_sheet(shards: list[str | Path], out: str | Path, n: int = 16, cols: 
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def preview_shards(paths: list[str], fingerprint: str | None) -> list[str]:
+    """The shard files ``t2i preview`` shows: a tar as given; a split or build folder as the
+    shards its manifests list (those holding samples). With ``fingerprint`` (the autoencoder's),
+    an image-token set made by another autoencoder is refused, naming both fingerprints."""
+    shards = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for mpath in find_manifests(p):
+                m = load_manifest(mpath)
+                _check_token_maker(m, mpath, fingerprint)
+                shards += [str(mpath.parent / s["name"]) for s in m["shards"] if s["samples"]]
+        else:
+            beside = p.parent / MANIFEST_NAME
+            if fingerprint is not None and beside.is_file():
+                _check_token_maker(load_manifest(beside), beside, fingerprint)
+            elif fingerprint is not None:
+                log.warning("%s: no manifest beside it, so the autoencoder's fingerprint cannot be checked", p)
+            shards.append(str(p))
+    if not shards:
+        raise T2IError(f"{', '.join(paths)}: no shard holds a sample")
+    return shards
+
+
+def _check_token_maker(m: dict, where: Path, fingerprint: str | None) -> None:
+    made_by = (m.get("autoencoder") or {}).get("fingerprint")
+    if fingerprint is not None and m.get("kind") == "image_tokens" and made_by != fingerprint:
+        raise T2IError(f"{where}: these image tokens were made by the autoencoder with fingerprint {str(made_by)[:16]}, "
+                       f"not by --autoencoder ({fingerprint[:16]}); pass the checkpoint that encoded them")

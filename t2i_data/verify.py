@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .digest import ContentHasher, canonical_field, file_sha256
 from .errors import T2IError
-from .manifest import load_manifest, shard_path
+from .manifest import find_manifests, load_manifest, shard_path
 from .tario import iter_samples
 
 
@@ -75,3 +75,17 @@ def verify_manifest(manifest_path: Path, data_dir: Path | None = None, deep: boo
         if extra not in listed:
             checks.append(ShardCheck(extra, "extra", "a shard file the manifest does not list"))
     return checks
+
+
+def verify_path(path: str | Path, data: str | Path | None = None, deep: bool = False) -> list[tuple[Path, Path, list[ShardCheck]]]:
+    """``t2i verify PATH [--data DIR]``: (manifest, data folder, checks) per manifest at ``path``
+    (a manifest, a split folder or a build folder of splits). With ``data`` and several manifests,
+    split ``s`` is looked for in ``data / s``'s folder name, as a build writes it."""
+    out = []
+    manifests = find_manifests(path)
+    for mpath in manifests:
+        data_dir = Path(data) if data else None
+        if data_dir is not None and len(manifests) > 1:
+            data_dir = data_dir / mpath.parent.name  # a build directory: one subfolder per split
+        out.append((mpath, data_dir or mpath.parent, verify_manifest(mpath, data_dir, deep=deep)))
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.manifest import load_manifest
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import DaskRunner, InProcessRunner
@@ -65,7 +65,7 @@ def test_changed_config_rebuilds_and_drops_stale_shards(reference, tmp_path):
 
 def test_resume_after_kill_9_ends_with_identical_bytes(reference, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "t2i_data.cli", "-q", "mdmnist", "build", "--out", str(out), "--seed", "1",
+    cmd = [sys.executable, "-m", "t2i_models.cli", "-q", "mdmnist", "build", "--out", str(out), "--seed", "1",
            "--train", "1200", "--test", "300", "--shard-size", "250", "--workers", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stats = out / "train" / ".stats"

@@ -6,7 +6,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.digest import canonical_json
 from t2i_data.errors import T2IError
 from t2i_data.pngio import encode_png

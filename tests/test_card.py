@@ -10,7 +10,7 @@ from fixtures_interop import build_sets, md_sets  # sets HF_*_OFFLINE first
 import datasets  # noqa: E402
 
 from t2i_data.card import LICENCES, card_text  # noqa: E402
-from t2i_data.cli import main  # noqa: E402
+from t2i_models.cli import main  # noqa: E402
 from t2i_data.manifest import load_manifest  # noqa: E402
 from t2i_data.mdmnist import MDMNISTConfig, build  # noqa: E402
 from t2i_data.runner import InProcessRunner  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 from t2i_models.checkpoint import load_clip

@@ -2,7 +2,7 @@
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.manifest import load_manifest
 from t2i_data.mdmnist import MDMNISTConfig, build, produce_shard
 from t2i_data.pngio import encoder_id

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.decode import ImageLimits, decode_source, orient_box
 from t2i_data.regimes import Regime, to_rgb
 from t2i_data.quarantine import Quarantine
@@ -110,7 +110,7 @@ def test_a_huge_png_is_refused_from_its_header_with_bounded_memory(tmp_path):
     big = png_bytes(np.zeros((12000, 12000), np.uint8), compress_level=9)
     root = coco_tree(tmp_path / "coco", {**GOOD, 2: big}, sizes={2: (12000, 12000)})
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked (large) pytest process
-    code = ("import re, sys; from t2i_data.cli import main; "
+    code = ("import re, sys; from t2i_models.cli import main; "
             f"rc = main(['-q', 'preprocess', 'coco', '--root', {str(root)!r}, '--out', {str(tmp_path / 'o')!r}, '--size', '32', '--workers', '0']); "
             "print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

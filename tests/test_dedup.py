@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.dedup import find_duplicates, find_leakage
 from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.runner import DaskRunner, InProcessRunner

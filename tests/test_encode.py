@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2i_data.align import zip_aligned
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.runner import DaskRunner, InProcessRunner

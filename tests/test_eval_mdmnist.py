@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_models.clip_eval import ATTRIBUTES, ctrs_counts, random_descriptions, variant, variant_set
 from t2i_models.eval_mdmnist import EvalConfig, evaluate, sign_test_p

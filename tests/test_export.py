@@ -12,7 +12,7 @@ from fixtures_interop import build_sets, md_sets, our_samples, shard_paths  # se
 
 import datasets  # noqa: E402
 
-from t2i_data.cli import main  # noqa: E402
+from t2i_models.cli import main  # noqa: E402
 from t2i_data.errors import T2IError  # noqa: E402
 from t2i_data.export import export, read_export
 from t2i_data.manifest import data_files  # noqa: E402

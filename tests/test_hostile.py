@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.digest import file_sha256
 from t2i_data.errors import T2IError
 from t2i_data.manifest import MANIFEST_NAME, write_manifest
@@ -526,7 +526,7 @@ def peak():
 kind, args = sys.argv[1], sys.argv[2:]
 message = ""
 if kind == "cli":
-    from t2i_data.cli import main
+    from t2i_models.cli import main
     rc = main(["-q", *args])
 else:
     from t2i_data.errors import T2IError

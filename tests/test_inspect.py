@@ -11,7 +11,7 @@ from PIL import Image
 from fixtures_interop import build_sets, md_sets, our_samples
 
 from fixtures_sources import CUB_BAD
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.figures import histogram_png
 from t2i_data.inspect_shards import hist_summary, inspect
 

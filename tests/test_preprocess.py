@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.pngio import decode_image

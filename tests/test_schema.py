@@ -250,7 +250,7 @@ def test_schema_for_refuses_an_undeclared_set_or_a_missing_array_dtype():
 def test_the_issues_coco_set_built_by_preprocess_loads_through_its_card_and_data_files(tmp_path):
     """Issue 14's case through the real producer: the first image has no license, width or height,
     built with --shard-size 1; the rows equal the shards', field by field."""
-    from t2i_data.cli import main
+    from t2i_models.cli import main
 
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.tario import iter_samples
 
 from fixtures_sources import jpeg_bytes

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.sources.coco import load_coco
 from t2i_data.sources.cub import load_cub

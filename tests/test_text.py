@@ -173,7 +173,7 @@ def test_invalid_utf8_in_a_caption_json_is_repaired_and_counted(tmp_path, traine
 
 
 def test_cli_train_refuses_the_test_split(md_images, tmp_path, capsys):
-    from t2i_data.cli import main
+    from t2i_models.cli import main
 
     assert main(["tokenizer", "train", "--kind", "word", "--images", str(md_images / "test"), "--out", str(tmp_path / "w")]) == 2
     assert "no training split here (found test)" in capsys.readouterr().err

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.runner import InProcessRunner
 from t2i_models.checkpoint import load_autoencoder
-from t2i_models.train_autoencoder import TrainConfig, parse_overrides, train
+from t2i_data.config import parse_overrides
+from t2i_models.train_autoencoder import TrainConfig, train
 
 from fixtures_sources import make_coco
 
@@ -73,7 +74,7 @@ def test_settings_are_checked(ae_images, tmp_path, capsys):
 def test_two_process_ddp_on_gloo(ae_images, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "t2i_data.cli", "-q", "train", "autoencoder", "arch=dvae_tiny",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "t2i_models.cli", "-q", "train", "autoencoder", "arch=dvae_tiny",
            f"images={ae_images}", f"out={tmp_path / 'ddp'}", "steps=2", "batch_size=1", "num_workers=0"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

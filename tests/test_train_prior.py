@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from t2i_data.cli import main
+from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_models.checkpoint import load_prior
 from t2i_models.train_prior import PriorTrainConfig, lr_at, train_prior

@@ -1,4 +1,8 @@
-"""The ``t2i`` command: one subcommand per stage."""
+"""The ``t2i`` command: one subcommand per stage.
+
+The command line sits on top of both packages (imports flow t2i_data -> t2i_models -> this module,
+and no module imports it back; tests/test_architecture.py). Each ``cmd_*`` reads its flags, calls
+the stage's library function and prints what it did; the stage's logic lives in the library."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DISK_FULL, T2IError
+from t2i_data.errors import DISK_FULL, T2IError
 
 log = logging.getLogger("t2i")
 
@@ -22,10 +26,10 @@ def _add_runner_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_mdmnist_build(args) -> int:
-    from .config import resolve
-    from .mdmnist import MDMNISTConfig, build
-    from .runner import make_runner
-    from .sources.mnist import load_mnist
+    from t2i_data.config import resolve
+    from t2i_data.mdmnist import MDMNISTConfig, build
+    from t2i_data.runner import make_runner
+    from t2i_data.sources.mnist import load_mnist
 
     flags = {f: getattr(args, f) for f in ("seed", "train", "test", "shard_size", "mnist", "png_level")}
     cfg = resolve(MDMNISTConfig, args.config, "mdmnist", flags)
@@ -46,10 +50,10 @@ def cmd_mdmnist_build(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from .config import resolve, table
-    from .preprocess import PreprocessConfig, preprocess
-    from .runner import make_runner
-    from .quarantine import quarantine_counts
+    from t2i_data.config import resolve, table
+    from t2i_data.preprocess import PreprocessConfig, preprocess
+    from t2i_data.runner import make_runner
+    from t2i_data.quarantine import quarantine_counts
 
     flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split",
                                            "bbox_crop", "captions", "limit", "max_aspect", "max_decoded_pixels", "max_target_pixels")}
@@ -62,7 +66,7 @@ def cmd_preprocess(args) -> int:
     cfg = resolve(PreprocessConfig, args.config, "preprocess", flags)
     log.info("preprocess %s: %s -> %s", cfg.dataset, json.dumps(cfg.identity(), sort_keys=True), args.out)
     t0 = time.perf_counter()
-    from .preprocess import load_records
+    from t2i_data.preprocess import load_records
 
     records = load_records(cfg)  # read once, and fail on a bad --root or metadata before any cluster starts
     with make_runner(args.workers, args.scheduler) as runner:
@@ -89,7 +93,7 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_tokenizer(args) -> int:
-    from . import text
+    from t2i_data import text
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise T2IError(f"--out {args.out}: a file, not a folder for the tokenizer")
@@ -118,8 +122,8 @@ def cmd_tokenizer(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .runner import make_runner
-    from .tokenize import TokenizeConfig, tokenize
+    from t2i_data.runner import make_runner
+    from t2i_data.tokenize import TokenizeConfig, tokenize
 
     cfg = TokenizeConfig(length=args.length, add_bos=args.bos, add_eos=args.eos)
     with make_runner(args.workers, args.scheduler) as runner:
@@ -133,26 +137,9 @@ def cmd_tokenize(args) -> int:
 
 
 def _train_config(args, section: str, cls):
-    """``cls`` from the [section] table of --config, then the key=value overrides (model.<field>
-    merged into the table's model); one message naming every unknown setting."""
-    from t2i_models.train_autoencoder import parse_overrides
+    from t2i_data.config import train_config
 
-    from .config import table
-
-    values = dict(table(args.config, section)) if args.config else {}
-    over = parse_overrides(args.overrides)
-    values["model"] = {**values.get("model", {}), **over.pop("model", {})}
-    values.update(over)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise T2IError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))} and model.<field>")
-    from .config import construct
-
-    out = values.get("out")
-    if isinstance(out, str) and out and Path(out).exists() and not Path(out).is_dir():
-        raise T2IError(f"out={out}: a file, not a folder for checkpoints")
-    return construct(cls, values, section, flag=lambda name: name)
+    return train_config(cls, args.config, section, args.overrides)
 
 
 def cmd_train_autoencoder(args) -> int:
@@ -191,7 +178,7 @@ def cmd_train_clip(args) -> int:
 def cmd_eval_mdmnist(args) -> int:
     from t2i_models.eval_mdmnist import EvalConfig, evaluate
 
-    from .config import resolve
+    from t2i_data.config import resolve
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)}  # the settings with a flag
     flags["priors"] = tuple(args.priors) if args.priors else None
@@ -238,9 +225,9 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
-    from .manifest import find_manifests, load_manifest
-    from .runner import make_runner
-    from .shardset import derived_dir
+    from t2i_data.manifest import find_manifests, load_manifest
+    from t2i_data.runner import make_runner
+    from t2i_data.shardset import derived_dir
 
     cfg = EncodeConfig(views=args.views, seed=args.seed, batch_size=args.batch_size)
     with make_runner(args.workers, args.scheduler) as runner:
@@ -258,17 +245,11 @@ def cmd_encode(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .manifest import find_manifests
-    from .verify import verify_manifest
+    from t2i_data.verify import verify_path
 
     counts: dict[str, int] = {}
-    manifests = find_manifests(args.path)
-    for mpath in manifests:
-        data_dir = Path(args.data) if args.data else None
-        if data_dir is not None and len(manifests) > 1:
-            data_dir = data_dir / mpath.parent.name  # a build directory: one subfolder per split
-        checks = verify_manifest(mpath, data_dir, deep=args.deep)
-        print(f"{mpath}  ({len(checks)} shards, data in {data_dir or mpath.parent})")
+    for mpath, data_dir, checks in verify_path(args.path, args.data, deep=args.deep):
+        print(f"{mpath}  ({len(checks)} shards, data in {data_dir})")
         for c in checks:
             counts[c.status] = counts.get(c.status, 0) + 1
             print(f"  {c.status:<10} {c.name}  {c.detail}".rstrip())
@@ -280,40 +261,8 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
-def preview_shards(paths: list[str], fingerprint: str | None) -> list[str]:
-    """The shard files ``t2i preview`` shows: a tar as given; a split or build folder as the
-    shards its manifests list (those holding samples). With ``fingerprint`` (the autoencoder's),
-    an image-token set made by another autoencoder is refused, naming both fingerprints."""
-    from .manifest import MANIFEST_NAME, find_manifests, load_manifest
-
-    shards = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for mpath in find_manifests(p):
-                m = load_manifest(mpath)
-                _check_token_maker(m, mpath, fingerprint)
-                shards += [str(mpath.parent / s["name"]) for s in m["shards"] if s["samples"]]
-        else:
-            beside = p.parent / MANIFEST_NAME
-            if fingerprint is not None and beside.is_file():
-                _check_token_maker(load_manifest(beside), beside, fingerprint)
-            elif fingerprint is not None:
-                log.warning("%s: no manifest beside it, so the autoencoder's fingerprint cannot be checked", p)
-            shards.append(str(p))
-    if not shards:
-        raise T2IError(f"{', '.join(paths)}: no shard holds a sample")
-    return shards
-
-
-def _check_token_maker(m: dict, where: Path, fingerprint: str | None) -> None:
-    made_by = (m.get("autoencoder") or {}).get("fingerprint")
-    if fingerprint is not None and m.get("kind") == "image_tokens" and made_by != fingerprint:
-        raise T2IError(f"{where}: these image tokens were made by the autoencoder with fingerprint {str(made_by)[:16]}, "
-                       f"not by --autoencoder ({fingerprint[:16]}); pass the checkpoint that encoded them")
-
-
 def cmd_preview(args) -> int:
-    from .preview import contact_sheet
+    from t2i_data.preview import contact_sheet, preview_shards
 
     decode, fingerprint = None, None
     if args.autoencoder:
@@ -329,7 +278,7 @@ def cmd_preview(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from t2i_data.export import export
 
     record = export(args.shards, args.out, args.format, overwrite=args.overwrite)
     for split, rec in record["splits"].items():
@@ -340,7 +289,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect_shards import REPORT_NAME, inspect
+    from t2i_data.inspect_shards import REPORT_NAME, inspect
 
     reports, text = inspect(args.shards, args.out)
     print(text)
@@ -350,8 +299,8 @@ def cmd_inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .mdmnist import MDMNISTConfig
-    from .text.captions import MAX_CAPTION_CHARS, MAX_WORD_CHARS
+    from t2i_data.mdmnist import MDMNISTConfig
+    from t2i_data.text.captions import MAX_CAPTION_CHARS, MAX_WORD_CHARS
 
     d = MDMNISTConfig()
     parser = argparse.ArgumentParser(prog="t2i", description="Datasets and token shards for discrete-token text-to-image models.")
