@@ -26,7 +26,7 @@ import numpy as np
 
 from t2i_data.manifest import FORMAT_VERSION, write_manifest
 from t2i_data.stream import forget_verified
-from t2i_data.tario import ShardWriter
+from t2i_data.tario import TarWriter
 from t2i_data.token_stream import TokenStream
 
 SHARD = 1000
@@ -43,7 +43,7 @@ def write_sets(root: Path, n: int, captions: int, length: int, views: int) -> No
     recs = {"img": [], "txt": [], "both": []}
     for s in range(0, n, SHARD):
         name = f"syn-train-{s // SHARD:06d}.tar"
-        ws = {k: ShardWriter((root / k).joinpath(name)) for k in recs}
+        ws = {k: TarWriter((root / k).joinpath(name)) for k in recs}
         for i in range(s, min(s + SHARD, n)):
             key = f"syn-{i:09d}"
             t = npy(rng.integers(0, 5000, (captions, length), dtype=np.uint16))

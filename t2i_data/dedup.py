@@ -30,7 +30,7 @@ from typing import Callable
 from .digest import canonical_json
 from .manifest import atomic_write
 from .shardset import STATS_DIR, merge_stats
-from .tario import ShardWriter, iter_samples
+from .tario import TarWriter, iter_samples
 
 log = logging.getLogger(__name__)
 DUPLICATE = "duplicate-image"
@@ -79,7 +79,7 @@ def drop_samples(out_dir: Path, record: dict, drop: dict[str, str], stats_of: Ca
     quarantined inputs, and ``stats_of(sample)`` of each is taken off the shard's stats."""
     path = Path(out_dir) / record["name"]
     kept_stats = dict(record.get("stats", {}))
-    with ShardWriter(path) as writer:
+    with TarWriter(path) as writer:
         for sample in list(iter_samples(path)):
             if sample["__key__"] in drop:
                 kept_stats = merge_stats(kept_stats, {k: -v for k, v in stats_of(sample).items()})

@@ -27,7 +27,7 @@ from .digest import canonical_json, file_sha256
 from .errors import DISK_FULL, T2IError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
 from .quarantine import Quarantined
-from .tario import PARTIAL_SUFFIX, ShardWriter, ensure_index, index_path
+from .tario import PARTIAL_SUFFIX, TarWriter, ensure_index, index_path
 
 log = logging.getLogger(__name__)
 STATS_DIR = ".stats"
@@ -172,7 +172,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple, stamp
                 ensure_index(final, rec["sha256"])
                 return dict(rec, skipped=True)
     quarantined, stats, digests = [], {}, []
-    with disk_errors(final), ShardWriter(final) as writer:
+    with disk_errors(final), TarWriter(final) as writer:
         for sample in produce(payload):
             if isinstance(sample, Quarantined):
                 quarantined.append({"key": sample.key, "reason": sample.reason})

@@ -93,8 +93,10 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(hdr)
 
 
-class ShardWriter:
-    """Writes samples ``{"__key__": k, ext: bytes, ...}`` as contiguous tar members.
+class TarWriter:
+    """Writes one tar shard: samples ``{"__key__": k, ext: bytes, ...}`` as contiguous tar members
+    (webdataset's ``TarWriter`` writes one tar too; its ``ShardWriter`` rotates many, which
+    ``shardset.write_shards`` does here, one task per shard).
 
     A sample may carry ``"__content__": {ext: canonical bytes}`` for fields whose canonical form
     the producer already has (raw pixels), which saves decoding them again to hash them.
@@ -158,7 +160,7 @@ class ShardWriter:
         self._f.close()
         self.partial.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> "TarWriter":
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -15,7 +15,7 @@ from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.runner import InProcessRunner
-from t2i_data.tario import ShardWriter
+from t2i_data.tario import TarWriter
 
 from fixtures_sources import make_coco
 
@@ -143,7 +143,7 @@ def test_a_second_build_into_the_same_folder_stops_at_once(tmp_path, capsys):
 def test_a_full_disk_gives_one_message_naming_the_file_and_the_rerun_completes(tmp_path, capsys, monkeypatch):
     args = ["-q", "mdmnist", "build", "--train", "40", "--test", "0", "--shard-size", "10", "--workers", "0"]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
-    real_put, written = ShardWriter._put, {"n": 0}
+    real_put, written = TarWriter._put, {"n": 0}
 
     def put(self, data):
         written["n"] += len(data)
@@ -151,13 +151,13 @@ def test_a_full_disk_gives_one_message_naming_the_file_and_the_rerun_completes(t
             raise OSError(errno.ENOSPC, "No space left on device")
         real_put(self, data)
 
-    monkeypatch.setattr(ShardWriter, "_put", put)
+    monkeypatch.setattr(TarWriter, "_put", put)
     out = tmp_path / "full"
     assert main([*args, "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "No space left on device" in err[0] and str(out / "train") in err[0] and ".tar" in err[0]
     assert not list(out.rglob("*.partial")) and not (out / shardset.LOCK_NAME).exists()
-    monkeypatch.setattr(ShardWriter, "_put", real_put)
+    monkeypatch.setattr(TarWriter, "_put", real_put)
     assert main([*args, "--out", str(out)]) == 0
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
     assert files(out) == files(tmp_path / "clean")

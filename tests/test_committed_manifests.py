@@ -7,7 +7,7 @@ from t2i_data.manifest import load_manifest
 from t2i_data.mdmnist import MDMNISTConfig, build, produce_shard
 from t2i_data.pngio import encoder_id
 from t2i_data.runner import make_runner
-from t2i_data.tario import WRITER_ID, ShardWriter
+from t2i_data.tario import WRITER_ID, TarWriter
 
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def test_full_mnist_build_shards_match_the_committed_manifest(mnist_idx, tmp_pat
     assert files["train-images-idx3-ubyte.gz"] == "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971"
     cfg = MDMNISTConfig(seed=0, mnist=str(mnist_idx))
     expected = committed["shards"][index]
-    with ShardWriter(tmp_path / expected["name"]) as w:
+    with TarWriter(tmp_path / expected["name"]) as w:
         for sample in produce_shard(cfg, split, index):
             w.write(sample)
         rec = w.close()

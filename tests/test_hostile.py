@@ -29,7 +29,7 @@ from t2i_data.errors import T2IError
 from t2i_data.manifest import MANIFEST_NAME, write_manifest
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import InProcessRunner
-from t2i_data.tario import BLOCK, ShardError, ShardWriter, index_path, iter_samples, member_table
+from t2i_data.tario import BLOCK, ShardError, TarWriter, index_path, iter_samples, member_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD0 = "mdmnist-train-000000.tar"
@@ -497,7 +497,7 @@ def rewrite_first_sample(folder: Path, **fields) -> Path:
     decoded), and the manifest made self-consistent with it."""
     shard = folder / SHARD0
     samples = list(iter_samples(shard))
-    with ShardWriter(shard) as w:
+    with TarWriter(shard) as w:
         for i, s in enumerate(samples):
             w.write(dict(s, **fields, __content__={k: b"as given" for k in fields}) if i == 0 else s)
         rec = w.close()

@@ -7,7 +7,7 @@ import webdataset as wds
 
 from t2i_data.digest import canonical_json, canonical_pixels
 from t2i_data.pngio import decode_image, encode_png
-from t2i_data.tario import RECORD, ShardWriter, iter_samples, ustar_header
+from t2i_data.tario import RECORD, TarWriter, iter_samples, ustar_header
 
 
 @pytest.mark.parametrize("name,size", [("a.png", 0), ("mdmnist-train-00000001.json", 511), ("k" * 95 + ".npy", 8**11 - 1)])
@@ -33,7 +33,7 @@ def _samples(n):
 
 def test_shard_reads_back_with_tarfile_webdataset_and_our_reader(tmp_path):
     path = tmp_path / "set-000000.tar"
-    w = ShardWriter(path)
+    w = TarWriter(path)
     samples = list(_samples(5))
     for s in samples:
         w.write(s)
@@ -55,7 +55,7 @@ def test_shard_reads_back_with_tarfile_webdataset_and_our_reader(tmp_path):
 
 
 def test_content_digest_from_canonical_hint_equals_decoded(tmp_path):
-    hinted, plain = ShardWriter(tmp_path / "a.tar"), ShardWriter(tmp_path / "b.tar")
+    hinted, plain = TarWriter(tmp_path / "a.tar"), TarWriter(tmp_path / "b.tar")
     for s in _samples(3):
         hinted.write(s)
         plain.write({k: v for k, v in s.items() if k != "__content__"})
@@ -64,20 +64,20 @@ def test_content_digest_from_canonical_hint_equals_decoded(tmp_path):
 
 def test_partial_name_until_close_and_abort_leaves_nothing(tmp_path):
     path = tmp_path / "x-000000.tar"
-    w = ShardWriter(path)
+    w = TarWriter(path)
     w.write(next(_samples(1)))
     assert not path.exists() and (tmp_path / "x-000000.tar.partial").exists()
     w.close()
     assert path.exists() and not (tmp_path / "x-000000.tar.partial").exists()
     with pytest.raises(RuntimeError):
-        with ShardWriter(tmp_path / "y-000000.tar") as w2:
+        with TarWriter(tmp_path / "y-000000.tar") as w2:
             w2.write(next(_samples(1)))
             raise RuntimeError("boom")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [".index", ".index/x-000000.tar.json", "x-000000.tar"]
 
 
 def test_keys_must_increase_and_be_plain(tmp_path):
-    w = ShardWriter(tmp_path / "z.tar")
+    w = TarWriter(tmp_path / "z.tar")
     w.write({"__key__": "b", "txt": b"1"})
     with pytest.raises(ValueError, match="keys must increase"):
         w.write({"__key__": "a", "txt": b"1"})
@@ -88,7 +88,7 @@ def test_keys_must_increase_and_be_plain(tmp_path):
 
 def test_reader_reports_truncation_and_bad_checksums(tmp_path):
     path = tmp_path / "t-000000.tar"
-    w = ShardWriter(path)
+    w = TarWriter(path)
     for s in _samples(3):
         w.write(s)
     w.close()
@@ -123,7 +123,7 @@ def test_offset_index_matches_the_headers_and_a_stale_one_is_ignored(tmp_path, c
     from t2i_data.tario import _parse_ustar, ensure_index, index_path, member_table
 
     path = tmp_path / "x-000000.tar"
-    with ShardWriter(path) as w:
+    with TarWriter(path) as w:
         for s in _samples(7):
             w.write(s)
         rec = w.close()

@@ -11,7 +11,7 @@ from t2i_data.align import check_tokenizer, zip_aligned
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
 from t2i_data.runner import DaskRunner, InProcessRunner
-from t2i_data.tario import ShardWriter, iter_samples
+from t2i_data.tario import TarWriter, iter_samples
 from t2i_data.text import load_pretrained, load_tokenizer, train
 from t2i_data.tokenize import TokenizeConfig, clean_caption, encode_rows, tokenize
 
@@ -158,7 +158,7 @@ def test_invalid_utf8_in_a_caption_json_is_repaired_and_counted(tmp_path, traine
 
     d = tmp_path / "imgs"
     d.mkdir()
-    w = ShardWriter(d / "x-test-000000.tar")
+    w = TarWriter(d / "x-test-000000.tar")
     bad = b'{"captions": ["a bird \xff\xfe with wings"]}'
     w.write({"__key__": "x-0001", "json": bad, "__content__": {"json": bad}})  # our writer would refuse to parse it
     w.write({"__key__": "x-0002", "json": b'{"captions": []}'})

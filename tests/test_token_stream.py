@@ -210,7 +210,7 @@ def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5, text_vocab
     import numpy as np
 
     from t2i_data.manifest import FORMAT_VERSION, write_manifest
-    from t2i_data.tario import ShardWriter
+    from t2i_data.tario import TarWriter
 
     def npy(a):
         buf = io.BytesIO()
@@ -220,7 +220,7 @@ def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5, text_vocab
     truth, recs = {}, {"img": [], "txt": []}
     n = len(captions_of)
     for s in range(0, n, shard):
-        ws = {k: ShardWriter(root / k / f"syn-train-{s // shard:06d}.tar") for k in recs}
+        ws = {k: TarWriter(root / k / f"syn-train-{s // shard:06d}.tar") for k in recs}
         for i in range(s, min(s + shard, n)):
             key = f"syn-{i:04d}"
             t = (np.arange(captions_of[i] * L, dtype=np.uint16).reshape(-1, L) + 100 * i).astype(np.uint16)
