@@ -79,7 +79,7 @@ def test_training_is_deterministic_across_processes_and_threads(tmp_path):
 
 def test_word_ids_follow_frequency_then_word_from_training_only():
     tok = train("word", ["b a", "a c", "c a", "d"], None)
-    assert tok.itos == ["<pad>", "<unk>", "<sos>", "<eos>", "a", "c", "b", "d"]
+    assert tok.itos == ["<pad>", "<unk>", "<bos>", "<eos>", "a", "c", "b", "d"]
     assert train("word", ["b a", "a c", "c a", "d"], 6).itos[4:] == ["a", "c"]
 
 
@@ -194,3 +194,19 @@ def test_vectorised_rows_equal_the_per_caption_reference(trained, bos, eos):
         rows, _ = encode_rows(trained[kind], caps, cfg, "uint16")
         assert np.array_equal(rows, encode_rows_reference(trained[kind], caps, cfg, "uint16"))
     assert encode_rows(trained["word"], [], TokenizeConfig(length=4), "uint16")[0].shape == (0, 4)
+
+
+def test_a_word_vocabulary_saved_with_the_old_sos_name_loads_as_saved(tmp_path):
+    """BOS is <bos> now (one name for one token); a vocab.json saved with the thesis' <sos> keeps
+    its ids and its words; anything else at ids 0-3 is refused with the file named."""
+    tok = train("word", ["a b", "b c"], None, 1)
+    assert tok.itos[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and tok.bos_id == 2
+    tok.save(tmp_path / "old")
+    vocab = tmp_path / "old" / "vocab.json"
+    vocab.write_text(vocab.read_text(encoding="utf-8").replace('"<bos>"', '"<sos>"'), encoding="utf-8")
+    old = load_tokenizer(tmp_path / "old")
+    assert old.itos == ["<pad>", "<unk>", "<sos>", "<eos>", "b", "a", "c"] and old.bos_id == 2
+    assert old.encode_batch(["c b x"]) == tok.encode_batch(["c b x"]) == [[6, 4, 1]]
+    vocab.write_text(vocab.read_text(encoding="utf-8").replace('"<sos>"', '"<start>"'), encoding="utf-8")
+    with pytest.raises(T2IError, match=r"old/vocab.json: starts with \['<pad>', '<unk>', '<start>', '<eos>'\]"):
+        load_tokenizer(tmp_path / "old")

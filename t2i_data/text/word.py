@@ -1,5 +1,7 @@
 """The thesis' word tokenizer, made deterministic: lowercase, ``\\b\\w+\\b``, vocabulary from the
-training split only, ids by (frequency descending, then the word), after PAD, UNK, SOS, EOS.
+training split only, ids by (frequency descending, then the word), after ``<pad> <unk> <bos> <eos>``
+(ids 0-3; BOS is the name every other tokenizer here and in ``transformers`` uses for the start
+token; a vocabulary saved before with the thesis' ``<sos>`` still loads as saved).
 
 The thesis code numbered words by iterating a Python set (ids changed between runs) and built
 the vocabulary from train and test captions together.
@@ -16,17 +18,19 @@ from pathlib import Path
 from typing import Iterable
 
 from . import interop
+from ..errors import T2IError
 from .base import TextTokenizer
 
 WORD = re.compile(r"\b\w+\b")
-SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+_SAVED_SPECIALS = (SPECIALS, ("<pad>", "<unk>", "<sos>", "<eos>"))  # what a saved vocab.json may start with
 
 
 class WordTokenizer(TextTokenizer):
     kind = "word"
 
-    def __init__(self, words: list[str], source: dict) -> None:
-        self.itos = list(SPECIALS) + list(words)
+    def __init__(self, words: list[str], source: dict, specials: tuple[str, ...] = SPECIALS) -> None:
+        self.itos = list(specials) + list(words)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("word vocabulary has duplicates")
@@ -59,4 +63,7 @@ class WordTokenizer(TextTokenizer):
     @classmethod
     def _load_files(cls, folder: Path, meta: dict) -> "WordTokenizer":
         itos = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        return cls(itos[len(SPECIALS):], meta["source"])
+        if tuple(itos[:len(SPECIALS)]) not in _SAVED_SPECIALS:
+            raise T2IError(f"{folder / 'vocab.json'}: starts with {itos[:len(SPECIALS)]}, not the word tokenizer's specials "
+                             f"{list(SPECIALS)}")
+        return cls(itos[len(SPECIALS):], meta["source"], tuple(itos[:len(SPECIALS)]))
