@@ -7,8 +7,6 @@ parameters), drawn from (seed, key, epoch). ``views(...)`` gives K views drawn f
 """
 from __future__ import annotations
 
-import io
-import json
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -57,7 +55,3 @@ def views(sample: dict, regime: Regime, seed: int, k: int, where: str | None = N
         p = regime.draw(seed, sample["__key__"], v, im.size, online=False)
         out.append((p, np.asarray(regime.apply_view(im, p))))
     return out
-
-
-def captions_of(sample: dict) -> list[str]:
-    return json.loads(sample["json"])["captions"]
