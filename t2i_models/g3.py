@@ -24,6 +24,9 @@ class G3(nn.Module):
 
     def __init__(self, cfg: G3Config) -> None:
         super().__init__()
+        from t2i_data.extras import require
+
+        require("transformers", "the G3 prior (a transformers BERT encoder and GPT-2 decoder)")
         from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config
 
         self.cfg = cfg

@@ -20,6 +20,7 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from ..errors import T2IError
+from ..extras import require
 from . import interop
 from .base import TextTokenizer
 
@@ -200,6 +201,7 @@ def load_clip(bpe_gz: Path) -> HFTokenizer:
 
 def load_bert_vocab(vocab_txt: Path) -> HFTokenizer:
     """An uncased BERT WordPiece vocabulary, through transformers' BertTokenizerFast (local files only)."""
+    require("transformers", "a BERT vocab.txt tokenizer")
     from transformers import BertTokenizerFast
 
     hf = BertTokenizerFast(vocab=str(vocab_txt), do_lower_case=True)
@@ -208,6 +210,7 @@ def load_bert_vocab(vocab_txt: Path) -> HFTokenizer:
 
 def load_hf_folder(folder: Path, kind: str) -> HFTokenizer:
     """A local Hugging Face tokenizer folder, through transformers (never the network)."""
+    require("transformers", "a Hugging Face tokenizer folder")
     from transformers import AutoTokenizer, BertTokenizerFast
 
     try:
