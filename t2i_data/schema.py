@@ -304,7 +304,9 @@ def yaml_lines(obj, indent: str = "") -> list[str]:
 def features(schema: Mapping[str, Type]):
     """The ``datasets.Features`` of a whole sample: what ``load_dataset`` builds from the card's
     YAML, and what to pass as ``features=`` to ``load_dataset("webdataset", data_files=...)``."""
-    from datasets import Features
+    from .extras import require
+
+    Features = require("datasets", "datasets.Features for a shard set").Features
 
     # The function datasets reads a card's dataset_info.features with (private, in datasets 5.2):
     # so these are by construction what load_dataset(FOLDER) builds from the card, and the YAML
