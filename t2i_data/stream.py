@@ -1,12 +1,10 @@
 """Streaming shard sets into training: ranks × dataloader workers, seeded, resumable, checked.
 
-Each epoch, the shards are put in a seeded order and their samples numbered along that order.
-Global worker g of G = world_size × num_workers takes the contiguous sample range
-[g·M, (g+1)·M) with M = ⌊N / G⌋ (a range may start or end inside a shard: the split is at sample
-granularity) and yields ⌊M / batch_size⌋ batches. So every rank gets the same number of batches
-(no DDP hang), no sample is seen twice in an epoch, and the N − G·B·⌊M/B⌋ samples left over (fewer
-than G·B) differ from epoch to epoch because the order does. Within a worker, a seeded shuffle
-buffer mixes samples across its shards.
+The epoch plan is ``plan.plan_epoch``: global worker g of G = world_size × num_workers takes
+⌊⌊N/G⌋ / batch_size⌋ whole batches of a contiguous range of the epoch's seeded sample order, so
+every rank gets the same number of batches (no DDP hang), no sample is seen twice in an epoch,
+and the fewer than G·B samples left over differ from epoch to epoch. Within a worker, a seeded
+shuffle buffer mixes samples across its shards.
 
 Trust (DESIGN.md): a shard is checked against its manifest record (size, then sha256) when a
 stream first opens it (``verify_shard``), so a replaced, truncated or damaged shard stops the run
@@ -20,9 +18,10 @@ Resume (``set_epoch(epoch, batches_done)``) replays the same plan and skips, in 
 raw samples of the batches already consumed (before any decoding). The DataLoader hands out
 batches round-robin over its workers starting from worker 0 on every new iterator, so worker
 ``w`` plays the part of worker ``(w + batches_done) mod num_workers`` of the plan
-(``worker_share``): the next batch is exactly the one an uninterrupted run would have seen, for
-any ``batches_done``. ``state_dict`` records the plan (batch size, world size, workers, seed,
-shuffle buffer, the sets' digests); ``load_state_dict`` refuses to finish an epoch under another.
+(``plan.worker_share``): the next batch is exactly the one an uninterrupted run would have seen,
+for any ``batches_done``. ``state_dict`` records the plan (batch size, world size, workers, seed,
+shuffle buffer, the sets' digests); ``load_state_dict`` refuses to finish an epoch under another
+(``plan.PlannedStream``, which ``TokenStream`` shares).
 """
 from __future__ import annotations
 
@@ -33,7 +32,6 @@ import mmap
 import os
 import tarfile
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .align import check_aligned, merge_aligned
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
-from .rng import stream_id
+from .plan import PlannedStream, plan_epoch
 from .tario import iter_samples
 
 log = logging.getLogger(__name__)
@@ -107,31 +105,6 @@ def with_verified(batch: dict) -> dict:
         batch["verified"] = new
     return batch
 
-@dataclass(frozen=True)
-class Plan:
-    ranges: list  # per global worker: [(shard index, first sample, stop sample), ...]
-    batches: int  # per global worker
-
-def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """The given (rank, world size) — ranks simulated in tests — else torch.distributed's, else (0, 1)."""
-    if world_size is not None:
-        return rank or 0, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-def worker_share(batches_done: int, worker: int, workers: int) -> tuple[int, int]:
-    """(the plan's worker this DataLoader worker plays, how many of its batches were consumed).
-
-    A fresh DataLoader iterator asks worker 0 first, then round-robin; after ``batches_done``
-    batches the plan's next batch belongs to plan worker ``batches_done mod W``, so DataLoader
-    worker w plays plan worker (w + batches_done) mod W. Every plan worker yields the same number
-    of batches, so the round-robin order holds to the end of the epoch."""
-    w = max(workers, 1)
-    plan_worker = (worker + batches_done) % w
-    consumed = (batches_done - plan_worker + w - 1) // w if batches_done > plan_worker else 0
-    return plan_worker, consumed
-
 def dataloader_worker() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
@@ -156,38 +129,6 @@ def loader(ds: IterableDataset, num_workers: int, pin_memory: bool = False) -> I
         for key, sha in batch.pop("verified", ()):
             _VERIFIED[tuple(key)] = sha
         yield batch
-
-PLAN_LABELS = {"batch_size": "batch_size", "world_size": "world size (ranks)", "num_workers": "num_workers (dataloader workers)",
-               "seed": "seed", "shuffle_buffer": "shuffle_buffer", "sets": "shard set digests"}
-
-def _show(value) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in sorted(value.items())) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return value[:16] if isinstance(value, str) and len(value) == 64 else repr(value)
-
-def check_plan(saved: dict, plan: dict, where: str) -> tuple[int, int, int]:
-    """(epoch, batches done, samples lost so far) of a saved stream state, refusing to finish an
-    epoch under a plan other than the one it started with.
-
-    Mid-epoch, another batch size, world size, worker count, seed, shuffle buffer or data set
-    would put other samples into the rest of the epoch (some never seen, some twice), so the
-    resume stops naming each changed setting, old and new; at an epoch boundary the next epoch
-    simply follows the new plan (a warning says so), as after an epoch's last batch. A state saved before plans were recorded
-    (``{epoch, batches_done, seed}``) is checked on what it has."""
-    epoch, done = int(saved["epoch"]), int(saved["batches_done"])
-    if done and done >= saved.get("batches_in_epoch", done + 1):  # saved after the epoch's last batch: the next one starts
-        epoch, done, saved = epoch + 1, 0, dict(saved, lost=0)
-    old = saved.get("plan", {k: saved[k] for k in ("seed",) if k in saved})
-    changed = [f"{PLAN_LABELS.get(k, k)} {_show(old[k])} → {_show(v)}" for k, v in plan.items() if k in old and old[k] != v]
-    if changed and done:
-        raise T2IError(f"{where} stopped at batch {done} of epoch {epoch}; this run changes the stream plan: {'; '.join(changed)}. "
-                       f"Finishing that epoch under another plan would skip some samples and repeat others. Resume with the old "
-                       f"value(s) (at least to the end of the epoch), or start fresh with another out= (or remove {where})")
-    if changed:
-        log.warning("%s: the stream plan changes at the start of epoch %d: %s", where, epoch, "; ".join(changed))
-    return epoch, done, int(saved.get("lost", 0))
 
 class LostSamples:
     """A trainer's account of the samples its streams could not read in the current epoch.
@@ -241,35 +182,17 @@ class LostSamples:
                            f"of the epoch; fix or re-fetch those shards (t2i verify names them), or raise max_lost to train without them")
 
 
-def plan_epoch(shard_sizes: list[int], world: int, workers: int, batch: int, seed: int, epoch: int) -> Plan:
-    g = world * max(workers, 1)
-    order = np.random.default_rng([seed, epoch, stream_id("shard-order")]).permutation(len(shard_sizes))
-    n = sum(shard_sizes)
-    m = n // g
-    batches = m // batch
-    if batches == 0:
-        raise T2IError(f"{n} samples cannot give every one of {g} workers a batch of {batch}; use fewer workers or ranks, or a smaller batch")
-    starts = np.cumsum([0] + [shard_sizes[i] for i in order])
-    ranges = []
-    for w in range(g):
-        lo, hi = w * m, w * m + batches * batch
-        mine = []
-        for k, s in enumerate(order):
-            a, b = max(lo, starts[k]), min(hi, starts[k + 1])
-            if a < b:
-                mine.append((int(s), int(a - starts[k]), int(b - starts[k])))
-        ranges.append(mine)
-    return Plan(ranges, batches)
-
-
-class ShardStream(IterableDataset):
+class ShardStream(PlannedStream, IterableDataset):
     """Batches from one shard set, or from aligned sets zipped by key (the first is the base).
 
     ``decode(sample, epoch)`` turns a merged sample dict into a dict of tensors (or arrays);
     batches stack them along a new first dimension and add ``valid`` (B,) bool, ``lost`` and
     ``lost_shards``. Entries are all valid unless a shard was unreadable: then padding entries
-    (zeros shaped like the worker's first decoded sample) keep the batch count.
+    (zeros shaped like the worker's first decoded sample) keep the batch count. Epoch, resume
+    and plan: ``plan.PlannedStream`` with ``plan_epoch`` (whole batches, leftovers dropped).
     """
+
+    planner = staticmethod(plan_epoch)
 
     def __init__(self, dirs, decode: Callable[[dict, int], dict], batch_size: int, seed: int = 0, shuffle_buffer: int = 256,
                  rank: int | None = None, world_size: int | None = None) -> None:
@@ -277,45 +200,11 @@ class ShardStream(IterableDataset):
         self.manifests = [load_manifest(d / MANIFEST_NAME) for d in self.dirs]
         for d, m in zip(self.dirs[1:], self.manifests[1:]):
             check_aligned(self.manifests[0], m, str(d))
-        self.decode, self.batch_size, self.seed, self.shuffle_buffer = decode, batch_size, seed, shuffle_buffer
-        self.sizes = [s["samples"] for s in self.manifests[0]["shards"]]
+        self.decode = decode
         self.names = [s["name"] for s in self.manifests[0]["shards"]]
         self.records = [{s["name"]: s for s in m["shards"]} for m in self.manifests]
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip_batches = 0, 0
-
-    def _dist(self) -> tuple[int, int]:
-        return rank_and_world(self.rank, self.world_size)
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0, num_workers: int = 0) -> None:
-        """Start ``epoch``, skipping its first ``skip_batches`` batches of this rank (resume, at any batch)."""
-        self.epoch, self.skip_batches = epoch, skip_batches
-
-    def plan(self, num_workers: int) -> dict:
-        """Everything the sample → (rank, batch) assignment depends on besides the epoch."""
-        return {"batch_size": self.batch_size, "world_size": self._dist()[1], "num_workers": max(num_workers, 1), "seed": self.seed,
-                "shuffle_buffer": self.shuffle_buffer, "sets": [m["digest"] for m in self.manifests]}
-
-    def state_dict(self, batches_done: int, num_workers: int, lost: int = 0) -> dict:
-        return {"epoch": self.epoch, "batches_done": batches_done, "batches_in_epoch": self.batches_per_epoch(num_workers),
-                "lost": lost, "plan": self.plan(num_workers)}
-
-    def load_state_dict(self, state: dict, num_workers: int, where: str = "the checkpoint") -> tuple[int, int, int]:
-        """Check ``state``'s plan against this stream's (``check_plan``), set its epoch and position;
-        returns (epoch, batches done, samples lost so far in that epoch)."""
-        epoch, done, lost = check_plan(state, self.plan(num_workers), where)
-        self.set_epoch(epoch, done, num_workers)
-        return epoch, done, lost
-
-    def batches_per_epoch(self, num_workers: int) -> int:
-        """Batches this rank yields per epoch, whatever the rank."""
-        _, world = self._dist()
-        return plan_epoch(self.sizes, world, num_workers, self.batch_size, self.seed, 0).batches * max(num_workers, 1)
-
-    def epoch_samples(self, num_workers: int) -> int:
-        """Samples one epoch uses over all ranks (the planned ones, leftovers excluded)."""
-        _, world = self._dist()
-        return self.batches_per_epoch(num_workers) * world * self.batch_size
+        super().__init__([s["samples"] for s in self.manifests[0]["shards"]], [m["digest"] for m in self.manifests],
+                         batch_size, seed, shuffle_buffer, rank, world_size)
 
     def _samples(self, ranges, lost: dict) -> Iterator[tuple[str, dict]]:
         """(shard name, merged sample) for each planned sample; an unreadable shard's samples go into ``lost``."""
@@ -357,14 +246,10 @@ class ShardStream(IterableDataset):
         return guarded(self._batches())
 
     def _batches(self) -> Iterator[dict]:
-        rank, world = self._dist()
-        wid, nw = dataloader_worker()
-        me, skip = worker_share(self.skip_batches, wid, nw)
-        g = rank * nw + me
-        plan = plan_epoch(self.sizes, world, nw, self.batch_size, self.seed, self.epoch)
-        rng = np.random.default_rng([self.seed, self.epoch, g, stream_id("shuffle")])
+        mine = self.share(*dataloader_worker(), "shuffle")
+        skip = mine.skip
         B, lost, bi, count, items, template = self.batch_size, {}, 0, 0, [], None
-        for name, sample in shuffled(self._samples(plan.ranges[g], lost), rng, self.shuffle_buffer):
+        for name, sample in shuffled(self._samples(mine.ranges, lost), mine.rng, self.shuffle_buffer):
             if bi >= skip:  # batches consumed before the checkpoint are skipped before decoding
                 items.append(self._decode(name, sample))
                 template = template or items[0]
@@ -376,10 +261,10 @@ class ShardStream(IterableDataset):
                 elif lost:
                     lost = {}  # reported by the run that consumed this batch
                 bi, count, items = bi + 1, 0, []
-        while bi < plan.batches:  # samples were lost: padding keeps this worker's announced batch count
+        while bi < mine.batches:  # samples were lost: padding keeps this worker's announced batch count
             if bi >= skip:
                 if template is None:
-                    raise T2IError(f"epoch {self.epoch}: none of global worker {g}'s samples could be read "
+                    raise T2IError(f"epoch {self.epoch}: none of global worker {mine.worker}'s samples could be read "
                                    f"({', '.join(sorted(lost))}); there is nothing to train on")
                 yield _collate(items, B, template, lost)
                 lost = {}

@@ -17,7 +17,7 @@ the run with one ``T2IError`` naming the shard (and key). A shard that cannot be
 (``OSError``) is logged; its samples are counted in the batch's ``lost`` / ``lost_shards``,
 become padding, and the epoch goes on: the trainer's ``stream.LostSamples`` stops it above
 ``max_lost``. Resume at any batch: ``set_epoch(epoch, batches_done)`` / ``load_state_dict``, as
-in ``ShardStream`` (``stream.worker_share``, ``stream.check_plan``).
+in ``ShardStream`` (both are ``plan.PlannedStream``s; this one plans with ``plan.plan_exact``).
 
 Batches hold ``text`` (B, L) and ``image`` (B, H·W) as int32 tensors (half the bytes of int64
 to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys``,
@@ -45,8 +45,9 @@ from torch.utils.data import IterableDataset
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .npyio import npy_meta
+from .plan import PlannedStream, plan_exact
 from .rng import key_ids, keyed_u64, stream_id
-from .stream import check_plan, dataloader_worker, guarded, rank_and_world, verify_shard, worker_share
+from .stream import dataloader_worker, guarded, verify_shard
 from .tario import member_table
 
 log = logging.getLogger(__name__)
@@ -58,24 +59,15 @@ def windows(a: np.ndarray, width: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(a, width)
 
 
-def plan_exact(sizes: list[int], world: int, workers: int, batch: int, seed: int, epoch: int):
-    """(per global worker [(shard, first, stop)], batches per worker) with every sample once."""
-    g = world * max(workers, 1)
-    order = np.random.default_rng([seed, epoch, stream_id("token-shard-order")]).permutation(len(sizes))
-    n = sum(sizes)
-    per, extra = divmod(n, g)
-    batches = -(-(per + (extra > 0)) // batch)
-    starts = np.cumsum([0] + [sizes[i] for i in order])
-    ranges, lo = [], 0
-    for w in range(g):
-        hi = lo + per + (w < extra)
-        ranges.append([(int(s), int(max(lo, starts[k]) - starts[k]), int(min(hi, starts[k + 1]) - starts[k]))
-                       for k, s in enumerate(order) if max(lo, starts[k]) < min(hi, starts[k + 1])])
-        lo = hi
-    return ranges, batches
+class TokenStream(PlannedStream, IterableDataset):
+    """Batches of one caption row and one view row per sample of an aligned image-token /
+    text-token pair (the module docstring has the layout and the checks). Epoch, resume and plan:
+    ``plan.PlannedStream`` with ``plan_exact`` (every sample once, padded batches). Raises
+    ``T2IError`` when the sets are not such a pair, belong to other image sets, or were made by
+    a tokenizer / autoencoder other than ``expect_tokenizer`` / ``expect_autoencoder``."""
 
+    planner = staticmethod(plan_exact)
 
-class TokenStream(IterableDataset):
     def __init__(self, image_tokens: str | Path, text_tokens: str | Path, batch_size: int, seed: int = 0, shuffle_buffer: int = 1024,
                  rank: int | None = None, world_size: int | None = None, expect_tokenizer: str | None = None,
                  expect_autoencoder: str | None = None) -> None:
@@ -92,7 +84,6 @@ class TokenStream(IterableDataset):
         if expect_autoencoder and self.img_m["autoencoder"]["fingerprint"] != expect_autoencoder:
             raise T2IError(f"image tokens made by autoencoder {self.img_m['autoencoder']['fingerprint'][:16]}, the checkpoint expects {expect_autoencoder[:16]}")
         self.names = [s["name"] for s in self.img_m["shards"]]
-        self.sizes = [s["samples"] for s in self.img_m["shards"]]
         self.img_rec = list(self.img_m["shards"])
         txt = {s["name"]: s for s in self.txt_m["shards"]}
         missing = [n for n in self.names if n not in txt]
@@ -109,40 +100,8 @@ class TokenStream(IterableDataset):
         self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab"])
         grid = ae["grid"]
         self.hw = grid * grid
-        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip_batches = 0, 0
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0, num_workers: int = 0) -> None:
-        """Start ``epoch`` with its first ``skip_batches`` batches of this rank already consumed (any number)."""
-        self.epoch, self.skip_batches = epoch, skip_batches
-
-    def plan(self, num_workers: int) -> dict:
-        """Everything the sample → (rank, batch) assignment depends on besides the epoch."""
-        return {"batch_size": self.batch_size, "world_size": self._dist()[1], "num_workers": max(num_workers, 1), "seed": self.seed,
-                "shuffle_buffer": self.shuffle_buffer, "sets": [self.img_m["digest"], self.txt_m["digest"]]}
-
-    def state_dict(self, batches_done: int, num_workers: int = 0, lost: int = 0) -> dict:
-        return {"epoch": self.epoch, "batches_done": batches_done, "batches_in_epoch": self.batches_per_epoch(num_workers),
-                "lost": lost, "plan": self.plan(num_workers)}
-
-    def load_state_dict(self, state: dict, num_workers: int = 0, where: str = "the checkpoint") -> tuple[int, int, int]:
-        """Check ``state``'s plan against this stream's (``stream.check_plan``), set its epoch and
-        position; returns (epoch, batches done, samples lost so far in that epoch)."""
-        epoch, done, lost = check_plan(state, self.plan(num_workers), where)
-        self.set_epoch(epoch, done, num_workers)
-        return epoch, done, lost
-
-    def batches_per_epoch(self, num_workers: int) -> int:
-        """Batches this rank yields per epoch, whatever the rank: every worker yields ⌈⌈N/G⌉/B⌉."""
-        _, world = self._dist()
-        return plan_exact(self.sizes, world, num_workers, self.batch_size, self.seed, 0)[1] * max(num_workers, 1)
-
-    def epoch_samples(self, num_workers: int = 0) -> int:
-        return sum(self.sizes)
-
-    def _dist(self) -> tuple[int, int]:
-        return rank_and_world(self.rank, self.world_size)
+        super().__init__([s["samples"] for s in self.img_m["shards"]], [self.img_m["digest"], self.txt_m["digest"]],
+                         batch_size, seed, shuffle_buffer, rank, world_size)
 
     def _rows(self, path: Path, data, suffix: str, a: int, b: int, rec: dict, row: int, stream: str, kh=None, empty: int = 0):
         """Keys, one chosen row per sample (caption or view, drawn from (seed, stream, epoch, key))
@@ -246,16 +205,10 @@ class TokenStream(IterableDataset):
         return guarded(self._batches())
 
     def _batches(self):
-        rank, world = self._dist()
-        wid, nw = dataloader_worker()
-        me, skip = worker_share(self.skip_batches, wid, nw)
-        ranges, batches = plan_exact(self.sizes, world, nw, self.batch_size, self.seed, self.epoch)
-        rng = np.random.default_rng([self.seed, self.epoch, rank * nw + me, stream_id("token-shuffle")])
-        B = self.batch_size
-
-        pool = _RowPool(rng, self.shuffle_buffer)
+        mine = self.share(*dataloader_worker(), "token-shuffle")
+        B, skip, ranges_here = self.batch_size, mine.skip, mine.ranges
+        pool = _RowPool(mine.rng, self.shuffle_buffer)
         lost, bi = {}, 0
-        ranges_here = ranges[rank * nw + me]
         # the next shards are mapped and hashed in a thread (sha256 releases the GIL) while this one is gathered
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2i-verify")
         ahead = deque(hasher.submit(self._open, s) for s, _, _ in ranges_here[:2])
@@ -279,7 +232,7 @@ class TokenStream(IterableDataset):
                     bi += 1
         finally:
             hasher.shutdown(wait=True, cancel_futures=True)
-        for i in range(bi, batches):  # this worker's share is used up: padding-only batches
+        for i in range(bi, mine.batches):  # this worker's share is used up: padding-only batches
             if i >= skip:
                 yield pool.take(B, self.L, self.hw, self.pad_id, lost)
             lost = {}

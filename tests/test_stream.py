@@ -4,8 +4,9 @@ from torch.utils.data import DataLoader
 
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
+from t2i_data.plan import plan_epoch, worker_share
 from t2i_data.runner import InProcessRunner
-from t2i_data.stream import ShardStream, loader, plan_epoch, worker_share
+from t2i_data.stream import ShardStream, loader
 
 
 @pytest.fixture(scope="module")
