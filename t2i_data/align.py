@@ -1,5 +1,8 @@
 """Aligned shard sets: shard i of a derived set holds exactly the keys of shard i of its base, in
-order (DESIGN.md). Joining is a zip with a key check; these checks guard every consumer."""
+order (DESIGN.md). Joining is a zip with a key check; these checks guard every consumer: a
+derived set against its image set (``check_aligned``), two sets against each other
+(``check_same_image_set``), token sets against the tokenizer / autoencoder a model expects
+(``check_tokenizer``, ``check_autoencoder``), and each zipped sample's keys (``merge_aligned``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +14,9 @@ from .tario import iter_samples
 
 
 def check_aligned(base: dict, derived: dict, derived_name: str = "derived set") -> None:
+    """Refuse a derived set (manifest ``derived``) that was not derived from the image set
+    ``base``: ``T2IError`` naming both digests when its ``aligned_to`` is not ``base``'s digest,
+    or when its shard list is not ``base``'s."""
     if derived.get("aligned_to") != base["digest"]:
         raise T2IError(
             f"{derived_name} ({derived.get('kind')}) is aligned to image set {str(derived.get('aligned_to'))[:16]}, "
@@ -21,13 +27,44 @@ def check_aligned(base: dict, derived: dict, derived_name: str = "derived set") 
         raise T2IError(f"{derived_name}: its shard list differs from the image set's, although the digests match; rebuild it")
 
 
+def image_set_of(manifest: dict) -> str | None:
+    """The digest of the image set a set belongs to: its own for an image set, ``aligned_to`` for
+    a derived one (None when a derived manifest lacks it)."""
+    return manifest["digest"] if manifest.get("kind") == "images" else manifest.get("aligned_to")
+
+
+def check_same_image_set(first: dict, second: dict, first_name: str, second_name: str,
+                         fix: str = "derive both from the same image set") -> None:
+    """Refuse two sets (manifests, of any kinds) that do not belong to the same image set
+    (``image_set_of``), or whose shard lists differ although they do: ``T2IError`` naming both
+    sets and both digests, ending with ``fix``."""
+    if image_set_of(second) != image_set_of(first):
+        raise T2IError(f"{second_name} ({second.get('kind')}) belongs to image set {str(image_set_of(second))[:16]}, but "
+                       f"{first_name} ({first.get('kind')}) to {str(image_set_of(first))[:16]}; {fix}")
+    mine, theirs = [s["name"] for s in first["shards"]], [s["name"] for s in second["shards"]]
+    if theirs != mine:
+        odd = sorted(set(mine) ^ set(theirs))
+        raise T2IError(f"{second_name}: its shard list differs from {first_name}'s ({f'e.g. {odd[0]}' if odd else 'in its order'}) "
+                       f"although both belong to image set {str(image_set_of(first))[:16]}; rebuild it")
+
+
+def _check_maker(manifest: dict, part: str, tokens: str, command: str, expected: str, what: str) -> None:
+    found = (manifest.get(part) or {}).get("fingerprint")
+    if found != expected:
+        raise T2IError(f"{tokens} made by {part} {str(found)[:16]}, but {what} expects {expected[:16]}; "
+                       f"re-run t2i {command} with the {part} {what} was trained with")
+
+
 def check_tokenizer(manifest: dict, expected_fingerprint: str, what: str = "the model") -> None:
-    found = (manifest.get("tokenizer") or {}).get("fingerprint")
-    if found != expected_fingerprint:
-        raise T2IError(
-            f"text tokens made by tokenizer {str(found)[:16]}, but {what} expects tokenizer {expected_fingerprint[:16]}; "
-            f"re-run t2i tokenize with the tokenizer {what} was trained with"
-        )
+    """Refuse a text-token set made by another tokenizer than the one ``what`` expects
+    (``T2IError`` naming both fingerprints)."""
+    _check_maker(manifest, "tokenizer", "text tokens", "tokenize", expected_fingerprint, what)
+
+
+def check_autoencoder(manifest: dict, expected_fingerprint: str, what: str = "the model") -> None:
+    """Refuse an image-token set made by another autoencoder than the one ``what`` expects
+    (``T2IError`` naming both fingerprints)."""
+    _check_maker(manifest, "autoencoder", "image tokens", "encode", expected_fingerprint, what)
 
 
 def merge_aligned(parts: tuple[dict, ...], where: str) -> dict:

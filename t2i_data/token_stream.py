@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from .align import check_autoencoder, check_same_image_set, check_tokenizer
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, load_manifest
 from .npyio import npy_meta
@@ -76,21 +77,13 @@ class TokenStream(PlannedStream, IterableDataset):
         self.txt_m = load_manifest(self.txt_dir / MANIFEST_NAME)
         if self.img_m.get("kind") != "image_tokens" or self.txt_m.get("kind") != "text_tokens":
             raise T2IError(f"expected an image_tokens and a text_tokens set, got {self.img_m.get('kind')} and {self.txt_m.get('kind')}")
-        if self.img_m["aligned_to"] != self.txt_m["aligned_to"]:
-            raise T2IError(f"image tokens are aligned to image set {self.img_m['aligned_to'][:16]} but text tokens to "
-                           f"{self.txt_m['aligned_to'][:16]}; derive both from the same image set")
-        if expect_tokenizer and self.txt_m["tokenizer"]["fingerprint"] != expect_tokenizer:
-            raise T2IError(f"text tokens made by tokenizer {self.txt_m['tokenizer']['fingerprint'][:16]}, the checkpoint expects {expect_tokenizer[:16]}")
-        if expect_autoencoder and self.img_m["autoencoder"]["fingerprint"] != expect_autoencoder:
-            raise T2IError(f"image tokens made by autoencoder {self.img_m['autoencoder']['fingerprint'][:16]}, the checkpoint expects {expect_autoencoder[:16]}")
+        check_same_image_set(self.img_m, self.txt_m, str(self.img_dir), str(self.txt_dir))
+        if expect_tokenizer:
+            check_tokenizer(self.txt_m, expect_tokenizer, "the checkpoint")
+        if expect_autoencoder:
+            check_autoencoder(self.img_m, expect_autoencoder, "the checkpoint")
         self.names = [s["name"] for s in self.img_m["shards"]]
-        self.img_rec = list(self.img_m["shards"])
-        txt = {s["name"]: s for s in self.txt_m["shards"]}
-        missing = [n for n in self.names if n not in txt]
-        if missing or len(txt) != len(self.names):
-            raise T2IError(f"{self.txt_dir}: its shard list differs from {self.img_dir}'s (e.g. {(missing or sorted(txt))[0]}); "
-                           f"derive both from the same image set")
-        self.txt_rec = [txt[n] for n in self.names]
+        self.img_rec, self.txt_rec = list(self.img_m["shards"]), list(self.txt_m["shards"])
         tok, ae = self.txt_m["tokenizer"], self.img_m["autoencoder"]
         self.L = tok["length"]
         self.pad_id = tok["pad_id"]

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from t2i_data.align import check_aligned
 from t2i_data.augment import regime_of, stored_image, views
 from t2i_data.card import write_build_card
 from t2i_data.manifest import ShardSet, checked_samples
@@ -142,8 +143,7 @@ def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: 
     images, tokens = Path(images), Path(tokens)
     tm = load_manifest(tokens / "manifest.json")
     base = load_manifest(images / "manifest.json")
-    if tm["aligned_to"] != base["digest"]:
-        raise T2IError(f"{tokens} is aligned to {tm['aligned_to'][:16]}, not to {images} ({base['digest'][:16]})")
+    check_aligned(base, tm, str(tokens))
     regime = regime_of(base, allow_none=True)
     k = tm["config"]["views"]
     rng = np.random.default_rng(seed)
