@@ -1,4 +1,5 @@
-"""The one declaration of every sample's schema, per set kind and dataset, as data.
+"""Every sample's schema, per set kind and dataset, as data: image sets as their dataset declares
+them (``sources/<name>.py``, found through ``sources/registry.py``), token sets derived from those.
 
 A schema maps each tar member of a sample (``png``/``jpg``, ``json``, ``*.npy``) to its type;
 ``json`` is a struct whose fields are always present, each with one type, null only where the
@@ -25,88 +26,37 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
 
+from .sources import registry
+from .sources.schema_types import BOOL, FLOAT, IMAGE, INT, STR, Type, array, list_of, nullable, struct  # noqa: F401 (re-exported)
+
 ARRAY_DTYPES = ("uint16", "int32")  # what tokenize.py and encode.py write
-
-
-@dataclass(frozen=True)
-class Type:
-    """One node of a schema. ``kind``: str, int, float, bool, list, struct, image or array."""
-
-    kind: str
-    nullable: bool = False
-    item: Type | None = None  # list: the type of every item
-    length: int | None = None  # list: the fixed length, or None for any
-    fields: tuple[tuple[str, Type], ...] = ()  # struct: (name, type), sorted by name as canonical JSON is
-    ndim: int = 0  # array: its number of dimensions
-    dtype: str | None = None  # array: numpy dtype name; None in SCHEMAS, filled from the manifest
-
-    def __str__(self) -> str:
-        if self.kind == "list":
-            s = f"list[{self.item}{'' if self.length is None else f', {self.length}'}]"
-        elif self.kind == "struct":
-            s = "{" + ", ".join(f"{k}: {t}" for k, t in self.fields) + "}"
-        elif self.kind == "array":
-            s = f"{self.dtype or 'DTYPE'} array, {self.ndim} dims"
-        else:
-            s = self.kind
-        return f"{s} or null" if self.nullable else s
-
-
-STR, INT, FLOAT, BOOL, IMAGE = Type("str"), Type("int"), Type("float"), Type("bool"), Type("image")
-
-
-def list_of(item: Type, length: int | None = None) -> Type:
-    return Type("list", item=item, length=length)
-
-
-def struct(fields: Mapping[str, Type]) -> Type:
-    return Type("struct", fields=tuple(sorted(fields.items())))
-
-
-def nullable(t: Type) -> Type:
-    return replace(t, nullable=True)
-
-
-def array(ndim: int, dtype: str | None = None) -> Type:
-    return Type("array", ndim=ndim, dtype=dtype)
 
 
 # --- the declarations ------------------------------------------------------------------------
 
-_MDMNIST_DIGIT = struct({"value": INT, "size": INT, "color": STR, "position": STR, "mnist_index": INT})
-MDMNIST_JSON = struct({  # mdmnist.produce_shard; its bytes are pinned by the committed manifests
-    "captions": list_of(STR), "description": STR, "digits": list_of(_MDMNIST_DIGIT, 3), "index": INT, "mnist_pool": STR,
-    "split": STR, "symbol_ids": list_of(INT, 12), "symbols": list_of(STR, 12),
-})
-PREPROCESSED_FIELDS: dict[str, Type] = {  # preprocess.produce_shard, CUB and COCO alike
-    "captions": list_of(STR), "captions_dropped": INT, "caption_fixes": INT, "split": STR, "regime": STR,
-    "size": list_of(INT, 2),  # stored w, h
-    "source_size": list_of(INT, 2), "source_mode": STR, "source_format": STR,
-    "decoded_scale": FLOAT,  # 1.0, 0.5, ...: the JPEG DCT scale the decoder used
-    "crop": nullable(list_of(INT, 4)), "exif_orientation": INT, "size_mismatch": BOOL, "source_sha256": STR,
-    "pixel_digest": STR, "normalized": list_of(STR), "image_id": INT, "file": STR,
-}
-COCO_JSON = struct(PREPROCESSED_FIELDS | {"license": nullable(INT), "annotated_size": nullable(list_of(INT, 2))})
-CUB_JSON = struct(PREPROCESSED_FIELDS | {"class_id": INT, "class_name": STR, "bbox": nullable(list_of(FLOAT, 4))})
 # encode.produce_shard: without a regime (MD-MNIST) the one view is {"identity": true}; with one,
 # every view (view 0 too) is a ViewParams.
 IDENTITY_VIEWS_JSON = struct({"views": list_of(struct({"identity": BOOL}))})
 REGIME_VIEWS_JSON = struct({"views": list_of(struct({"angle": FLOAT, "x": INT, "y": INT, "flip": BOOL}))})
 
-SCHEMAS: dict[tuple[str, str], dict[str, Type]] = {  # (kind, dataset) → {tar member: type}, in member order
-    ("images", "mdmnist"): {"png": IMAGE, "json": MDMNIST_JSON},
-    ("images", "coco"): {"jpg": IMAGE, "json": COCO_JSON},
-    ("images", "cub"): {"jpg": IMAGE, "json": CUB_JSON},
-    **{("text_tokens", d): {"text_tokens.npy": array(2)} for d in ("mdmnist", "coco", "cub")},
-    ("image_tokens", "mdmnist"): {"image_tokens.npy": array(3), "json": IDENTITY_VIEWS_JSON},
-    ("image_tokens", "coco"): {"image_tokens.npy": array(3), "json": REGIME_VIEWS_JSON},
-    ("image_tokens", "cub"): {"image_tokens.npy": array(3), "json": REGIME_VIEWS_JSON},
-}
+
+def _schemas() -> dict[tuple[str, str], dict[str, Type]]:
+    """Every set kind of every registered dataset: its image set as declared (sources/<name>.py),
+    and the token sets derived from it."""
+    out: dict[tuple[str, str], dict[str, Type]] = {}
+    for name, ds in registry.datasets().items():
+        out[("images", name)] = dict(ds.schema)
+        out[("text_tokens", name)] = {"text_tokens.npy": array(2)}
+        out[("image_tokens", name)] = {"image_tokens.npy": array(3), "json": REGIME_VIEWS_JSON if ds.preprocessed else IDENTITY_VIEWS_JSON}
+    return out
+
+
+SCHEMAS: dict[tuple[str, str], dict[str, Type]] = _schemas()  # (kind, dataset) → {tar member: type}, in member order
 
 
 def schema_for(kind: str, dataset: str, dtype: str | None = None) -> dict[str, Type]:

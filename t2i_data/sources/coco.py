@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+
 from ..errors import T2IError
 from .records import BadField, ImageRecord, as_int, confiner, usable_caption
+from .registry import Dataset, Licence
+from .schema_types import INT, list_of, nullable, preprocessed_schema
 
 log = logging.getLogger(__name__)
 SPLITS = ("train2017", "val2017")
@@ -219,3 +223,40 @@ def _warn_skipped(path: Path, total: int, caps: _Captions, image_ids: set[int]) 
     if orphans:
         parts.append(f"{n_orphan} naming no image in 'images' (first: annotations[{orphans[0][0]}] names image id {orphans[0][1]})")
     log.warning("%s: skipped %d of %d annotations: %s", path, len(caps.malformed) + n_orphan, total, ", ".join(parts))
+
+
+def load(cfg) -> tuple[dict[str, list[ImageRecord]], dict]:
+    """The preprocess loader: the splits ``cfg.splits`` of ``cfg.root`` (when empty, every split
+    whose annotations file is there) and the sha256 of their annotations files. Raises
+    ``T2IError`` when no split is there, or as ``load_coco`` does."""
+    root = Path(cfg.root)
+    splits = list(cfg.splits) or available_splits(root)
+    if not splits:
+        raise T2IError(f"--root {root}: no annotations/captions_{{train2017,val2017}}.json in it")
+    return {s: load_coco(root, s) for s in splits}, fingerprint(root, splits)
+
+
+DATASET = Dataset(
+    name="coco",
+    pretty="MS-COCO",
+    summary="MS-COCO 2017: everyday scenes, each image with its (usually 5) captions.",
+    fields="the image id, its licence id, the source file and size",
+    licences={
+        "coco-annotations": Licence(
+            source="MS-COCO 2017 caption annotations (COCO Consortium)", licence="CC BY 4.0", url="https://cocodataset.org/#termsofuse",
+        ),
+        "coco-images": Licence(
+            source="MS-COCO 2017 images (from Flickr)",
+            licence="each image under its own Flickr licence: the `license` id in its JSON, ids 1-8 of the annotation "
+                    "file's list (CC BY-NC-SA 2.0, CC BY-NC 2.0, CC BY-NC-ND 2.0, CC BY 2.0, CC BY-SA 2.0, CC BY-ND 2.0, "
+                    "no known copyright restrictions, United States Government Work)",
+            url="https://cocodataset.org/#termsofuse",
+            note="the COCO Consortium does not own the images' copyright; their use must follow the Flickr Terms of Use",
+        ),
+    },
+    schema=preprocessed_schema({"license": nullable(INT), "annotated_size": nullable(list_of(INT, 2))}),
+    columns=(("image_id", pa.int64()), ("license", pa.int64())),  # int64 as schema_types.INT declares
+    splits=SPLITS,
+    loader=load,
+    root="the folder holding annotations/ and train2017/ val2017/",
+)

@@ -30,8 +30,12 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+
 from ..errors import T2IError
 from .records import BadField, ImageRecord, as_int, confiner, plain_relative
+from .registry import Dataset, Licence
+from .schema_types import FLOAT, INT, STR, list_of, nullable, preprocessed_schema
 
 log = logging.getLogger(__name__)
 META = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
@@ -261,3 +265,40 @@ def _check(lineno: int, image_id: int, cols: list[str], in_images: Callable, in_
         problems.append(f"train_test_split.txt line {flag[0]}: is_training is {flag[1][0]!r}, not 0 or 1")
     out["is_training"] = flag[1][0] if flag else None
     return out
+
+
+def load(cfg) -> tuple[dict[str, list[ImageRecord]], dict]:
+    """The preprocess loader: both splits of ``cfg.root`` under the scheme ``cfg.cub_split``,
+    captions from ``cfg.captions`` (default ``<root>/birds/text``), and the sha256 of the
+    metadata files. Raises ``T2IError`` as ``load_cub`` does."""
+    root = Path(cfg.root)
+    return load_cub(root, cfg.cub_split, cfg.captions), fingerprint(root)
+
+
+DATASET = Dataset(
+    name="cub",
+    pretty="CUB-200-2011",
+    summary="CUB-200-2011: photographs of 200 bird species, each with 10 captions.",
+    fields="the image id, class and bounding box, the source file and size",
+    licences={
+        "cub": Licence(
+            source="Caltech-UCSD Birds-200-2011 (C. Wah, S. Branson, P. Welinder, P. Perona, S. Belongie; Caltech)",
+            licence="non-commercial research and educational use; no formal licence text ships with the archive",
+            url="https://www.vision.caltech.edu/datasets/cub_200_2011/",
+            note="the images were collected from Flickr and remain under their owners' copyright",
+        ),
+        "cub-captions": Licence(
+            source="CUB captions, 10 per image (S. Reed, Z. Akata, H. Lee, B. Schiele, CVPR 2016), as AttnGAN's birds.zip ships them",
+            licence="no licence stated by the authors; used for research",
+            url="https://github.com/reedscot/cvpr2016",
+        ),
+    },
+    schema=preprocessed_schema({"class_id": INT, "class_name": STR, "bbox": nullable(list_of(FLOAT, 4))}),
+    # int64 as schema_types.INT declares (and datasets reads): the source allows up to 18 digits
+    columns=(("image_id", pa.int64()), ("class_id", pa.int64()), ("class_name", pa.string()), ("bbox", pa.list_(pa.float64(), 4))),
+    splits=("train", "test"),
+    loader=load,
+    root="the folder holding CUB_200_2011/ and birds/",
+    bbox=True,
+    flags=(("--cub-split", "cub_split"),),
+)
