@@ -28,6 +28,7 @@ from .errors import T2IError
 from .extras import require
 from .manifest import KINDS, ShardSet, checked_samples, open_shard_sets
 from .schema import SCHEMAS, check_meta
+from .sources import registry
 from .text.captions import check_captions
 
 # KINDS (manifest.py) is also the column order of a zipped export
@@ -37,16 +38,6 @@ RECORD_NAME = "export.json"
 DATA_FILE = "data-00000-of-00001"
 BATCH_ROWS, BATCH_BYTES = 1024, 128 << 20  # a record batch / row group ends at whichever comes first
 
-# Typed columns for the source attributes of each dataset, beside the full JSON (column "json").
-_DIGIT = pa.struct([("value", pa.uint8()), ("size", pa.uint8()), ("color", pa.string()), ("position", pa.string()),
-                    ("mnist_index", pa.int32())])
-ATTRIBUTES: dict[str, tuple[tuple[str, pa.DataType], ...]] = {
-    "mdmnist": (("description", pa.string()), ("symbols", pa.list_(pa.string(), 12)), ("symbol_ids", pa.list_(pa.uint8(), 12)),
-                ("digits", pa.list_(_DIGIT, 3)), ("index", pa.int64())),
-    # int64 as schema.INT declares (and datasets reads): the sources allow up to 18 digits
-    "cub": (("image_id", pa.int64()), ("class_id", pa.int64()), ("class_name", pa.string()), ("bbox", pa.list_(pa.float64(), 4))),
-    "coco": (("image_id", pa.int64()), ("license", pa.int64())),
-}
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the storage of datasets.Image()
 _VIEW = pa.struct([("identity", pa.bool_()), ("angle", pa.float64()), ("x", pa.int32()), ("y", pa.int32()), ("flip", pa.bool_())])
 
@@ -58,10 +49,12 @@ def _npy(data: bytes, where: str) -> np.ndarray:
 
 
 class _Images:
-    """captions, image ({bytes, path}: datasets.Image), the dataset's attributes, json."""
+    """captions, image ({bytes, path}: datasets.Image), the dataset's typed columns (``columns`` of
+    its declaration, sources/<name>.py; none for an undeclared dataset), json."""
 
     def __init__(self, ss: ShardSet) -> None:
-        self.attrs = ATTRIBUTES.get(ss.manifest["dataset"], ())
+        ds = registry.lookup(ss.manifest["dataset"])
+        self.attrs = ds.columns if ds else ()
         self.schema = SCHEMAS.get(("images", ss.manifest["dataset"]))  # the typed columns' source: checked per row
         self.fields = [pa.field("captions", pa.list_(pa.string())), pa.field("image", _IMAGE),
                        *(pa.field(n, t) for n, t in self.attrs), pa.field("json", pa.string())]
