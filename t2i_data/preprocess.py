@@ -1,4 +1,8 @@
-"""CUB-200-2011 and MS-COCO → image shards holding the deterministic part of a regime.
+"""A dataset of the registry (CUB-200-2011, MS-COCO, ...: ``sources/registry.py``) → image shards
+holding the deterministic part of a regime.
+
+The dataset's declaration gives the records (its ``loader``), the splits ``--split`` may name, and
+how an image's bytes are read when an image is not a file of its own (``read_image``).
 
 Per image: read the file once (its sha256 is the sample's ``source_sha256``), check and decode
 it (``decode.py``: bounds from the header, a strict decode at the DCT scale the output needs,
@@ -39,12 +43,11 @@ from .regimes import Regime
 from .schema import SCHEMAS, check_meta
 from .quarantine import Quarantine, Quarantined
 from .shardset import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
-from .sources import coco, cub
+from .sources import registry
 from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID
 
 log = logging.getLogger(__name__)
-DATASETS = ("cub", "coco")
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class PreprocessConfig:
     max_target_pixels: int = ImageLimits.max_target_pixels
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise T2IError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        names = registry.preprocess_names()
+        if self.dataset not in names:
+            raise T2IError(f"dataset must be one of {', '.join(names)}, got {self.dataset!r}")
         if self.regime not in ("ae", "prior"):
             raise T2IError(f"--regime must be ae or prior, got {self.regime!r}")
         if self.size < 1:
@@ -77,8 +81,10 @@ class PreprocessConfig:
             raise T2IError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.jpeg_quality <= 100:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
-        if self.bbox_crop is not None and (self.dataset != "cub" or not (0 < self.bbox_crop <= 100 and math.isfinite(self.bbox_crop))):
-            raise T2IError(f"--bbox-crop takes a factor in (0, 100] (AttnGAN: 1.5) and applies to cub only, got {self.bbox_crop} for {self.dataset}")
+        boxed = [name for name in names if registry.lookup(name).bbox]  # whose records carry bounding boxes
+        if self.bbox_crop is not None and (self.dataset not in boxed or not (0 < self.bbox_crop <= 100 and math.isfinite(self.bbox_crop))):
+            raise T2IError(f"--bbox-crop takes a factor in (0, 100] (AttnGAN: 1.5) and applies to {', '.join(boxed)} only, "
+                           f"got {self.bbox_crop} for {self.dataset}")
         if len(set(self.splits)) != len(tuple(self.splits)):
             raise T2IError(f"--split names a split twice: {','.join(self.splits)}")
         if self.limit is not None and self.limit < 0:
@@ -190,10 +196,16 @@ def load_prepared(path: str | Path, regime: Regime, bbox=None, bbox_crop: float 
     return regime.prepare(dec.image, dec.box, dec.scale), dec.info
 
 
-def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord) -> dict:
+def read_image_file(root: Path, rec: ImageRecord) -> bytes:
+    """The bytes of the record's image file ``root/rec.image``, or ``Quarantine`` (``read_regular``);
+    what preprocess reads for a dataset that declares no ``read_image`` of its own."""
+    return read_regular(root / rec.image, "missing-image", "unreadable-image", rec.image)
+
+
+def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord, read_image=read_image_file) -> dict:
     """One record → its sample, or ``Quarantine``. The source confined ``rec.image`` to its split
     folder, symlinks resolved (a split folder that is itself a symlink is fine); here it must
-    still be a plain relative name."""
+    still be a plain relative name. ``read_image(root, rec)``: the image's bytes."""
     if rec.quarantine:
         kind, _, detail = rec.quarantine.partition(": ")
         raise Quarantine(kind, detail)
@@ -202,7 +214,7 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
         plain_relative(rec.image, "image path")
     except ValueError as e:
         raise Quarantine("bad-metadata", str(e)) from None
-    data = read_regular(root / rec.image, "missing-image", "unreadable-image", rec.image)
+    data = read_image(root, rec)
     if not data:
         raise Quarantine("empty-image", f"{rec.image} is 0 bytes")
     dec = decode_source(data, regime, cfg.limits(), rec.bbox, cfg.bbox_crop)
@@ -229,10 +241,11 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Quarantined]:
     regime = Regime(cfg.regime, cfg.size)
     root = Path(cfg.root)
+    read_image = registry.lookup(cfg.dataset).read_image or read_image_file
     totals: dict = {}
     for rec in records:
         try:
-            sample = _process(cfg, regime, root, rec)
+            sample = _process(cfg, regime, root, rec, read_image)
         except Quarantine as e:
             if cfg.strict:
                 raise T2IError(f"{rec.key}: {e} (without --strict it would be quarantined and the run would go on)") from None
@@ -244,25 +257,22 @@ def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator
 
 
 def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], dict]:
+    """({split: records}, source fingerprint) from the dataset's declared loader: the splits
+    ``cfg.splits`` in that order (every split the source has when empty), each cut to
+    ``cfg.limit``. ``T2IError`` when ``--root`` is not a folder, ``--split`` names a split the
+    dataset does not declare or its source does not have, or as the loader raises."""
+    ds = registry.lookup(cfg.dataset)
     root = Path(cfg.root)
     if not root.is_dir():
         raise T2IError(f"--root {root}: not a folder; point it at the {cfg.dataset} download")
-    if cfg.dataset == "cub":
-        by_split = cub.load_cub(root, cfg.cub_split, cfg.captions)
-        source = cub.fingerprint(root)
-        unknown = [s for s in cfg.splits if s not in by_split]
-        if unknown:
-            raise T2IError(f"--split {','.join(unknown)}: CUB splits are {', '.join(by_split)}")
-        splits = list(cfg.splits) or list(by_split)
-    else:
-        unknown = [s for s in cfg.splits if s not in coco.SPLITS]
-        if unknown:
-            raise T2IError(f"--split {','.join(unknown)}: COCO splits are {', '.join(coco.SPLITS)}")
-        splits = list(cfg.splits) or coco.available_splits(root)
-        if not splits:
-            raise T2IError(f"--root {root}: no annotations/captions_{{train2017,val2017}}.json in it")
-        by_split = {s: coco.load_coco(root, s) for s in splits}
-        source = coco.fingerprint(root, splits)
+    unknown = [s for s in cfg.splits if s not in ds.splits]
+    if unknown:
+        raise T2IError(f"--split {','.join(unknown)}: {ds.pretty} splits are {', '.join(ds.splits)}")
+    by_split, source = ds.loader(cfg)
+    missing = [s for s in cfg.splits if s not in by_split]
+    if missing:
+        raise T2IError(f"--split {','.join(missing)}: not in {root}; it has {', '.join(by_split) or 'no split'}")
+    splits = list(cfg.splits) or list(by_split)
     by_split = {s: by_split[s][: cfg.limit] if cfg.limit is not None else by_split[s] for s in splits}
     return by_split, source
 

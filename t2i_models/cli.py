@@ -300,6 +300,7 @@ def cmd_inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from t2i_data.mdmnist import MDMNISTConfig
+    from t2i_data.sources import registry  # the datasets t2i preprocess builds: one declaration each, sources/<name>.py
     from t2i_data.text.captions import MAX_CAPTION_CHARS, MAX_WORD_CHARS
 
     d = MDMNISTConfig()
@@ -320,14 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_args(b)
     b.set_defaults(func=cmd_mdmnist_build)
 
-    pp = sub.add_parser("preprocess", help="CUB-200-2011 or MS-COCO -> image shards for regime ae or prior")
-    pp.add_argument("dataset", choices=("cub", "coco"))
-    pp.add_argument("--root", help="the download: for cub the folder holding CUB_200_2011/ and birds/; for coco the one holding annotations/ and train2017/ val2017/")
+    built = [registry.lookup(name) for name in registry.preprocess_names()]
+    pp = sub.add_parser("preprocess", help=f"{', '.join(ds.pretty for ds in built)} -> image shards for regime ae or prior")
+    pp.add_argument("dataset", choices=[ds.name for ds in built])
+    pp.add_argument("--root", help="the download: " + "; ".join(f"for {ds.name} {ds.root}" for ds in built))
     pp.add_argument("--out", required=True)
     pp.add_argument("--config", help="a pipeline file, e.g. pipelines/cub-128.toml; flags given here override it")
     pp.add_argument("--regime", choices=("ae", "prior"), help="ae: shorter side N+10; prior: mirror-pad square, (N+20)^2")
     pp.add_argument("--size", type=int, help="N, the final crop size")
-    pp.add_argument("--split", help="comma-separated splits (cub: train,test; coco: train2017,val2017); default all present")
+    pp.add_argument("--split", help=f"comma-separated splits ({'; '.join(f'{ds.name}: ' + ','.join(ds.splits) for ds in built)}); default all present")
     pp.add_argument("--shard-size", type=int)
     pp.add_argument("--jpeg-quality", type=int)
     pp.add_argument("--seed", type=int, help="seed recorded for the random part applied downstream")
