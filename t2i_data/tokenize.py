@@ -26,13 +26,12 @@ from typing import Iterator
 
 import numpy as np
 
+from .derived import build_derived_sets
 from .digest import canonical_array
 from .errors import T2IError
-from .manifest import find_manifests, load_manifest
-from .npyio import npy_bytes
-from .card import write_build_card
 from .manifest import ShardSet, checked_samples
-from .shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
+from .npyio import npy_bytes
+from .shardset import ShardStats
 from .tario import WRITER_ID
 from .text import cached_tokenizer, load_tokenizer, sample_captions
 
@@ -136,39 +135,17 @@ def produce_shard(tokenizer_dir: str, cfg: TokenizeConfig, dtype: str, shard: tu
     yield ShardStats(dict(st, samples=len(keys), repaired=repaired, token_length_histogram=hist))
 
 
-@locks_out
 def tokenize(tokenizer_dir: str | Path, images: str | Path, out: str | Path, cfg: TokenizeConfig, runner) -> dict[str, dict]:
+    """Text-token sets aligned with each split of ``images``, under ``out``
+    (``derived.build_derived_sets``: {split: manifest}, with ``_images`` / ``_out`` folders)."""
     tok = load_tokenizer(tokenizer_dir)
     dtype = "uint16" if tok.vocab_size <= 65536 else "int32"
-    manifests = {}
-    paths = find_manifests(images)
-    for mpath in paths:
-        base = load_manifest(mpath)
-        if base.get("kind") != "images":
-            raise T2IError(f"{mpath}: a {base.get('kind')} set; t2i tokenize reads the captions of an image shard set")
-        split_dir = mpath.parent
-        missing = [s["name"] for s in base["shards"] if not (split_dir / s["name"]).is_file()]
-        if missing:
-            raise T2IError(f"{split_dir}: shards listed in its manifest are missing ({', '.join(missing[:3])}); run t2i verify")
-        identity = {
-            "kind": "text_tokens",
-            "dataset": base["dataset"],
-            "split": base["split"],
-            "regime": base.get("regime"),
-            "size": base.get("size"),
-            "config": asdict(cfg),
-            "seed": None,
-            "sources": {"images": {"digest": base["digest"], "dataset": base["dataset"], "split": base["split"]}},
-            "aligned_to": base["digest"],
-            "tokenizer": dict(tok.describe(), length=cfg.length, dtype=dtype),
-            "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID},
-        }
-        target = derived_dir(images, mpath, out)
-        refuse_overwrite(split_dir, target)
-        manifests[base["split"]] = build_shard_set(
-            partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype), target,
-            f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
-            desc=f"tokenize {base['dataset']} {base['split']}", payloads=[(str(split_dir), s) for s in base["shards"]],
-        )
-    write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
-    return manifests
+    own = {
+        "config": asdict(cfg),
+        "seed": None,
+        "tokenizer": dict(tok.describe(), length=cfg.length, dtype=dtype),
+        "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID},
+    }
+    produce = partial(produce_shard, str(Path(tokenizer_dir).resolve()), cfg, dtype)
+    return build_derived_sets(images, out, runner, "text_tokens", "tokenize", "the captions of an image shard set",
+                              lambda mpath, base: (own, produce))

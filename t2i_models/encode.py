@@ -19,14 +19,13 @@ import torch
 
 from t2i_data.align import check_aligned
 from t2i_data.augment import regime_of, stored_image, views
-from t2i_data.card import write_build_card
-from t2i_data.manifest import ShardSet, checked_samples
+from t2i_data.derived import build_derived_sets
+from t2i_data.manifest import ShardSet, checked_samples, load_manifest
 from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
-from t2i_data.manifest import find_manifests, load_manifest
 from t2i_data.npyio import load_npy, npy_bytes
-from t2i_data.shardset import ShardStats, build_shard_set, derived_dir, locks_out, refuse_overwrite
+from t2i_data.shardset import ShardStats
 from t2i_data.tario import WRITER_ID, iter_samples
 
 from .checkpoint import load_autoencoder
@@ -96,16 +95,15 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
     yield ShardStats({"samples": len(keys), "views": len(arrays), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
 
 
-@locks_out
 def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeConfig, runner) -> dict[str, dict]:
+    """Image-token sets aligned with each split of ``images``, under ``out``
+    (``t2i_data.derived.build_derived_sets``: {split: manifest}, with ``_images`` / ``_out``
+    folders). Raises ``T2IError`` when a split's views are not the autoencoder's input size, or
+    ``--views`` asks for several views of a set without an augmentation regime."""
     model, ck = load_autoencoder(ckpt)
     dtype = "uint16" if model.cfg.vocab <= 65536 else "int32"
-    paths = find_manifests(images)
-    manifests = {}
-    for mpath in paths:
-        base = load_manifest(mpath)
-        if base.get("kind") != "images":
-            raise T2IError(f"{mpath}: a {base.get('kind')} set; t2i encode reads an image shard set")
+
+    def derive(mpath: Path, base: dict) -> tuple[dict, partial]:
         regime = regime_of(base, allow_none=True)
         if regime is None and cfg.views != 1:
             raise T2IError(f"{mpath}: {base['dataset']} images have no augmentation regime, so there is one view; drop --views")
@@ -113,26 +111,16 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         if size != model.cfg.image_size:
             raise T2IError(f"{mpath}: views are {size}x{size} ({base['regime']}-{size}) but the "
                            f"autoencoder takes {model.cfg.image_size}x{model.cfg.image_size}; preprocess with --size {model.cfg.image_size}")
-        identity = {
-            "kind": "image_tokens", "dataset": base["dataset"], "split": base["split"], "regime": base["regime"], "size": base["size"],
+        own = {
             "config": asdict(cfg) | {"batch_size": None}, "seed": cfg.seed,
-            "sources": {"images": {"digest": base["digest"], "dataset": base["dataset"], "split": base["split"]}},
-            "aligned_to": base["digest"],
             "autoencoder": {"kind": ck["kind"], "fingerprint": ck["fingerprint"], "vocab": model.cfg.vocab, "grid": model.cfg.grid,
                             "config": ck["config"], "dtype": dtype, "precision": "fp32"},
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID, "torch": torch.__version__},
         }
-        split_dir = mpath.parent
-        target = derived_dir(images, mpath, out)
-        refuse_overwrite(split_dir, target)
-        manifests[base["split"]] = build_shard_set(
-            partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
-                    schema_for("image_tokens", base["dataset"], dtype)["json"]), target,
-            f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]], identity, runner,
-            desc=f"encode {base['dataset']} {base['split']}", payloads=[(str(split_dir), s) for s in base["shards"]],
-        )
-    write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
-    return manifests
+        return own, partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,
+                            schema_for("image_tokens", base["dataset"], dtype)["json"])
+
+    return build_derived_sets(images, out, runner, "image_tokens", "encode", "an image shard set", derive)
 
 
 def check_reencode(ckpt: str | Path, images: str | Path, tokens: str | Path, n: int = 32, seed: int = 0) -> int:
