@@ -42,7 +42,8 @@ from t2i_data.runner import InProcessRunner  # noqa: E402
 from t2i_data.shardset import ShardStats, build_shard_set  # noqa: E402
 from t2i_data.tario import WRITER_ID, iter_samples  # noqa: E402
 from t2i_data.text import load_pretrained  # noqa: E402
-from t2i_data.tokenize import TokenizeConfig, npy_bytes, tokenize  # noqa: E402
+from t2i_data.npyio import npy_bytes  # noqa: E402
+from t2i_data.tokenize import TokenizeConfig, tokenize  # noqa: E402
 from t2i_data.token_stream import TokenStream  # noqa: E402  (imports torch: kept out of the timed reads)
 
 GRID, VOCAB = 32, 512

@@ -23,10 +23,11 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from .digest import IMAGE_EXTS, canonical_json, file_sha256, load_npy
+from .digest import IMAGE_EXTS, canonical_json, file_sha256
 from .errors import T2IError
 from .extras import require
 from .manifest import KINDS, ShardSet, checked_samples, open_shard_sets
+from .npyio import load_npy
 from .schema import SCHEMAS, check_meta
 from .sources import registry
 from .text.captions import check_captions
@@ -43,10 +44,6 @@ _VIEW = pa.struct([("identity", pa.bool_()), ("angle", pa.float64()), ("x", pa.i
 
 
 # --- export ----------------------------------------------------------------------------------
-
-def _npy(data: bytes, where: str) -> np.ndarray:
-    return load_npy(data, where)  # the header checked against the bytes before anything is allocated
-
 
 class _Images:
     """captions, image ({bytes, path}: datasets.Image), the dataset's typed columns (``columns`` of
@@ -93,7 +90,7 @@ class _TextTokens:
         self.fields = [pa.field("text_tokens", pa.list_(pa.list_(pa.from_numpy_dtype(self.dtype), self.length)))]
 
     def row(self, sample: dict, where: str) -> tuple[list, int]:
-        arr = _npy(sample["text_tokens.npy"], f"{where}: {sample['__key__']}")
+        arr = load_npy(sample["text_tokens.npy"], f"{where}: {sample['__key__']}")
         if arr.ndim != 2 or arr.shape[1] != self.length or arr.dtype != self.dtype:
             raise T2IError(f"{where}: {sample['__key__']} text tokens are {arr.dtype} {arr.shape}, the manifest says "
                            f"{self.dtype} (captions, {self.length}); rebuild the set")
@@ -120,7 +117,7 @@ class _ImageTokens:
         self.fields = [pa.field("image_tokens", t), pa.field("views", pa.list_(_VIEW))]
 
     def row(self, sample: dict, where: str) -> tuple[list, int]:
-        arr = _npy(sample["image_tokens.npy"], f"{where}: {sample['__key__']}")
+        arr = load_npy(sample["image_tokens.npy"], f"{where}: {sample['__key__']}")
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise T2IError(f"{where}: {sample['__key__']} image tokens are {arr.dtype} {arr.shape}, the manifest says "
                            f"{self.dtype} {self.shape}; rebuild the set")

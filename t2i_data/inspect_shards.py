@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .digest import load_npy
 from .errors import T2IError
 from .export import staged_dir
 from .manifest import ShardSet, checked_samples, open_shard_sets
+from .npyio import load_npy
 from .figures import histogram_png
 from .quarantine import quarantine_counts
 from .text.captions import sample_captions

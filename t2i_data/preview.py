@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .digest import IMAGE_EXTS, load_npy
+from .digest import IMAGE_EXTS
 from .errors import T2IError
 from .figures import font
 from .manifest import MANIFEST_NAME, find_manifests, load_manifest
+from .npyio import load_npy
 from .pngio import decode_image
 from .tario import iter_samples
 from .text.captions import sample_captions

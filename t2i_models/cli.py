@@ -225,21 +225,17 @@ def cmd_sample(args) -> int:
 def cmd_encode(args) -> int:
     from t2i_models.encode import EncodeConfig, check_reencode, encode
 
-    from t2i_data.manifest import find_manifests, load_manifest
     from t2i_data.runner import make_runner
-    from t2i_data.shardset import derived_dir
 
     cfg = EncodeConfig(views=args.views, seed=args.seed, batch_size=args.batch_size)
     with make_runner(args.workers, args.scheduler) as runner:
         manifests = encode(args.autoencoder, args.images, args.out, cfg, runner)
-    dirs = {load_manifest(p)["split"]: (p.parent, derived_dir(args.images, p, args.out)) for p in find_manifests(args.images)}
     for split, m in manifests.items():
         used = len(m["stats"]["code_usage"])
         print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
               f"{used} of {m['autoencoder']['vocab']} codes used; aligned to {m['aligned_to'][:16]}")
         if args.check:
-            img_dir, tok_dir = dirs[split]
-            n = check_reencode(args.autoencoder, img_dir, tok_dir, n=args.check)
+            n = check_reencode(args.autoencoder, m["_images"], m["_out"], n=args.check)
             print(f"  re-encoded {n} samples in another batch order: identical tokens")
     return 0
 

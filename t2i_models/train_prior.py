@@ -9,7 +9,7 @@ then cosine decay to 10%. ``out/last.pt`` holds the config, weights, optimizer, 
 stream's state with its plan (batch size, world size, workers, seed, shuffle buffer, the sets'
 digests) and the tokenizer and autoencoder fingerprints; a rerun resumes at the exact next batch,
 for any number of dataloader workers. A rerun that would change the plan mid-epoch stops naming
-the setting (``stream.check_plan``); one that changes the schedule (steps, lr, warmup, weight
+the setting (``plan.check_plan``); one that changes the schedule (steps, lr, warmup, weight
 decay, grad_accum) says so in a warning. Samples the stream could not read are logged, written
 to ``metrics.jsonl`` and stop the run above ``max_lost`` of an epoch (``stream.LostSamples``).
 """
