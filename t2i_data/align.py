@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, load_manifest
-from .tario import iter_samples
+from .manifest import MANIFEST_NAME, ShardSet, checked_samples, load_manifest
 
 
 def check_aligned(base: dict, derived: dict, derived_name: str = "derived set") -> None:
@@ -67,11 +66,18 @@ def check_autoencoder(manifest: dict, expected_fingerprint: str, what: str = "th
     _check_maker(manifest, "autoencoder", "image tokens", "encode", expected_fingerprint, what)
 
 
-def merge_aligned(parts: tuple[dict, ...], where: str) -> dict:
-    """One sample from each aligned set → one dict; the keys must agree."""
+def same_key(parts: tuple[dict, ...] | list[dict], where: str) -> str:
+    """The key the samples of aligned sets read side by side share (the base set's first);
+    ``T2IError`` naming the shard and every key when they differ."""
     key = parts[0]["__key__"]
     if any(p["__key__"] != key for p in parts[1:]):
-        raise T2IError(f"{where}: key {key} in the base set meets {[p['__key__'] for p in parts[1:]]} in the derived sets")
+        raise T2IError(f"{where}: key {key} in the base set meets {[p['__key__'] for p in parts[1:]]} in the derived sets; rebuild them")
+    return key
+
+
+def merge_aligned(parts: tuple[dict, ...], where: str) -> dict:
+    """One sample from each aligned set → one dict; the keys must agree (``same_key``)."""
+    same_key(parts, where)
     merged: dict = {}
     for p in parts:
         merged.update(p)
@@ -79,15 +85,15 @@ def merge_aligned(parts: tuple[dict, ...], where: str) -> dict:
 
 
 def zip_aligned(base_dir: str | Path, *derived_dirs: str | Path) -> Iterator[dict]:
-    """Samples of the base set merged with those of each derived set, shard by shard."""
-    base_dir = Path(base_dir)
-    base = load_manifest(base_dir / MANIFEST_NAME)
+    """Samples of the base set merged with those of each derived set, shard by shard, every shard
+    checked against its manifest first (``manifest.checked_samples``: size, sha256, count)."""
+    base = ShardSet(Path(base_dir), load_manifest(Path(base_dir) / MANIFEST_NAME))
     derived = []
     for d in map(Path, derived_dirs):
-        m = load_manifest(d / MANIFEST_NAME)
-        check_aligned(base, m, str(d))
-        derived.append(d)
-    for shard in base["shards"]:
-        streams = [iter_samples(base_dir / shard["name"])] + [iter_samples(d / shard["name"]) for d in derived]
+        ss = ShardSet(d, load_manifest(d / MANIFEST_NAME))
+        check_aligned(base.manifest, ss.manifest, str(d))
+        derived.append(ss)
+    for i, shard in enumerate(base.manifest["shards"]):
+        streams = [checked_samples(base, shard)] + [checked_samples(ss, ss.manifest["shards"][i]) for ss in derived]
         for parts in zip(*streams, strict=True):
             yield merge_aligned(parts, shard["name"])

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from .align import check_same_image_set, same_key
 from .digest import IMAGE_EXTS, canonical_json, file_sha256
 from .errors import T2IError
 from .extras import require
@@ -151,11 +152,8 @@ def _group_by_split(inputs: list[list[ShardSet]]) -> dict[str, list[ShardSet]]:
         if len(set(kinds)) != len(kinds):
             raise T2IError(f"{split}: {len(kinds)} sets of kinds {', '.join(kinds)}; give at most one of each kind per export")
         for ss in group[1:]:
-            if ss.root != group[0].root:
-                raise T2IError(f"{ss.dir} ({ss.kind}) belongs to image set {str(ss.root)[:16]}, but {group[0].dir} ({group[0].kind}) "
-                               f"to {str(group[0].root)[:16]}; export together only sets derived from the same image set")
-            if [s["name"] for s in ss.manifest["shards"]] != [s["name"] for s in group[0].manifest["shards"]]:
-                raise T2IError(f"{ss.dir}: its shard list differs from {group[0].dir}'s although they are aligned; rebuild it")
+            check_same_image_set(group[0].manifest, ss.manifest, str(group[0].dir), str(ss.dir),
+                                 fix="export together only sets derived from the same image set")
         groups[split] = group
     return groups
 
@@ -214,10 +212,7 @@ def iter_batches(group: list[ShardSet], schema: pa.Schema, builders: list, progr
         where = str(group[0].dir / shard_recs[0]["name"])
         streams = [checked_samples(ss, rec) for ss, rec in zip(group, shard_recs)]
         for parts in zip(*streams, strict=True):
-            key = parts[0]["__key__"]
-            if any(p["__key__"] != key for p in parts[1:]):
-                raise T2IError(f"{where}: key {key} meets {[p['__key__'] for p in parts[1:]]} in the aligned sets; rebuild them")
-            keys.append(key)
+            keys.append(same_key(parts, where))
             at = 0
             for b, part in zip(builders, parts):
                 values, nbytes = b.row(part, where)

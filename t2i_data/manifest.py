@@ -260,11 +260,6 @@ class ShardSet:
             raise T2IError(f"{self.dir}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
         return value
 
-    @property
-    def root(self) -> str:
-        """The digest of the image set this set belongs to (its own, for an image set)."""
-        return self.manifest["digest"] if self.kind == "images" else self.manifest.get("aligned_to")
-
 
 def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
     """The split(s) at ``path`` (a split folder, a build folder of splits, or a manifest.json),
