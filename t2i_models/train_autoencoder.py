@@ -15,7 +15,6 @@ codebook follows rank 0's batches only (an all-reduce of the EMA statistics is t
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,25 +62,6 @@ class TrainConfig:
         check_train_config(self, CONFIGS, ("images", "out"),
                            "images=DIR and out=DIR are needed (the ae-regime train split, and where checkpoints go)",
                            ("steps", "batch_size", "ckpt_every", "log_every", "grid_every"))
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``key=value`` pairs → a dict; ``model.X=v`` go into the model overrides. Values are read as
-    JSON when they parse (numbers, true/false), else as strings."""
-    out: dict = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise T2IError(f"override {item!r} is not key=value")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        if key.startswith("model."):
-            out.setdefault("model", {})[key[len("model."):]] = parsed
-        else:
-            out[key] = parsed
-    return out
 
 
 def _step_generator(seed: int, step: int, device) -> torch.Generator:
