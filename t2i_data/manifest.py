@@ -300,12 +300,12 @@ def check_shard_file(path: Path, record: dict, data=None) -> str:
         raise T2IError(f"{path}: the manifest records no sha256 or size for this shard; rebuild the set's manifest")
     size = os.stat(path).st_size
     if size != record["bytes"]:
-        raise T2IError(f"{path}: size does not match the manifest: {size} bytes where the manifest says {record['bytes']} "
-                       f"(sha256 {expected}): the shard is truncated or was replaced; run `t2i verify {path.parent}` and rebuild or re-fetch it")
+        raise T2IError(f"{path}: {size} bytes where the manifest says {record['bytes']} (sha256 {expected}), so the size "
+                       f"does not match the manifest: the shard is truncated or was replaced; run `t2i verify {path.parent}` and rebuild or re-fetch it")
     actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
     if actual != expected:
-        raise T2IError(f"{path}: checksum does not match the manifest: sha256 {actual}, the manifest says {expected} (the shard "
-                       f"was replaced, damaged or comes from another set); run `t2i verify {path.parent}` and rebuild or re-fetch it")
+        raise T2IError(f"{path}: sha256 {actual}, the manifest says {expected}, so the checksum does not match the manifest: "
+                       f"the shard was replaced, damaged or comes from another set; run `t2i verify {path.parent}` and rebuild or re-fetch it")
     return actual
 
 

@@ -7,7 +7,7 @@ and the fewer than G·B samples left over differ from epoch to epoch. Within a w
 shuffle buffer mixes samples across its shards.
 
 Trust (DESIGN.md): a shard is checked against its manifest record (size, then sha256) when a
-stream first opens it (``verify_shard``), so a replaced, truncated or damaged shard stops the run
+stream first opens it (``check_shard_cached``), so a replaced, truncated or damaged shard stops the run
 with one ``T2IError`` naming it, expected and actual values. A shard that cannot be read at all
 (``OSError``: gone, permissions, I/O error) is logged with its name; its samples are counted in
 the batch's ``lost`` / ``lost_shards`` and replaced by padding entries (``valid`` False), so every
@@ -25,7 +25,6 @@ shuffle buffer, the sets' digests); ``load_state_dict`` refuses to finish an epo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mmap
@@ -41,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .align import check_aligned, merge_aligned
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, load_manifest
+from .manifest import MANIFEST_NAME, check_shard_file, load_manifest
 from .plan import PlannedStream, plan_epoch
 from .tario import iter_samples
 
@@ -60,37 +59,26 @@ def forget_verified() -> None:
     """Drop the cache of verified shards (benchmarks measure the cold cost with it)."""
     _VERIFIED.clear()
 
-def verify_shard(path: Path, record: dict, data=None) -> None:
-    """Check a shard file against its manifest record: size, then sha256 of the bytes (``data``:
-    the file's bytes or its mapping when the caller has them, so hashing faults in the pages the
-    caller reads next).
+def check_shard_cached(path: Path, record: dict, data=None) -> None:
+    """``manifest.check_shard_file`` (size, then sha256) once per version of a file in this process:
+    a file whose path, inode, size and times are unchanged since it passed is not hashed again.
+    ``data``: the file's bytes or its mapping when the caller has them, so hashing faults in the
+    pages the caller reads next; without it the file is mapped and hashed in one call.
 
     Raises ``T2IError`` naming the shard with expected and actual values when they differ;
     ``OSError`` (missing, unreadable) passes through for the caller to count the shard as lost.
     sha256 runs at ~1.4 GB/s here (SHA-NI) with the GIL released, so a stream hashes the next
     shard in a thread while it gathers the current one (``TokenStream``)."""
-    expected = record.get("sha256")
-    if not expected or "bytes" not in record:
-        raise T2IError(f"{path}: the manifest records no sha256 or size for this shard; rebuild the set's manifest")
     st = os.stat(path)
-    if st.st_size != record["bytes"]:
-        raise T2IError(f"{path}: {st.st_size} bytes where the manifest says {record['bytes']} (sha256 {expected}): the shard "
-                       f"is truncated or was replaced; run `t2i verify {path.parent}` and rebuild or re-fetch it")
+    expected = record.get("sha256")
     key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if _VERIFIED.get(key) == expected:
+    if expected and st.st_size == record.get("bytes") and _VERIFIED.get(key) == expected:
         return
-    if data is not None:  # one call on the whole buffer: hashlib releases the GIL for all of it
-        actual = hashlib.sha256(data).hexdigest()
+    if data is None and st.st_size and st.st_size == record.get("bytes"):
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            check_shard_file(path, record, mm)
     else:
-        with open(path, "rb") as f:
-            if st.st_size == 0:
-                actual = hashlib.sha256().hexdigest()
-            else:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    actual = hashlib.sha256(mm).hexdigest()
-    if actual != expected:
-        raise T2IError(f"{path}: sha256 {actual}, the manifest says {expected}: the shard is not the one its manifest "
-                       f"describes (replaced, damaged or from another set); run `t2i verify {path.parent}` and rebuild or re-fetch it")
+        check_shard_file(path, record, data)
     _VERIFIED[key] = expected
     if get_worker_info() is not None:
         _NEW.append((key, expected))
@@ -215,7 +203,7 @@ class ShardStream(PlannedStream, IterableDataset):
                 for d, rec in zip(self.dirs, self.records):
                     if name not in rec:
                         raise T2IError(f"{d}: its manifest lists no shard {name}")
-                    verify_shard(d / name, rec[name])
+                    check_shard_cached(d / name, rec[name])
                 for parts in zip(*[iter_samples(d / name) for d in self.dirs], strict=True):
                     if i >= b:
                         break

@@ -9,7 +9,7 @@ steps; a trainer weights its loss by ``valid``. One caption (of the sample's C) 
 its K) are picked per (seed, epoch, key).
 
 Checks (DESIGN.md, "Trust"): each shard file is checked against its manifest record (size and
-sha256, ``stream.verify_shard``) when the stream first opens it, the next shard hashed in a
+sha256, ``stream.check_shard_cached``) when the stream first opens it, the next shard hashed in a
 thread while the current one is gathered; a shard holds the manifest's sample count and first
 and last key; every gathered caption and view row is range-checked against the tokenizer's and
 the autoencoder's vocabulary (one vectorised max per shard chunk). Any of these failing stops
@@ -48,7 +48,7 @@ from .manifest import MANIFEST_NAME, load_manifest
 from .npyio import npy_meta
 from .plan import PlannedStream, plan_exact
 from .rng import key_ids, keyed_u64, stream_id
-from .stream import dataloader_worker, guarded, verify_shard
+from .stream import check_shard_cached, dataloader_worker, guarded
 from .tario import member_table
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ class TokenStream(PlannedStream, IterableDataset):
         hashing thread: the hash also faults in the pages the gather reads next)."""
         name = self.names[shard]
         img, txt = self._read(self.img_dir / name), self._read(self.txt_dir / name)
-        verify_shard(self.img_dir / name, self.img_rec[shard], img)
-        verify_shard(self.txt_dir / name, self.txt_rec[shard], txt)
+        check_shard_cached(self.img_dir / name, self.img_rec[shard], img)
+        check_shard_cached(self.txt_dir / name, self.txt_rec[shard], txt)
         return img, txt
 
     def _shard(self, shard: int, a: int, b: int, opened):

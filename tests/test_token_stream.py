@@ -278,7 +278,7 @@ def test_shards_verified_by_workers_are_not_hashed_again_next_epoch(tokens, tmp_
     start with it, so a later epoch costs a stat per shard, and a rewrite is still caught."""
     import types
 
-    from t2i_data import stream
+    from t2i_data import manifest, stream
 
     img, txt = _copy(tokens, tmp_path, "img")
     stream.forget_verified()
@@ -290,6 +290,6 @@ def test_shards_verified_by_workers_are_not_hashed_again_next_epoch(tokens, tmp_
     def no_hash(*a, **k):
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(stream, "hashlib", types.SimpleNamespace(sha256=no_hash))  # the workers fork with it
+    monkeypatch.setattr(manifest, "hashlib", types.SimpleNamespace(sha256=no_hash))  # the workers fork with it
     ds.set_epoch(1)
     assert sum(int(b["valid"].sum()) for b in loader(ds, 2)) == N
