@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from t2i_data.mdmnist import MDMNISTConfig, build, render_sample  # noqa: E402
 from t2i_data.pngio import decode_image  # noqa: E402
 from t2i_data.runner import InProcessRunner  # noqa: E402
-from t2i_data.stream import ShardStream, image_decoder  # noqa: E402
+from t2i_data.stream import ShardStream, decode_and_augment  # noqa: E402
 from t2i_models.builders import build_autoencoder  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def train_rates(arch: str, steps: int, batch: int, workers: int) -> tuple[float,
     step = step_fn(model, opt)
     with tempfile.TemporaryDirectory() as tmp:
         build(MDMNISTConfig(seed=0, train=steps * batch * 2 + 64, test=0, shard_size=64), tmp, InProcessRunner())
-        ds = ShardStream(Path(tmp) / "train", image_decoder(None, 0), batch, seed=0)
+        ds = ShardStream(Path(tmp) / "train", decode_and_augment(None, 0), batch, seed=0)
         loader = iter(DataLoader(ds, batch_size=None, num_workers=workers))
         step(next(loader)["image"], 0)  # warm-up: workers started, first batch
         t = time.perf_counter()

@@ -69,7 +69,7 @@ def build_inputs(root: Path, n: int) -> dict[str, Path]:
     identity = {"kind": "image_tokens", "dataset": "mdmnist", "split": "train", "regime": None, "size": 128,
                 "config": {"views": 1, "seed": 0, "batch_size": None}, "seed": 0,
                 "sources": {"images": {"digest": base["digest"], "dataset": "mdmnist", "split": "train"}}, "aligned_to": base["digest"],
-                "autoencoder": {"kind": "synthetic", "fingerprint": "0" * 64, "vocab": VOCAB, "grid": GRID, "dtype": "uint16"},
+                "autoencoder": {"kind": "synthetic", "fingerprint": "0" * 64, "vocab_size": VOCAB, "grid": GRID, "dtype": "uint16"},
                 "encoder": {"tar": WRITER_ID}}
     build_shard_set(partial(synthetic_tokens, str(md)), root / "img", "mdmnist-train", [s["samples"] for s in base["shards"]], identity,
                     InProcessRunner(), payloads=[s["name"] for s in base["shards"]])

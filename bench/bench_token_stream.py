@@ -54,7 +54,7 @@ def write_sets(root: Path, n: int, captions: int, length: int, views: int) -> No
         for k, w in ws.items():
             recs[k].append(w.close())
     common = {"format_version": FORMAT_VERSION, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "quarantined": []}
-    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": 32, "fingerprint": "a" * 64, "vocab": 512}}),
+    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": 32, "fingerprint": "a" * 64, "vocab_size": 512}}),
                            ("txt", "text_tokens", {"tokenizer": {"length": length, "pad_id": 0, "fingerprint": "t" * 64, "vocab_size": 5000}})):
         tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "quarantined": 0}
         write_manifest(root / k / "manifest.json", dict(common, kind=kind, shards=recs[k], totals=tot, **extra))

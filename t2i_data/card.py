@@ -235,7 +235,7 @@ def _what(m: dict) -> list[str]:
         a = m.get("autoencoder", {})
         k = (m.get("config") or {}).get("views")
         out.append(f"Each sample is `<key>.image_tokens.npy`: {a.get('dtype')}, shape ({k}, {a.get('grid')}, {a.get('grid')}), "
-                   f"codes of a {a.get('kind')} with {a.get('vocab')} codewords, one grid per view (view 0 the identity), and "
+                   f"codes of a {a.get('kind')} with {a.get('vocab_size')} codewords, one grid per view (view 0 the identity), and "
                    "`<key>.json` with each view's parameters.")
     if m.get("aligned_to"):
         out.append(f"Aligned with the image set of digest `{m['aligned_to']}`: shard i holds the keys of its shard i, in the same order.")
@@ -284,7 +284,7 @@ def _counts(m: dict) -> list[str]:
                 f"empty: {st.get('empty', 0):,}; control characters removed in {st.get('control', 0):,}; repaired UTF-8 in "
                 f"{st.get('repaired', 0):,} samples.", ""]
     if m["kind"] == "image_tokens" and st:
-        used, vocab = len(st.get("code_usage", {})), m.get("autoencoder", {}).get("vocab")
+        used, vocab = len(st.get("code_usage", {})), m.get("autoencoder", {}).get("vocab_size")
         out += [f"Views: {st.get('views', 0):,}; codes used: {used:,} of {vocab}.", ""]
     return out
 

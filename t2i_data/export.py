@@ -181,7 +181,7 @@ def _source(ss: ShardSet) -> dict:
            "shards": m["totals"]["shards"], "samples": m["totals"]["samples"]}
     for k in ("tokenizer", "autoencoder"):
         if k in m:
-            out[k] = {f: m[k][f] for f in ("kind", "fingerprint", "pad_id", "vocab_size", "vocab", "grid", "length", "dtype") if f in m[k]}
+            out[k] = {f: m[k][f] for f in ("kind", "fingerprint", "pad_id", "vocab_size", "grid", "length", "dtype") if f in m[k]}
     return out
 
 

@@ -113,7 +113,7 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         rep["rates"] = {"padding": pads / cells if cells else 0.0, "full_rows": full / rows if rows else 0.0,
                         "truncation": truncated / captions if captions else 0.0}
     else:
-        vocab = ss.field("autoencoder", "vocab")
+        vocab = ss.field("autoencoder", "vocab_size")
         usage = np.zeros(vocab, np.int64)
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):

@@ -49,7 +49,7 @@ MAX_SHARD_BYTES = 1 << 40  # 1 TiB; this project's shards are tens to hundreds o
 MIN_SAMPLE_BYTES = 512  # one ustar header: a sample has at least one member
 # bounds on fields that size arrays in readers (inspect's code usage, export's fixed-size lists)
 _FIELD_BOUNDS = {("tokenizer", "length"): (1, 1 << 16), ("tokenizer", "pad_id"): (0, 1 << 31), ("tokenizer", "vocab_size"): (1, 1 << 31),
-                 ("autoencoder", "vocab"): (1, 1 << 24), ("autoencoder", "grid"): (1, 1 << 12), ("config", "views"): (1, 1 << 12)}
+                 ("autoencoder", "vocab_size"): (1, 1 << 24), ("autoencoder", "grid"): (1, 1 << 12), ("config", "views"): (1, 1 << 12)}
 _DTYPES = ("uint16", "int32")
 _REQUIRED = {"text_tokens": {"tokenizer": ("length", "pad_id")}, "image_tokens": {"autoencoder": ("grid",)}}
 

@@ -303,9 +303,10 @@ def _collate(items: list[dict], size: int, template: dict, lost: dict) -> dict:
     return out
 
 
-def image_decoder(regime, seed: int):
-    """decode(sample, epoch) for autoencoder training: the regime's random part, drawn from
-    (seed, key, epoch), as a float tensor (3, N, N) in [0, 1]; regime None (MD-MNIST): the image."""
+def decode_and_augment(regime, seed: int):
+    """decode(sample, epoch) for autoencoder training: decodes the stored image, then applies the
+    regime's random part (augmentation), drawn from (seed, key, epoch); returns ``{"image": float
+    tensor (3, N, N) in [0, 1], "key": str}``. Regime None (MD-MNIST): the stored image as it is."""
     from .augment import stored_image
 
     def decode(sample: dict, epoch: int) -> dict:

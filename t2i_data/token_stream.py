@@ -87,10 +87,10 @@ class TokenStream(PlannedStream, IterableDataset):
         tok, ae = self.txt_m["tokenizer"], self.img_m["autoencoder"]
         self.L = tok["length"]
         self.pad_id = tok["pad_id"]
-        if "vocab_size" not in tok or "vocab" not in ae:
+        if "vocab_size" not in tok or "vocab_size" not in ae:
             raise T2IError(f"{self.txt_dir} / {self.img_dir}: the manifests record no tokenizer vocab_size or autoencoder vocab; "
                            f"without them token ids cannot be checked; rebuild the sets with this t2i")
-        self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab"])
+        self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab_size"])
         grid = ae["grid"]
         self.hw = grid * grid
         super().__init__([s["samples"] for s in self.img_m["shards"]], [self.img_m["digest"], self.txt_m["digest"]],

@@ -82,9 +82,9 @@ def init_output_bias(dec: nn.Sequential, x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def code_usage(tokens: torch.Tensor, vocab: int) -> dict:
+def code_usage(tokens: torch.Tensor, vocab_size: int) -> dict:
     """Perplexity of the code histogram (V when every code is used equally) and the share of codes used."""
-    usage = torch.bincount(tokens.flatten(), minlength=vocab).float()
+    usage = torch.bincount(tokens.flatten(), minlength=vocab_size).float()
     p = usage[usage > 0] / usage.sum()
     return {"perplexity": torch.exp(-(p * p.log()).sum()), "used": (usage > 0).float().mean()}
 

@@ -12,16 +12,16 @@ from .vqvae import VQVAE, VQVAEConfig
 # The thesis' configurations: MD-MNIST dVAE V=256, H=256, 2 downsamples, N_RD=4, N_RB=4;
 # CUB-64/128 dVAE V=512, H=512, 2 downsamples, N_RD=6, N_RB=4. VQ-VAEs share the stacks.
 CONFIGS = {
-    "dvae_mdmnist": DVAEConfig(vocab=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
-    "dvae_cub64": DVAEConfig(vocab=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
-    "dvae_cub128": DVAEConfig(vocab=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
-    "vqvae_mdmnist": VQVAEConfig(vocab=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
-    "vqvae_cub64": VQVAEConfig(vocab=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
-    "vqvae_cub128": VQVAEConfig(vocab=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
+    "dvae_mdmnist": DVAEConfig(vocab_size=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
+    "dvae_cub64": DVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
+    "dvae_cub128": DVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
+    "vqvae_mdmnist": VQVAEConfig(vocab_size=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
+    "vqvae_cub64": VQVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
+    "vqvae_cub128": VQVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
     # tiny ones for tests and smoke runs
-    "dvae_tiny": DVAEConfig(vocab=32, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, tau_start=1.0, tau_end=0.5, tau_steps=200,
+    "dvae_tiny": DVAEConfig(vocab_size=32, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, tau_start=1.0, tau_end=0.5, tau_steps=200,
                             kl_steps=50, kl_weight=0.01),
-    "vqvae_tiny": VQVAEConfig(vocab=32, dim=16, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, decay=0.9, restart_threshold=0.05),
+    "vqvae_tiny": VQVAEConfig(vocab_size=32, dim=16, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, decay=0.9, restart_threshold=0.05),
 }
 
 

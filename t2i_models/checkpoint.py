@@ -162,7 +162,11 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     if ck.get("format") != AUTOENCODER_FORMAT or ck.get("kind") not in KINDS:
         raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
-    return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)), ck
+    config = dict(ck["config"])
+    if "vocab" in config and "vocab_size" not in config:  # saved before the field took the tokenizers' name (issue 16)
+        config["vocab_size"] = config.pop("vocab")
+        ck = dict(ck, config=config)
+    return restore_weights(model_cls(cfg_cls(**config)), ck, str(path)), ck
 
 
 def save_prior(path: str | Path, model, **state) -> str:

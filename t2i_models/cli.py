@@ -233,7 +233,7 @@ def cmd_encode(args) -> int:
     for split, m in manifests.items():
         used = len(m["stats"]["code_usage"])
         print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
-              f"{used} of {m['autoencoder']['vocab']} codes used; aligned to {m['aligned_to'][:16]}")
+              f"{used} of {m['autoencoder']['vocab_size']} codes used; aligned to {m['aligned_to'][:16]}")
         if args.check:
             n = check_reencode(args.autoencoder, m["_images"], m["_out"], n=args.check)
             print(f"  re-encoded {n} samples in another batch order: identical tokens")

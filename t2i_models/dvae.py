@@ -21,7 +21,7 @@ from .blocks import Autoencoder, check_shape, code_usage, decoder, encoder
 
 @dataclass(frozen=True)
 class DVAEConfig:
-    vocab: int = 256  # V
+    vocab_size: int = 256  # V codewords (the name tokenizers and OpenAI's dVAE use too)
     hidden: int = 256  # H
     downsamples: int = 2
     n_rd: int = 4  # residual blocks after every down/up-sample
@@ -58,9 +58,9 @@ class DVAE(Autoencoder):
     def __init__(self, cfg: DVAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = encoder(3, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, cfg.vocab)
+        self.encoder = encoder(3, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, cfg.vocab_size)
         out = 6 if cfg.loss == "laplace" else 3  # laplace: mean and log-scale per channel
-        self.decoder = decoder(cfg.vocab, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, out)
+        self.decoder = decoder(cfg.vocab_size, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, out)
 
     def _check(self, x: torch.Tensor) -> None:
         s = self.cfg.image_size
@@ -78,7 +78,7 @@ class DVAE(Autoencoder):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         g = self.cfg.grid
         check_shape(tokens, (None, g, g), f"{self.kind} tokens")
-        one_hot = F.one_hot(tokens.long(), self.cfg.vocab).permute(0, 3, 1, 2).float()  # (B, V, h, w)
+        one_hot = F.one_hot(tokens.long(), self.cfg.vocab_size).permute(0, 3, 1, 2).float()  # (B, V, h, w)
         return self._pixels(self.decoder(one_hot))
 
     def _pixels(self, out: torch.Tensor) -> torch.Tensor:
@@ -100,6 +100,6 @@ class DVAE(Autoencoder):
                 mu, log_b = out[:, :3].float(), out[:, 3:].float() * 4 - 2
                 rec = (torch.abs(x.float() - mu) * torch.exp(-log_b) + log_b + math.log(2)).mean()
         q = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # mean code usage, (V,)
-        kl = (q * torch.log(q * self.cfg.vocab + 1e-10)).sum()
+        kl = (q * torch.log(q * self.cfg.vocab_size + 1e-10)).sum()
         lam = self.cfg.kl_lambda(step)
-        return {"loss": rec + lam * kl, "rec": rec.detach(), "kl": kl.detach(), "tau": tau, "lambda": lam, "recon": recon, **code_usage(logits.argmax(1), self.cfg.vocab)}
+        return {"loss": rec + lam * kl, "rec": rec.detach(), "kl": kl.detach(), "tau": tau, "lambda": lam, "recon": recon, **code_usage(logits.argmax(1), self.cfg.vocab_size)}

@@ -85,7 +85,7 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
         params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
         arrays += [a for _, a in vs]
     tokens = encode_arrays(model, arrays, cfg.batch_size).astype(dtype)
-    usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab)
+    usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab_size)
     for i, key in enumerate(keys):
         t = tokens[i * cfg.views : (i + 1) * cfg.views]  # (K, h, w)
         views = {"views": params[i]}
@@ -101,7 +101,7 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
     folders). Raises ``T2IError`` when a split's views are not the autoencoder's input size, or
     ``--views`` asks for several views of a set without an augmentation regime."""
     model, ck = load_autoencoder(ckpt)
-    dtype = "uint16" if model.cfg.vocab <= 65536 else "int32"
+    dtype = "uint16" if model.cfg.vocab_size <= 65536 else "int32"
 
     def derive(mpath: Path, base: dict) -> tuple[dict, partial]:
         regime = regime_of(base, allow_none=True)
@@ -113,7 +113,7 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
                            f"autoencoder takes {model.cfg.image_size}x{model.cfg.image_size}; preprocess with --size {model.cfg.image_size}")
         own = {
             "config": asdict(cfg) | {"batch_size": None}, "seed": cfg.seed,
-            "autoencoder": {"kind": ck["kind"], "fingerprint": ck["fingerprint"], "vocab": model.cfg.vocab, "grid": model.cfg.grid,
+            "autoencoder": {"kind": ck["kind"], "fingerprint": ck["fingerprint"], "vocab_size": model.cfg.vocab_size, "grid": model.cfg.grid,
                             "config": ck["config"], "dtype": dtype, "precision": "fp32"},
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID, "torch": torch.__version__},
         }

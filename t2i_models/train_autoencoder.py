@@ -29,7 +29,7 @@ from t2i_data.augment import regime_of
 from t2i_data.errors import T2IError
 from t2i_data.manifest import MANIFEST_NAME, load_manifest
 from t2i_data.rng import keyed_u64, stream_id
-from t2i_data.stream import LostSamples, ShardStream, image_decoder, loader
+from t2i_data.stream import LostSamples, ShardStream, decode_and_augment, loader
 
 from .builders import CONFIGS, build_autoencoder
 from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
@@ -99,7 +99,7 @@ def train(cfg: TrainConfig) -> dict:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
-    ds = ShardStream(cfg.images, image_decoder(regime, cfg.seed), cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
+    ds = ShardStream(cfg.images, decode_and_augment(regime, cfg.seed), cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     last = out / "last.pt"

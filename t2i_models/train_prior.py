@@ -108,7 +108,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
     ds = TokenStream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed,
                      expect_tokenizer=expect.get("tokenizer"), expect_autoencoder=expect.get("autoencoder"))
     tok, ae = ds.txt_m["tokenizer"], ds.img_m["autoencoder"]
-    tokens = dict(text_vocab=tok["vocab_size"], text_len=tok["length"], pad_id=tok["pad_id"], image_vocab=ae["vocab"], grid=ae["grid"])
+    tokens = dict(text_vocab=tok["vocab_size"], text_len=tok["length"], pad_id=tok["pad_id"], image_vocab=ae["vocab_size"], grid=ae["grid"])
     clash = sorted(set(tokens) & set(cfg.model))
     if clash:
         raise T2IError(f"model.{', model.'.join(clash)} come from the token shards' manifests and cannot be overridden")

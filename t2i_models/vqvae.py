@@ -21,7 +21,7 @@ from .blocks import Autoencoder, check_shape, code_usage, decoder, encoder
 
 @dataclass(frozen=True)
 class VQVAEConfig:
-    vocab: int = 256  # V codewords
+    vocab_size: int = 256  # V codewords (the name tokenizers and OpenAI's dVAE use too)
     dim: int = 64  # codeword dimension D
     hidden: int = 256
     downsamples: int = 2
@@ -39,12 +39,12 @@ class VQVAEConfig:
 
 
 class EMACodebook(nn.Module):
-    def __init__(self, vocab: int, dim: int, decay: float, eps: float, generator: torch.Generator | None = None) -> None:
+    def __init__(self, vocab_size: int, dim: int, decay: float, eps: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.decay, self.eps = decay, eps
-        init = torch.randn(vocab, dim, generator=generator)
+        init = torch.randn(vocab_size, dim, generator=generator)
         self.register_buffer("codebook", init.clone())  # (V, D)
-        self.register_buffer("cluster_size", torch.ones(vocab))  # N_k
+        self.register_buffer("cluster_size", torch.ones(vocab_size))  # N_k
         self.register_buffer("embed_sum", init.clone())  # m_k
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
@@ -94,7 +94,7 @@ class VQVAE(Autoencoder):
         self.cfg = cfg
         self.encoder = encoder(3, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, cfg.dim)
         self.decoder = decoder(cfg.dim, cfg.hidden, cfg.downsamples, cfg.n_rd, cfg.n_rb, 3)
-        self.codebook = EMACodebook(cfg.vocab, cfg.dim, cfg.decay, cfg.eps, generator)
+        self.codebook = EMACodebook(cfg.vocab_size, cfg.dim, cfg.decay, cfg.eps, generator)
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         s = self.cfg.image_size
@@ -131,4 +131,4 @@ class VQVAE(Autoencoder):
         recon = self.decoder(q_st)
         with torch.autocast(device_type=x.device.type, enabled=False):
             rec = F.mse_loss(recon.float(), x.float())
-        return {"loss": rec + self.cfg.beta * commit, "rec": rec.detach(), "commit": commit.detach(), "recon": recon, **code_usage(idx, self.cfg.vocab)}
+        return {"loss": rec + self.cfg.beta * commit, "rec": rec.detach(), "commit": commit.detach(), "recon": recon, **code_usage(idx, self.cfg.vocab_size)}

@@ -63,6 +63,6 @@ def md_tokens(tmp_path_factory):
     load_pretrained("mdmnist", None).save(root / "tk")
     tokenize(root / "tk", root / "md" / "train", root / "text", TokenizeConfig(length=12), InProcessRunner())
     torch.manual_seed(0)
-    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
+    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab_size=16))
     encode(root / "ae.pt", root / "md" / "train", root / "img", EncodeConfig(), InProcessRunner())
     return root

@@ -24,7 +24,7 @@ def test_model_shapes_and_mismatch_messages(name):
     s, g = m.cfg.image_size, m.cfg.grid
     x = torch.rand(2, 3, s, s)
     tokens = m.encode(x)
-    assert tokens.shape == (2, g, g) and tokens.dtype == torch.int64 and int(tokens.max()) < m.cfg.vocab
+    assert tokens.shape == (2, g, g) and tokens.dtype == torch.int64 and int(tokens.max()) < m.cfg.vocab_size
     assert m.decode(tokens).shape == (2, 3, s, s)
     with pytest.raises(ValueError, match=rf"input: expected shape \('\*', 3, {s}, {s}\), got \(2, 3, {s}, {s + 4}\)"):
         m.encode(torch.rand(2, 3, s, s + 4))
@@ -34,8 +34,8 @@ def test_model_shapes_and_mismatch_messages(name):
 
 def test_thesis_configurations():
     md, cub = CONFIGS["dvae_mdmnist"], CONFIGS["dvae_cub128"]
-    assert (md.vocab, md.hidden, md.downsamples, md.n_rd, md.n_rb, md.grid) == (256, 256, 2, 4, 4, 32)
-    assert (cub.vocab, cub.hidden, cub.downsamples, cub.n_rd, cub.n_rb, cub.grid) == (512, 512, 2, 6, 4, 32)
+    assert (md.vocab_size, md.hidden, md.downsamples, md.n_rd, md.n_rb, md.grid) == (256, 256, 2, 4, 4, 32)
+    assert (cub.vocab_size, cub.hidden, cub.downsamples, cub.n_rd, cub.n_rb, cub.grid) == (512, 512, 2, 6, 4, 32)
     assert CONFIGS["dvae_cub64"].grid == 16
     assert CONFIGS["vqvae_cub128"].beta == 0.25 and CONFIGS["vqvae_cub128"].decay == 0.99 and CONFIGS["vqvae_cub128"].eps == 1e-5
 
@@ -47,7 +47,7 @@ def test_tau_and_lambda_schedules():
 
 
 def test_ema_update_matches_a_hand_computed_example():
-    cb = EMACodebook(vocab=2, dim=1, decay=0.5, eps=1e-5)
+    cb = EMACodebook(vocab_size=2, dim=1, decay=0.5, eps=1e-5)
     cb.codebook.copy_(torch.tensor([[0.5], [3.0]]))
     cb.embed_sum.copy_(cb.codebook)
     cb.cluster_size.fill_(1.0)
@@ -74,7 +74,7 @@ def test_vq_codebook_moves_only_by_the_ema():
     before = m.codebook.codebook.clone()
     z = m.latents(x).detach().permute(0, 2, 3, 1).reshape(-1, m.cfg.dim)
     idx = m.codebook.nearest(z)
-    expect = EMACodebook(m.cfg.vocab, m.cfg.dim, m.cfg.decay, m.cfg.eps)
+    expect = EMACodebook(m.cfg.vocab_size, m.cfg.dim, m.cfg.decay, m.cfg.eps)
     expect.load_state_dict({k.split(".", 1)[1]: v.clone() for k, v in m.state_dict().items() if k.startswith("codebook.")})
     expect.update(z, idx)
     m(x)

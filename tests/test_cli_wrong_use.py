@@ -186,7 +186,7 @@ def test_preview_takes_folders_and_refuses_another_autoencoders_tokens(md_tokens
     assert main(["-q", "preview", str(md_tokens / "img"), "--autoencoder", str(md_tokens / "ae.pt"), "--out", str(tmp_path / "b.png"),
                  "-n", "4"]) == 0
     torch.manual_seed(5)
-    save_autoencoder(tmp_path / "other.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
+    save_autoencoder(tmp_path / "other.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab_size=16))
     shard = sorted((md_tokens / "img").glob("*.tar"))[0]
     for target in (md_tokens / "img", shard):
         assert main(["-q", "preview", str(target), "--autoencoder", str(tmp_path / "other.pt"), "--out", str(tmp_path / "c.png")]) == 2

@@ -145,7 +145,7 @@ def test_clip_schedule_cli_and_refusals(md_tokens, tmp_path, capsys):
     from t2i_models.checkpoint import save_autoencoder
 
     torch.manual_seed(5)
-    save_autoencoder(tmp_path / "other.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
+    save_autoencoder(tmp_path / "other.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab_size=16))
     with pytest.raises(T2IError, match="image tokens made by autoencoder .* expects"):
         train_clip(clip_cfg(md_tokens, tmp_path / "x", steps=1, autoencoder=str(tmp_path / "other.pt")))
     with pytest.raises(T2IError, match="model.image_size comes from the autoencoder"):

@@ -123,7 +123,7 @@ def stack(tmp_path_factory):
     load_pretrained("mdmnist", None).save(root / "tk")
     tokenize(root / "tk", root / "md", root / "text", TokenizeConfig(length=12), InProcessRunner())
     torch.manual_seed(0)
-    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=16, downsamples=4, vocab=16))
+    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=16, downsamples=4, vocab_size=16))
     encode(root / "ae.pt", root / "md", root / "img", EncodeConfig(), InProcessRunner())
     for arch in ("g1_tiny", "g2_tiny"):
         train_prior(PriorTrainConfig(arch=arch, image_tokens=str(root / "img" / "train"), text_tokens=str(root / "text" / "train"),

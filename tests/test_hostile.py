@@ -51,7 +51,7 @@ def base(tmp_path_factory):
     build(MDMNISTConfig(seed=0, train=8, test=4, shard_size=4), root / "md", InProcessRunner())
     load_pretrained("mdmnist", None).save(root / "tk")
     torch.manual_seed(0)
-    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab=16))
+    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab_size=16))
     tokenize(root / "tk", root / "md" / "train", root / "text", TokenizeConfig(length=12), InProcessRunner())
     encode(root / "ae.pt", root / "md" / "train", root / "img", EncodeConfig(), InProcessRunner())
     return root
@@ -247,7 +247,7 @@ def test_a_manifest_of_the_wrong_shape_stops_with_one_line(shape, says, box, cap
 
 @pytest.mark.parametrize("case", ["dataset ../../../../hostile", "shard name /etc/passwd", "absurd samples"])
 def test_streams_refuse_a_hostile_manifest_when_constructed(case, box, watch):
-    from t2i_data.stream import ShardStream, image_decoder
+    from t2i_data.stream import ShardStream, decode_and_augment
     from t2i_data.token_stream import TokenStream
 
     change, says = MANIFEST_CASES[case]
@@ -258,7 +258,7 @@ def test_streams_refuse_a_hostile_manifest_when_constructed(case, box, watch):
         edit_manifest(folder, change)
     with watch() as w:
         with pytest.raises(T2IError, match="shards|dataset"):
-            ShardStream(box["set"], image_decoder(None, 0), batch_size=2)
+            ShardStream(box["set"], decode_and_augment(None, 0), batch_size=2)
         with pytest.raises(T2IError, match="shards|dataset"):
             TokenStream(img, txt, batch_size=2)
         w.check()
@@ -443,11 +443,11 @@ def test_a_lying_tar_header_stops_readers_with_one_message_naming_the_shard(case
 
 
 def test_a_lying_tar_header_stops_shard_stream_iteration(box):
-    from t2i_data.stream import ShardStream, image_decoder
+    from t2i_data.stream import ShardStream, decode_and_augment
 
     damage(box["set"], TAR_CASES["negative size"][0])
     with pytest.raises(T2IError, match="not octal"):
-        list(ShardStream(box["set"], image_decoder(None, 0), batch_size=2, shuffle_buffer=1))
+        list(ShardStream(box["set"], decode_and_augment(None, 0), batch_size=2, shuffle_buffer=1))
 
 
 def test_a_sample_json_of_the_wrong_types_stops_export_naming_the_sample(box, capsys):
@@ -530,9 +530,9 @@ if kind == "cli":
     rc = main(["-q", *args])
 else:
     from t2i_data.errors import T2IError
-    from t2i_data.stream import ShardStream, image_decoder
+    from t2i_data.stream import ShardStream, decode_and_augment
     try:
-        list(ShardStream(args[0], image_decoder(None, 0), batch_size=2, shuffle_buffer=1))
+        list(ShardStream(args[0], decode_and_augment(None, 0), batch_size=2, shuffle_buffer=1))
         rc = 0
     except T2IError as e:
         rc, message = 2, str(e)

@@ -85,7 +85,7 @@ def sets(md_tokens, tmp_path_factory):
     root = tmp_path_factory.mktemp("schema")
     out = {name: build_images(name, root / name)[0] for name in ("coco", "cub")}
     torch.manual_seed(0)
-    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=SIZE, hidden=8, vocab=16))
+    save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=SIZE, hidden=8, vocab_size=16))
     encode(root / "ae.pt", out["coco"], root / "coco-img", EncodeConfig(views=2), InProcessRunner())  # views with a regime
     return out | {"coco_image_tokens": root / "coco-img"} | md_sets(md_tokens)
 

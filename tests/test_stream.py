@@ -126,15 +126,15 @@ def test_a_shard_gone_mid_run_is_counted_as_lost_and_every_batch_still_comes(sha
     assert all(k == "" for b in batches for k, v in zip(b["key"], b["valid"]) if not v)  # padding entries
 
 
-def test_image_decoder_applies_the_online_random_part(tmp_path):
+def test_decode_and_augment_applies_the_online_random_part(tmp_path):
     from t2i_data.preprocess import PreprocessConfig, preprocess
     from t2i_data.regimes import Regime
-    from t2i_data.stream import image_decoder
+    from t2i_data.stream import decode_and_augment
 
     from fixtures_sources import make_coco
 
     preprocess(PreprocessConfig("coco", str(make_coco(tmp_path / "c")), regime="ae", size=16), tmp_path / "i", InProcessRunner())
-    ds = ShardStream(tmp_path / "i" / "val2017", image_decoder(Regime("ae", 16), seed=0), batch_size=2, shuffle_buffer=1)
+    ds = ShardStream(tmp_path / "i" / "val2017", decode_and_augment(Regime("ae", 16), seed=0), batch_size=2, shuffle_buffer=1)
     by_epoch = []
     for epoch in (0, 1):
         ds.set_epoch(epoch)

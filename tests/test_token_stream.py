@@ -231,7 +231,7 @@ def _synthetic_sets(root, captions_of, views=2, L=6, grid=2, shard=5, text_vocab
         for k, w in ws.items():
             recs[k].append(w.close())
     common = {"format_version": FORMAT_VERSION, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "quarantined": []}
-    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": grid, "fingerprint": "a" * 64, "vocab": image_vocab}}),
+    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": grid, "fingerprint": "a" * 64, "vocab_size": image_vocab}}),
                            ("txt", "text_tokens", {"tokenizer": {"length": L, "pad_id": 0, "fingerprint": "t" * 64,
                                                                  "vocab_size": text_vocab}})):
         tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "quarantined": 0}
