@@ -109,3 +109,11 @@ def test_the_graph_counts_imports_inside_functions(tmp_path):
     graph = import_graph(tmp_path)
     assert graph["t2i_data.a"] == {"t2i_data.b"} and graph["t2i_data.b"] == {"t2i_data.a"}
     assert find_cycle(graph) == ["t2i_data.a", "t2i_data.b", "t2i_data.a"]
+
+
+def test_the_readme_architecture_section_names_every_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture"):]
+    section = section[: section.find("\n## ", 5) if "\n## " in section[5:] else None]
+    modules = sorted(str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    assert [m for m in modules if m not in section] == []
