@@ -81,6 +81,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def image_token_loss(logits: torch.Tensor, image: torch.Tensor) -> dict:
+    """The priors' image loss: cross-entropy (nats per token, computed in fp32) of ``logits``
+    (B, h·w, V) against the image tokens ``image`` (B, h·w) int64. Returns ``{"image_logits",
+    "loss_image", "loss"}`` with ``loss`` = ``loss_image`` (G1 adds its text term to it)."""
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), image.reshape(-1))
+    return {"image_logits": logits, "loss_image": loss, "loss": loss}
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits → (B,) ids. temperature 0: argmax."""

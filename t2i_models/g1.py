@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Block, check_ids, sample_next
+from .attention import Block, check_ids, image_token_loss, sample_next
 from .blocks import check_shape
 
 
@@ -107,8 +107,8 @@ class G1(nn.Module):
             x = blk(x, mask)
         x = self.ln(x)
         image_logits = self.image_head(x[:, c.text_len :])  # (B, h·w, V)
-        loss_img = F.cross_entropy(image_logits.float().reshape(-1, c.image_vocab), image.reshape(-1))
-        out = {"image_logits": image_logits, "loss_image": loss_img, "loss": loss_img}
+        out = image_token_loss(image_logits, image)
+        loss_img = out["loss_image"]
         if c.text_loss_weight > 0:
             text_logits = self.text_head(x[:, : c.text_len - 1])
             target = text[:, 1:].masked_fill(text[:, 1:] == c.pad_id, -100)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention import Block, check_ids, sample_next
+from .attention import Block, check_ids, image_token_loss, sample_next
 from .blocks import check_shape
 
 
@@ -80,8 +79,7 @@ class G2(nn.Module):
         for blk in self.decoder:
             x = blk(x, causal, context=ctx, context_mask=key_mask)
         logits = self.head(self.ln(x))  # (B, h·w, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, c.image_vocab), image.reshape(-1))
-        return {"image_logits": logits, "loss": loss, "loss_image": loss}
+        return image_token_loss(logits, image)
 
     @torch.no_grad()
     def generate(self, text: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

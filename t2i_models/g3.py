@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention import check_ids
+from .attention import check_ids, image_token_loss
 from .blocks import check_shape
 from .g2 import G2Config
 
@@ -53,8 +52,7 @@ class G3(nn.Module):
         dec_in = torch.cat([torch.full_like(image[:, :1], self.bos), image[:, :-1]], dim=1)
         out = self.model(input_ids=text, attention_mask=(text != c.pad_id).long(), decoder_input_ids=dec_in)
         logits = out.logits[..., : c.image_vocab]  # BOS is never a target
-        loss = F.cross_entropy(logits.float().reshape(-1, c.image_vocab), image.reshape(-1))
-        return {"image_logits": logits, "loss": loss, "loss_image": loss}
+        return image_token_loss(logits, image)
 
     @torch.no_grad()
     def generate(self, text: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
