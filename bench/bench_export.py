@@ -39,7 +39,7 @@ from t2i_data.export import RowReader, export, read_export  # noqa: E402
 from t2i_data.manifest import load_manifest  # noqa: E402
 from t2i_data.mdmnist import MDMNISTConfig, build  # noqa: E402
 from t2i_data.runner import InProcessRunner  # noqa: E402
-from t2i_data.shardset import ShardStats, build_shard_set  # noqa: E402
+from t2i_data.build import ShardStats, build_shard_set  # noqa: E402
 from t2i_data.tario import WRITER_ID, iter_samples  # noqa: E402
 from t2i_data.text import load_pretrained  # noqa: E402
 from t2i_data.npyio import npy_bytes  # noqa: E402

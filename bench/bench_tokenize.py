@@ -29,7 +29,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from t2i_data.digest import canonical_json  # noqa: E402
 from t2i_data.runner import InProcessRunner, make_runner  # noqa: E402
-from t2i_data.shardset import build_shard_set  # noqa: E402
+from t2i_data.build import build_shard_set  # noqa: E402
 from t2i_data.text import load_tokenizer, train  # noqa: E402
 from t2i_data.tokenize import TokenizeConfig, tokenize  # noqa: E402
 

@@ -29,7 +29,7 @@ from typing import Callable
 
 from .digest import canonical_json
 from .manifest import atomic_write
-from .shardset import STATS_DIR, merge_stats
+from .build import STATS_DIR, merge_stats
 from .tario import TarWriter, iter_samples
 
 log = logging.getLogger(__name__)

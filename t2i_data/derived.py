@@ -4,7 +4,7 @@
 ``t2i tokenize`` (text tokens) and ``t2i encode`` (image tokens) differ only in what they make of
 one image shard and what their manifests record about how; everything else is here, once:
 finding the image manifests, refusing other kinds and missing shards, where each split's set
-goes (``shardset.derived_dir``), refusing to write into the input, the build lock, one output
+goes (``build.derived_dir``), refusing to write into the input, the build lock, one output
 shard per image shard, the manifest's ``aligned_to`` and sources, and the build card.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 from .card import write_build_card
 from .errors import T2IError
 from .manifest import find_manifests, load_manifest
-from .shardset import build_shard_set, derived_dir, locks_out, refuse_overwrite
+from .build import build_shard_set, derived_dir, locks_out, refuse_overwrite
 
 # derive(manifest path, image manifest) -> (the kind's own manifest fields, produce(payload))
 Derive = Callable[[Path, dict], tuple[dict, Callable]]
@@ -33,7 +33,7 @@ def build_derived_sets(images: str | Path, out: str | Path, runner, kind: str, c
     picklable for a dask runner). ``command`` and ``reads`` name the step in messages ("t2i
     {command} reads {reads}") and in progress.
 
-    Returns {split: manifest} as ``shardset.build_shard_set`` does, each manifest also carrying
+    Returns {split: manifest} as ``build.build_shard_set`` does, each manifest also carrying
     (never written) ``_images``: the image split folder, and ``_out``: the derived set's folder,
     both ``Path``. Raises ``T2IError`` for a set that is not an image set, for shards its manifest
     lists but its folder lacks, and for an ``out`` that is the input's own folder."""

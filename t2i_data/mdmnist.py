@@ -26,7 +26,7 @@ from .schema import SCHEMAS, check_meta
 from .errors import T2IError
 from .pngio import encode_png, encoder_id
 from .rng import stream_id, uniform_int
-from .shardset import build_shard_set, locks_out
+from .build import build_shard_set, locks_out
 from .tario import WRITER_ID
 from .sources.mnist import EMBEDDED, load_mnist
 

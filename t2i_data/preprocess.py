@@ -42,7 +42,7 @@ from .errors import T2IError
 from .regimes import Regime
 from .schema import SCHEMAS, check_meta
 from .quarantine import Quarantine, Quarantined
-from .shardset import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
+from .build import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
 from .sources import registry
 from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID

@@ -96,7 +96,7 @@ def ustar_header(name: str, size: int) -> bytes:
 class TarWriter:
     """Writes one tar shard: samples ``{"__key__": k, ext: bytes, ...}`` as contiguous tar members
     (webdataset's ``TarWriter`` writes one tar too; its ``ShardWriter`` rotates many, which
-    ``shardset.write_shards`` does here, one task per shard).
+    ``build.write_shards`` does here, one task per shard).
 
     A sample may carry ``"__content__": {ext: canonical bytes}`` for fields whose canonical form
     the producer already has (raw pixels), which saves decoding them again to hash them.

@@ -31,7 +31,7 @@ from .digest import canonical_array
 from .errors import T2IError
 from .manifest import ShardSet, checked_samples
 from .npyio import npy_bytes
-from .shardset import ShardStats
+from .build import ShardStats
 from .tario import WRITER_ID
 from .text import cached_tokenizer, load_tokenizer, sample_captions
 

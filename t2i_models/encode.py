@@ -25,7 +25,7 @@ from t2i_data.digest import canonical_array, canonical_json
 from t2i_data.schema import check_meta, schema_for
 from t2i_data.errors import T2IError
 from t2i_data.npyio import load_npy, npy_bytes
-from t2i_data.shardset import ShardStats
+from t2i_data.build import ShardStats
 from t2i_data.tario import WRITER_ID, iter_samples
 
 from .checkpoint import load_autoencoder

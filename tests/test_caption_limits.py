@@ -11,7 +11,7 @@ from t2i_data.digest import canonical_json
 from t2i_data.errors import T2IError
 from t2i_data.pngio import encode_png
 from t2i_data.runner import InProcessRunner
-from t2i_data.shardset import build_shard_set
+from t2i_data.build import build_shard_set
 from t2i_data.text import CaptionLimits, check_captions, cut_captions, load_tokenizer, train
 from t2i_data.text.captions import MAX_CAPTION_CHARS, MAX_WORD_CHARS
 

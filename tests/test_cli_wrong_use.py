@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 
-from t2i_data import shardset
+from t2i_data import build as shardset_build
 from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
@@ -128,16 +128,16 @@ def test_derived_sets_mirror_the_input_layout_and_encode_check_finds_them(coco_b
 
 def test_a_second_build_into_the_same_folder_stops_at_once(tmp_path, capsys):
     out = tmp_path / "md"
-    with shardset.build_lock(out):
+    with shardset_build.build_lock(out):
         assert main(["-q", "mdmnist", "build", "--out", str(out), "--train", "8", "--test", "0", "--workers", "0"]) == 2
         err = capsys.readouterr().err
         assert f"pid {os.getpid()} on {socket.gethostname()}" in err and "another build is writing here" in err
         assert not list(out.rglob("*.tar"))
-    assert not (out / shardset.LOCK_NAME).exists()
+    assert not (out / shardset_build.LOCK_NAME).exists()
     # a lock left by a process that is gone is taken over
-    (out / shardset.LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "started": "then"}))
+    (out / shardset_build.LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "started": "then"}))
     assert main(["-q", "mdmnist", "build", "--out", str(out), "--train", "8", "--test", "0", "--workers", "0"]) == 0
-    assert not (out / shardset.LOCK_NAME).exists()
+    assert not (out / shardset_build.LOCK_NAME).exists()
 
 
 def test_a_full_disk_gives_one_message_naming_the_file_and_the_rerun_completes(tmp_path, capsys, monkeypatch):
@@ -156,7 +156,7 @@ def test_a_full_disk_gives_one_message_naming_the_file_and_the_rerun_completes(t
     assert main([*args, "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "No space left on device" in err[0] and str(out / "train") in err[0] and ".tar" in err[0]
-    assert not list(out.rglob("*.partial")) and not (out / shardset.LOCK_NAME).exists()
+    assert not list(out.rglob("*.partial")) and not (out / shardset_build.LOCK_NAME).exists()
     monkeypatch.setattr(TarWriter, "_put", real_put)
     assert main([*args, "--out", str(out)]) == 0
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731

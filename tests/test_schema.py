@@ -24,7 +24,7 @@ from t2i_data.manifest import data_files  # noqa: E402
 from t2i_data.manifest import load_manifest  # noqa: E402
 from t2i_data.runner import InProcessRunner  # noqa: E402
 from t2i_data.schema import SCHEMAS, check_meta, features, features_of, schema_for, schema_of  # noqa: E402
-from t2i_data.shardset import build_shard_set  # noqa: E402
+from t2i_data.build import build_shard_set  # noqa: E402
 from t2i_data.tario import WRITER_ID, iter_samples  # noqa: E402
 
 SIZE = 32  # ae-32: the shorter side stored at 42
