@@ -11,7 +11,6 @@ tokenizer.json leaves the special added tokens out and tokenizer_config.json lis
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -247,7 +246,3 @@ def load_tokenizer_json(path: Path, kind: str, specials: dict | None = None) -> 
                                  "eos": ("[SEP]", "[EOS]", "</s>", "<|endoftext|>")}.items():
             specials.update({name: c for c in candidates[::-1] if c in added})
     return HFTokenizer(kind, tok, specials, {"loaded": "tokenizer.json"})
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
