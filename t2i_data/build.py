@@ -46,8 +46,14 @@ def merge_stats(a: dict, b: dict) -> dict:
     return out
 
 
+SHARD_FORMAT = 1  # what a shard holds; manifest format 2 only renamed manifest fields, so format-1 shards are reused
+
+
 def config_digest(identity: dict) -> str:
-    return hashlib.sha256(canonical_json(dict(identity, format_version=FORMAT_VERSION))).hexdigest()
+    """The digest that decides whether an existing shard is reused: the set's identity and the
+    shard format (``SHARD_FORMAT``, not the manifest's ``FORMAT_VERSION``: renaming a manifest field
+    must not rebuild shards whose bytes would not change)."""
+    return hashlib.sha256(canonical_json(dict(identity, format_version=SHARD_FORMAT))).hexdigest()
 
 
 @contextmanager

@@ -37,7 +37,8 @@ from .errors import T2IError
 from .sources.records import confiner
 from .tario import iter_samples
 
-FORMAT_VERSION = 2  # 2: the field "rejected" became "quarantined" (one word for one idea)
+FORMAT_VERSION = 2  # what this t2i writes; 2: "rejected" became "quarantined", autoencoder.vocab became vocab_size
+READABLE_VERSIONS = (1, 2)  # format 1 is read through _upgrade_v1, its digest kept
 MANIFEST_NAME = "manifest.json"
 KINDS = ("images", "text_tokens", "image_tokens")
 _BYTE_LEVEL_SHARD_FIELDS = ("sha256", "bytes")
@@ -205,14 +206,33 @@ def load_manifest(path: str | os.PathLike) -> dict:
     except (IsADirectoryError, RecursionError) as e:
         raise T2IError(f"{path}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {FORMAT_VERSION}; rebuild the shard set "
-                       "with this t2i (the same command writes it anew)")
+    if version not in READABLE_VERSIONS:
+        raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {', '.join(map(str, READABLE_VERSIONS))}; "
+                       "rebuild the shard set with this t2i (the same command writes it anew)")
+    stored = manifest
+    if version == 1:
+        manifest = _upgrade_v1(manifest)
     check_manifest(manifest, str(path))
-    if manifest.get("digest") != manifest_digest(manifest):
+    if stored.get("digest") != manifest_digest(stored):
         raise T2IError(f"{path}: the manifest's digest does not match its content; it was edited by hand or damaged")
     _confine_shards(path.parent, [s["name"] for s in manifest["shards"]], str(path))
     return manifest
+
+
+def _upgrade_v1(manifest: dict) -> dict:
+    """A format-1 manifest as format 2 names its fields, in memory: ``rejected`` -> ``quarantined``
+    (list and total), ``autoencoder.vocab`` -> ``autoencoder.vocab_size``. The digest stays the one
+    the file records (computed over the stored form), so derived sets aligned to it, and training
+    runs whose plan names it, still match; nothing is rewritten on disk."""
+    m = dict(manifest)
+    if "rejected" in m and "quarantined" not in m:
+        m["quarantined"] = m.pop("rejected")
+    if isinstance(m.get("totals"), dict) and "rejected" in m["totals"] and "quarantined" not in m["totals"]:
+        m["totals"] = {("quarantined" if k == "rejected" else k): v for k, v in m["totals"].items()}
+    ae = m.get("autoencoder")
+    if isinstance(ae, dict) and "vocab" in ae and "vocab_size" not in ae:
+        m["autoencoder"] = {("vocab_size" if k == "vocab" else k): v for k, v in ae.items()}
+    return m
 
 
 def find_manifests(path: str | os.PathLike) -> list[Path]:
