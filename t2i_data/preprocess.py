@@ -82,9 +82,15 @@ class PreprocessConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         boxed = [name for name in names if registry.lookup(name).bbox]  # whose records carry bounding boxes
-        if self.bbox_crop is not None and (self.dataset not in boxed or not (0 < self.bbox_crop <= 100 and math.isfinite(self.bbox_crop))):
-            raise T2IError(f"--bbox-crop takes a factor in (0, 100] (AttnGAN: 1.5) and applies to {', '.join(boxed)} only, "
-                           f"got {self.bbox_crop} for {self.dataset}")
+        if self.bbox_crop is not None and self.dataset not in boxed:
+            raise T2IError(f"--bbox-crop applies to {', '.join(boxed)} only (datasets with bounding boxes), not to {self.dataset}")
+        if self.bbox_crop is not None and not (0 < self.bbox_crop <= 100 and math.isfinite(self.bbox_crop)):
+            raise T2IError(f"--bbox-crop takes a factor in (0, 100] (AttnGAN: 1.5), got {self.bbox_crop}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in ("cub_split", "captions"):  # dataset-only settings: a value given to another dataset would change nothing
+            takers = [name for name in names if key in registry.lookup(name).settings]
+            if getattr(self, key) != defaults[key] and self.dataset not in takers:
+                raise T2IError(f"--{key.replace('_', '-')} applies to {', '.join(takers)} only, not to {self.dataset}")
         if len(set(self.splits)) != len(tuple(self.splits)):
             raise T2IError(f"--split names a split twice: {','.join(self.splits)}")
         if self.limit is not None and self.limit < 0:

@@ -131,6 +131,9 @@ def test_attngan_split_uses_the_pickles_and_refuses_other_objects(cub_root, tmp_
         (["preprocess", "coco", "--root", ".", "--out", "o"], "no annotations/captions_{train2017,val2017}.json"),
         (["preprocess", "cub", "--root", ".", "--out", "o", "--size", "0"], "--size must be a positive N, got 0"),
         (["preprocess", "coco", "--root", ".", "--out", "o", "--bbox-crop", "1.5"], "applies to cub only"),
+        (["preprocess", "coco", "--root", ".", "--out", "o", "--cub-split", "attngan"], "--cub-split applies to cub only, not to coco"),
+        (["preprocess", "fashion_mnist", "--root", ".", "--out", "o", "--cub-split", "attngan"], "--cub-split applies to cub only"),
+        (["preprocess", "coco", "--root", ".", "--out", "o", "--captions", "x"], "--captions applies to cub only, not to coco"),
         (["preprocess", "coco", "--root", ".", "--out", "o", "--split", "test2014"], "COCO splits are train2017, val2017"),
     ],
 )

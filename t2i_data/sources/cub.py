@@ -301,4 +301,5 @@ DATASET = Dataset(
     root="the folder holding CUB_200_2011/ and birds/",
     bbox=True,
     flags=(("--cub-split", "cub_split"),),
+    settings=("cub_split", "captions"),
 )

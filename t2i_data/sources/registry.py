@@ -69,6 +69,9 @@ class Dataset:
     read_image: Callable[[Path, Any], bytes] | None = None
     bbox: bool = False  # its records carry bounding boxes: --bbox-crop applies
     flags: tuple[tuple[str, str], ...] = ()  # (flag, config key) its rebuild command adds after --seed
+    # PreprocessConfig settings only this dataset reads (cub: cub_split, captions); another dataset
+    # given one of them is refused, since the setting would be recorded yet change nothing
+    settings: tuple[str, ...] = ()
     # a dataset built by its own command: its manifest's config -> that command (UPPER-CASE words stand for paths)
     command: Callable[[dict], list[str]] | None = None
 
@@ -80,8 +83,8 @@ class Dataset:
             raise ValueError(f"{where}: set exactly one of loader (built by t2i preprocess) and command (built by its own command)")
         if self.image_member is None or getattr(self.schema.get("json"), "kind", None) != "struct":
             raise ValueError(f"{where}: schema must have an image member and a struct 'json', got {list(self.schema)}")
-        if self.loader is None and (self.bbox or self.flags or self.read_image):
-            raise ValueError(f"{where}: bbox, flags and read_image are preprocess settings; it has no loader")
+        if self.loader is None and (self.bbox or self.flags or self.read_image or self.settings):
+            raise ValueError(f"{where}: bbox, flags, settings and read_image are preprocess settings; it has no loader")
 
     @property
     def preprocessed(self) -> bool:
