@@ -16,11 +16,12 @@ path, the free space and that the previous checkpoint is still there.
 """
 from __future__ import annotations
 
+
 import hashlib
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -100,7 +101,11 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
 def restore_weights(model: torch.nn.Module, ck: dict, where: str, required: bool = True) -> torch.nn.Module:
     """Load ``ck``'s weights into ``model`` (strict) and check them against the recorded fingerprint;
     ``required=False`` accepts checkpoints written before they carried one. Returns the model in eval mode."""
-    model.load_state_dict(ck["state_dict"], strict=True)
+    try:
+        model.load_state_dict(ck["state_dict"], strict=True)
+    except RuntimeError as e:  # missing / unexpected / mis-shaped tensors: the weights are not of this architecture
+        raise T2IError(f"{where}: its weights do not fit the model its config describes "
+                       f"({' '.join(str(e).split())[:300]}); the file is damaged or was saved by another version") from None
     if (required or "fingerprint" in ck) and weights_fingerprint(model) != ck.get("fingerprint"):
         raise T2IError(f"{where}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
     return model.eval()
@@ -166,6 +171,11 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     if "vocab" in config and "vocab_size" not in config:  # saved before the field took the tokenizers' name (issue 16)
         config["vocab_size"] = config.pop("vocab")
         ck = dict(ck, config=config)
+    known = {f.name for f in fields(cfg_cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise T2IError(f"{path}: its {ck['kind']} config has field(s) {', '.join(unknown)} that this t2i does not know (known: "
+                       f"{', '.join(sorted(known))}); it was saved by another version")
     return restore_weights(model_cls(cfg_cls(**config)), ck, str(path)), ck
 
 

@@ -38,3 +38,45 @@ def test_a_leftover_partial_from_an_interrupted_save_is_replaced(tmp_path):
     (tmp_path / "blocked.pt.partial" / "x").write_text("x")
     with pytest.raises(T2IError, match=r"blocked.pt: could not write the checkpoint .*no blocked.pt was written"):
         save_checkpoint(tmp_path / "blocked.pt", g1_tiny(), "t2i-prior/1", step=3)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(codebook_dim=8), r"config has field\(s\) codebook_dim that this t2i does not know"),
+    (lambda c: c.update(vocab=16), r"config has field\(s\) vocab that this t2i does not know"),  # both names: not an old file
+    (lambda c: c.update(hidden=c["hidden"] * 2), "its weights do not fit the model its config describes"),
+])
+def test_an_autoencoder_checkpoint_from_another_version_stops_with_one_message(tmp_path, edit, message):
+    """Unknown config fields or weights of another shape: one T2IError naming the file, no TypeError
+    or RuntimeError traceback (an old file that names the codebook size "vocab" loads: the test below)."""
+    import torch
+
+    from t2i_data.errors import T2IError
+    from t2i_models.builders import build_autoencoder
+    from t2i_models.checkpoint import load_autoencoder, save_autoencoder
+
+    path = tmp_path / "ae.pt"
+    save_autoencoder(path, build_autoencoder("dvae_tiny", image_size=32, hidden=8, vocab_size=16))
+    ck = torch.load(path, weights_only=True)
+    edit(ck["config"])
+    torch.save(ck, path)
+    with pytest.raises(T2IError, match=message) as e:
+        load_autoencoder(path)
+    assert str(path) in str(e.value)
+
+
+def test_an_autoencoder_checkpoint_that_names_the_codebook_size_vocab_still_loads(tmp_path):
+    import torch
+
+    from t2i_models.builders import build_autoencoder
+    from t2i_models.checkpoint import load_autoencoder, save_autoencoder
+
+    path = tmp_path / "ae.pt"
+    torch.manual_seed(0)
+    model = build_autoencoder("dvae_tiny", image_size=32, hidden=8, vocab_size=16)
+    save_autoencoder(path, model)
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["vocab"] = ck["config"].pop("vocab_size")
+    torch.save(ck, tmp_path / "old.pt")
+    old, _ = load_autoencoder(tmp_path / "old.pt")
+    x = torch.rand(2, 3, 32, 32)
+    assert old.cfg.vocab_size == 16 and torch.equal(old.encode(x), load_autoencoder(path)[0].encode(x))
