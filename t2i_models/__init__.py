@@ -10,4 +10,5 @@
 - Training: ``train_autoencoder``, ``train_prior``, ``train_clip`` (one process or torchrun DDP, set
   up by ``distributed``). Inference: ``sample`` (prompts → a PNG grid) and ``eval_mdmnist`` (two
   priors compared on MD-MNIST); neither imports a training loop.
+- The ``t2i`` command (``cli``): on top of both packages, imported by no module.
 """

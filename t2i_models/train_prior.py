@@ -1,4 +1,4 @@
-"""Train a prior (G1 or G2) on streaming image-token + text-token shards.
+"""Train a prior (G1, G2 or G3) on streaming image-token + text-token shards.
 
 Same command on CPU, one GPU (bf16 autocast; fused attention through scaled_dot_product_attention)
 or several through ``torchrun`` (DDP). Each optimizer step takes ``grad_accum`` micro-batches; the
