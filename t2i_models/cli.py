@@ -25,60 +25,90 @@ def _add_runner_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", default=None, help="address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786")
 
 
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _resolve(kind: str, args, flags: dict, name: str | None = None):
+    """(config, run-only settings such as out and workers) of a stage as ``t2i run`` resolves it: the
+    dataclass defaults, the ``[kind]`` table of ``--config`` (its ``[kind.NAME]`` sub-table with
+    ``--table NAME``), then the flags given (None: not given)."""
+    from t2i_models.run import resolve_values, table_values
+
+    values = table_values(args.config, kind, name) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    where = f"--config {args.config}: [{kind}{'.' + name if name else ''}]: " if getattr(args, "config", None) else ""
+    return resolve_values(kind, values, flag=_flag, where=where)
+
+
+def _needs_out(extra: dict, kind: str) -> str:
+    if not extra.get("out"):
+        raise T2IError(f"--out needed (or 'out' in the [{kind}] table of --config)")
+    return extra["out"]
+
+
 def cmd_mdmnist_build(args) -> int:
-    from t2i_data.config import resolve
-    from t2i_data.mdmnist import MDMNISTConfig, build
+    from t2i_data.mdmnist import build
     from t2i_data.runner import make_runner
     from t2i_data.sources.mnist import load_mnist
 
-    flags = {f: getattr(args, f) for f in ("seed", "train", "test", "shard_size", "mnist", "png_level")}
-    cfg = resolve(MDMNISTConfig, args.config, "mdmnist", flags)
-    log.info("mdmnist build: %s -> %s", json.dumps(cfg.identity() | {"mnist": cfg.mnist}, sort_keys=True), args.out)
+    flags = {f: getattr(args, f) for f in ("seed", "train", "test", "shard_size", "mnist", "png_level", "out", "workers")}
+    cfg, extra = _resolve("mdmnist", args, flags)
+    out = _needs_out(extra, "mdmnist")
+    log.info("mdmnist build: %s -> %s", json.dumps(cfg.identity() | {"mnist": cfg.mnist}, sort_keys=True), out)
     load_mnist(cfg.mnist)  # fail on a bad source before any cluster starts
     t0 = time.perf_counter()
-    with make_runner(args.workers, args.scheduler) as runner:
+    with make_runner(extra.get("workers"), args.scheduler) as runner:
         log.info("runner: %s", runner.description)
-        manifests = build(cfg, args.out, runner)
+        manifests = build(cfg, out, runner)
     dt = time.perf_counter() - t0
     total = sum(m["totals"]["samples"] for m in manifests.values())
     for split, m in manifests.items():
         t = m["totals"]
         print(f"{split}: {t['samples']} samples in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, "
-              f"{m['_skipped']} shards reused, digest {m['digest'][:16]} -> {Path(args.out) / split / 'manifest.json'}")
+              f"{m['_skipped']} shards reused, digest {m['digest'][:16]} -> {Path(out) / split / 'manifest.json'}")
     print(f"{total} samples in {dt:.1f} s ({total / dt:,.0f} samples/s)")
     return 0
 
 
 def cmd_preprocess(args) -> int:
-    from t2i_data.config import resolve, table
-    from t2i_data.preprocess import PreprocessConfig, preprocess
+    from t2i_data.preprocess import preprocess
     from t2i_data.runner import make_runner
     from t2i_data.quarantine import quarantine_counts
+    from t2i_models.run import sub_tables, read_pipeline
 
-    flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split",
+    flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split", "out", "workers",
                                            "bbox_crop", "captions", "limit", "max_aspect", "max_decoded_pixels", "max_target_pixels")}
     flags["dataset"] = args.dataset
     flags["splits"] = tuple(args.split.split(",")) if args.split else None
     flags["strict"] = args.strict or None
-    named = table(args.config, "preprocess").get("dataset", args.dataset) if args.config else args.dataset
-    if named != args.dataset:
-        raise T2IError(f"--config {args.config} is a {named} pipeline; run it as 't2i preprocess {named}'")
-    cfg = resolve(PreprocessConfig, args.config, "preprocess", flags)
-    log.info("preprocess %s: %s -> %s", cfg.dataset, json.dumps(cfg.identity(), sort_keys=True), args.out)
+    name = args.table
+    if args.config and name is None and args.regime:  # [preprocess.ae] / [preprocess.prior] picked by --regime
+        if args.regime in sub_tables("preprocess", read_pipeline(args.config, "--config").get("preprocess", {})):
+            name = args.regime
+    if args.config:
+        from t2i_models.run import table_values
+
+        named = table_values(args.config, "preprocess", name).get("dataset", args.dataset)
+        if named != args.dataset:
+            raise T2IError(f"--config {args.config} is a {named} pipeline; run it as 't2i preprocess {named}'")
+    cfg, extra = _resolve("preprocess", args, flags, name)
+    out = _needs_out(extra, "preprocess")
+    log.info("preprocess %s: %s -> %s", cfg.dataset, json.dumps(cfg.identity(), sort_keys=True), out)
     t0 = time.perf_counter()
     from t2i_data.preprocess import load_records
 
     records = load_records(cfg)  # read once, and fail on a bad --root or metadata before any cluster starts
-    with make_runner(args.workers, args.scheduler) as runner:
+    with make_runner(extra.get("workers"), args.scheduler) as runner:
         log.info("runner: %s", runner.description)
-        manifests = preprocess(cfg, args.out, runner, records)
+        manifests = preprocess(cfg, out, runner, records)
     dt = time.perf_counter() - t0
     total = 0
     for split, m in manifests.items():
         t = m["totals"]
         total += t["samples"] + t["quarantined"]
         print(f"{split}: {t['samples']} images in {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, {t['quarantined']} quarantined, "
-              f"{m['_skipped']} shards reused -> {Path(args.out) / split / 'manifest.json'}")
+              f"{m['_skipped']} shards reused -> {Path(out) / split / 'manifest.json'}")
         for kind, n in quarantine_counts(m["quarantined"]).items():
             print(f"  quarantined {kind}: {n}")
         st = m.get("stats", {})
@@ -93,31 +123,21 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_tokenizer(args) -> int:
-    from t2i_data import text
+    from t2i_models.run import make_tokenizer
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise T2IError(f"--out {args.out}: a file, not a folder for the tokenizer")
-    if args.action == "train":
-        captions, origin = text.training_captions(args.images)  # checked: a caption that is not a str stops here
-        caps = {}
-        for name in ("max_caption_chars", "max_word_chars"):
-            value = getattr(args, name)
-            if value is not None and value < 0:
-                raise T2IError(f"--{name.replace('_', '-')} must be 0 (no cap) or more, got {value}")
-            if value is not None:
-                caps[name] = value or None
-        limits = text.CaptionLimits(**caps)  # the defaults live there, with why
-        tok = text.train(args.kind, captions, args.vocab_size, args.min_frequency, limits)
-        tok.source = dict(tok.source, trained_on=origin)
-        cut = tok.source.get("cut", {"captions_truncated": 0, "words_truncated": 0})
-        over = lambda n: f"over {n:,} characters" if n else "(no cap)"  # noqa: E731
-        print(f"{origin['captions']:,} training captions; cut before training: {cut['captions_truncated']:,} captions "
-              f"{over(limits.max_caption_chars)}, {cut['words_truncated']:,} words {over(limits.max_word_chars)}")
-    else:
-        tok = text.load_pretrained(args.kind, getattr(args, "from"))
-    fp = tok.save(args.out)
+    for name in ("max_caption_chars", "max_word_chars"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise T2IError(f"--{name.replace('_', '-')} must be 0 (no cap) or more, got {value}")
+    flags = {f: getattr(args, f, None) for f in ("kind", "out", "images", "vocab_size", "min_frequency", "max_caption_chars", "max_word_chars")}
+    flags["pretrained"] = getattr(args, "from", None)
+    flags["action"] = args.action
+    cfg, _ = _resolve("tokenizer", args, flags)
+    tok, fp, lines = make_tokenizer(cfg)
+    for line in lines:
+        print(line)
     print(f"{tok.kind} tokenizer: {tok.vocab_size} ids, pad {tok.pad_id}, bos {tok.bos_id}, eos {tok.eos_id}, unk {tok.unk_id}; "
-          f"fingerprint {fp[:16]} -> {args.out}")
+          f"fingerprint {fp[:16]} -> {cfg.out}")
     return 0
 
 
@@ -125,9 +145,12 @@ def cmd_tokenize(args) -> int:
     from t2i_data.runner import make_runner
     from t2i_data.tokenize import TokenizeConfig, tokenize
 
-    cfg = TokenizeConfig(length=args.length, add_bos=args.bos, add_eos=args.eos)
-    with make_runner(args.workers, args.scheduler) as runner:
-        manifests = tokenize(args.tokenizer, args.images, args.out, cfg, runner)
+    flags = {"tokenizer": args.tokenizer, "images": args.images, "out": args.out, "length": args.length,
+             "add_bos": args.bos or None, "add_eos": args.eos or None, "workers": args.workers}
+    st, extra = _resolve("tokenize", args, flags)
+    cfg = TokenizeConfig(length=st.length, add_bos=st.add_bos, add_eos=st.add_eos)
+    with make_runner(extra.get("workers"), args.scheduler) as runner:
+        manifests = tokenize(st.tokenizer, st.images, st.out, cfg, runner)
     for split, m in manifests.items():
         st = m["stats"]
         print(f"{split}: {st['samples']} samples, {st['captions']} captions in {m['totals']['shards']} shards; "
@@ -136,16 +159,21 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-def _train_config(args, section: str, cls):
-    from t2i_data.config import train_config
+def _train_config(args, section: str, cls=None):
+    """A trainer's config: defaults, the ``[section]`` table of --config (``[section.NAME]`` with
+    --table NAME), then the key=value overrides, resolved as ``t2i run`` resolves it."""
+    from t2i_data.config import parse_overrides
+    from t2i_models.run import apply_overrides, resolve_values, table_values
 
-    return train_config(cls, args.config, section, args.overrides)
+    values = table_values(args.config, section, getattr(args, "table", None)) if args.config else {}
+    values = apply_overrides(values, parse_overrides(args.overrides))
+    return resolve_values(section, values)[0]
 
 
 def cmd_train_autoencoder(args) -> int:
-    from t2i_models.train_autoencoder import TrainConfig, train
+    from t2i_models.train_autoencoder import train
 
-    cfg = _train_config(args, "train_autoencoder", TrainConfig)
+    cfg = _train_config(args, "train_autoencoder")
     log.info("train autoencoder: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     result = train(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}); weights {result['fingerprint'][:16]} -> {result['checkpoint']}")
@@ -153,18 +181,18 @@ def cmd_train_autoencoder(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
-    from t2i_models.train_prior import PriorTrainConfig, train_prior
+    from t2i_models.train_prior import train_prior
 
-    cfg = _train_config(args, "train_prior", PriorTrainConfig)
+    cfg = _train_config(args, "train_prior")
     result = train_prior(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")
     return 0
 
 
 def cmd_train_clip(args) -> int:
-    from t2i_models.train_clip import ClipTrainConfig, train_clip
+    from t2i_models.train_clip import train_clip
 
-    cfg = _train_config(args, "train_clip", ClipTrainConfig)
+    cfg = _train_config(args, "train_clip")
     log.info("train clip: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     result = train_clip(cfg)
     print(f"trained {cfg.arch} to step {result['step']} (epoch {result['epoch']}) -> {result['checkpoint']}")
@@ -227,16 +255,48 @@ def cmd_encode(args) -> int:
 
     from t2i_data.runner import make_runner
 
-    cfg = EncodeConfig(views=args.views, seed=args.seed, batch_size=args.batch_size)
-    with make_runner(args.workers, args.scheduler) as runner:
-        manifests = encode(args.autoencoder, args.images, args.out, cfg, runner)
+    flags = {f: getattr(args, f) for f in ("autoencoder", "images", "out", "views", "seed", "batch_size", "check", "workers")}
+    st, extra = _resolve("encode", args, flags)
+    cfg = EncodeConfig(views=st.views, seed=st.seed, batch_size=st.batch_size)
+    with make_runner(extra.get("workers"), args.scheduler) as runner:
+        manifests = encode(st.autoencoder, st.images, st.out, cfg, runner)
     for split, m in manifests.items():
         used = len(m["stats"]["code_usage"])
         print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
               f"{used} of {m['autoencoder']['vocab_size']} codes used; aligned to {m['aligned_to'][:16]}")
-        if args.check:
-            n = check_reencode(args.autoencoder, m["_images"], m["_out"], n=args.check)
+        if st.check:
+            n = check_reencode(st.autoencoder, m["_images"], m["_out"], n=st.check)
             print(f"  re-encoded {n} samples in another batch order: identical tokens")
+    return 0
+
+
+def cmd_eval_autoencoder(args) -> int:
+    from t2i_models.eval_autoencoder import evaluate_autoencoder
+
+    flags = {f: getattr(args, f) for f in ("autoencoder", "images", "out", "n", "batch_size", "grid")}
+    cfg, _ = _resolve("eval_autoencoder", args, flags)
+    r = evaluate_autoencoder(cfg.autoencoder, cfg.images, cfg.out, n=cfg.n, batch_size=cfg.batch_size, grid=cfg.grid)
+    shown = [f"{k} {r[k]:.4g}" for k in ("mse", "psnr", "bce", "codes_used", "perplexity") if isinstance(r.get(k), (int, float))]
+    print(f"{r.get('images', cfg.n or 'all')} held-out images: " + ", ".join(shown))
+    print(f"wrote {Path(cfg.out) / 'report.json'} and {Path(cfg.out) / 'reconstructions.png'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from t2i_models.plot import plot_runs
+
+    for d in args.runs:
+        if not (Path(d) / "metrics.jsonl").is_file():
+            raise T2IError(f"{d}: no metrics.jsonl in it; give the out folders of 't2i train' runs")
+    for p in plot_runs(list(args.runs), args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from t2i_models.run import run_pipeline
+
+    run_pipeline(args.pipeline, args.overrides, until=args.until, only=args.only, dry_run=args.dry_run)
     return 0
 
 
@@ -306,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     md = sub.add_parser("mdmnist", help="Multi-Descriptive MNIST").add_subparsers(dest="action", required=True, metavar="ACTION")
     b = md.add_parser("build", help="build MD-MNIST image shards from a seed")
-    b.add_argument("--out", required=True, help="output folder; gets train/ and test/ shard sets")
+    b.add_argument("--out", help="output folder; gets train/ and test/ shard sets (or 'out' in the [mdmnist] table)")
     b.add_argument("--config", help="a pipeline file, e.g. pipelines/mdmnist.toml; flags given here override it")
     b.add_argument("--seed", type=int, help=f"default {d.seed}")
     b.add_argument("--train", type=int, help=f"train samples (default {d.train})")
@@ -321,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("preprocess", help=f"{', '.join(ds.pretty for ds in built)} -> image shards for regime ae or prior")
     pp.add_argument("dataset", choices=[ds.name for ds in built])
     pp.add_argument("--root", help="the download: " + "; ".join(f"for {ds.name} {ds.root}" for ds in built))
-    pp.add_argument("--out", required=True)
+    pp.add_argument("--out", help="output folder (or 'out' in the [preprocess] table)")
     pp.add_argument("--config", help="a pipeline file, e.g. pipelines/cub-128.toml; flags given here override it")
+    pp.add_argument("--table", help="use the [preprocess.NAME] sub-table of --config (default: the one named as --regime, if any)")
     pp.add_argument("--regime", choices=("ae", "prior"), help="ae: shorter side N+10; prior: mirror-pad square, (N+20)^2")
     pp.add_argument("--size", type=int, help="N, the final crop size")
     pp.add_argument("--split", help=f"comma-separated splits ({'; '.join(f'{ds.name}: ' + ','.join(ds.splits) for ds in built)}); default all present")
@@ -343,26 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     tk = sub.add_parser("tokenizer", help="train a tokenizer on training captions, or load local pretrained files")
     tka = tk.add_subparsers(dest="action", required=True, metavar="ACTION")
     tr = tka.add_parser("train", help="train bpe, wordpiece or word on the training split's captions")
-    tr.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "word"))
-    tr.add_argument("--images", required=True, help="an image shard set (a build folder, or its train split)")
-    tr.add_argument("--out", required=True)
+    tr.add_argument("--kind", choices=("bpe", "wordpiece", "word"))
+    tr.add_argument("--images", help="an image shard set (a build folder, or its train split)")
+    tr.add_argument("--out")
+    tr.add_argument("--config", help="a pipeline file with a [tokenizer] table; flags given here override it")
     tr.add_argument("--vocab-size", type=int, help="needed for bpe and wordpiece; caps the word vocabulary")
     tr.add_argument("--min-frequency", type=int, help="default 2 (bpe, wordpiece), 1 (word)")
     tr.add_argument("--max-caption-chars", type=int, help=f"cut longer captions before training (default {MAX_CAPTION_CHARS}; 0: no cap)")
     tr.add_argument("--max-word-chars", type=int, help=f"then cut longer words, runs of non-space characters (default {MAX_WORD_CHARS}; 0: no cap)")
     tr.set_defaults(func=cmd_tokenizer)
     ld = tka.add_parser("load", help="local pretrained files -> a saved tokenizer")
-    ld.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "mdmnist"))
+    ld.add_argument("--kind", choices=("bpe", "wordpiece", "mdmnist"))
     ld.add_argument("--from", help="bpe: tokenizer.json, a GPT-2 folder (vocab.json + merges.txt) or CLIP's bpe_simple_vocab_16e6.txt.gz; "
                     "wordpiece: vocab.txt, tokenizer.json or a Hugging Face tokenizer folder; mdmnist: nothing")
-    ld.add_argument("--out", required=True)
+    ld.add_argument("--out")
+    ld.add_argument("--config", help="a pipeline file with a [tokenizer] table; flags given here override it")
     ld.set_defaults(func=cmd_tokenizer)
 
     tz = sub.add_parser("tokenize", help="captions of an image shard set -> aligned text-token shards")
-    tz.add_argument("--tokenizer", required=True, help="a folder made by 't2i tokenizer train|load'")
-    tz.add_argument("--images", required=True, help="an image shard set: a split folder, or a build folder of splits")
-    tz.add_argument("--out", required=True)
-    tz.add_argument("--length", type=int, required=True, help="L, tokens per caption (DALL·E 256, CUB 64, MD-MNIST 12)")
+    tz.add_argument("--tokenizer", help="a folder made by 't2i tokenizer train|load'")
+    tz.add_argument("--images", help="an image shard set: a split folder, or a build folder of splits")
+    tz.add_argument("--out")
+    tz.add_argument("--length", type=int, help="L, tokens per caption (DALL·E 256, CUB 64, MD-MNIST 12)")
+    tz.add_argument("--config", help="a pipeline file with a [tokenize] table (tokenizer, images, out, length, add_bos, add_eos)")
     tz.add_argument("--bos", action="store_true", help="start each caption with the tokenizer's BOS")
     tz.add_argument("--eos", action="store_true", help="end each caption with the tokenizer's EOS")
     _add_runner_args(tz)
@@ -377,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tp = trn.add_parser("prior", help="G1 / G2 on aligned image-token and text-token shards (torchrun for several GPUs)")
     tp.add_argument("--config", help="a pipeline file with a [train_prior] table")
+    tp.add_argument("--table", help="use the [train_prior.NAME] sub-table of --config (e.g. g1, g2)")
     tp.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, out, steps, batch_size, "
                     "grad_accum, lr, warmup, ...) and model.<field>=value")
     tp.set_defaults(func=cmd_train_prior)
@@ -384,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     tcl = trn.add_parser("clip", help="the evaluation CLIP on an autoencoder's reconstructions of MD-MNIST train images")
     tcl.add_argument("--config", help="a pipeline file with a [train_clip] table")
     tcl.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, autoencoder, out, epochs, "
-                     "batch_size, lr, lr_step, eval_image_tokens, eval_text_tokens, ...) and model.<field>=value")
+                     "batch_size, lr, milestones, eval_image_tokens, eval_text_tokens, ...) and model.<field>=value")
     tcl.set_defaults(func=cmd_train_clip)
 
     ev = sub.add_parser("eval", help="evaluate trained models").add_subparsers(dest="what", required=True, metavar="DATASET")
@@ -407,6 +472,29 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--grid-samples", type=int, help="samples per prior and prompt in samples.png (default 4)")
     em.add_argument("--device", choices=("auto", "cpu", "cuda"))
     em.set_defaults(func=cmd_eval_mdmnist)
+    ea = ev.add_parser("autoencoder", help="held-out MSE, PSNR, BCE, codes used, perplexity and a reconstruction grid -> report.json + PNG")
+    ea.add_argument("--autoencoder", help="an autoencoder checkpoint")
+    ea.add_argument("--images", help="the held-out split of its image shard set (e.g. data/mdmnist/test)")
+    ea.add_argument("--out", help="folder for report.json and reconstructions.png")
+    ea.add_argument("--config", help="a pipeline file with an [eval_autoencoder] table; flags given here override it")
+    ea.add_argument("--n", type=int, help="images to evaluate (default 0: all)")
+    ea.add_argument("--batch-size", type=int, help="default 64")
+    ea.add_argument("--grid", type=int, help="originals over reconstructions in the grid (default 8)")
+    ea.set_defaults(func=cmd_eval_autoencoder)
+
+    pl = sub.add_parser("plot", help="training and held-out curves of one or more runs, overlaid, as PNG")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="out folders of 't2i train' runs (with metrics.jsonl)")
+    pl.add_argument("--out", required=True, help="folder for the PNG files")
+    pl.set_defaults(func=cmd_plot)
+
+    rn = sub.add_parser("run", help="every stage of a pipeline file in data-flow order, skipping the done ones")
+    rn.add_argument("pipeline", help="a pipeline file, e.g. pipelines/mdmnist-cpu.toml")
+    rn.add_argument("--until", metavar="STAGE", help="stop after this stage (a kind such as train_prior: after all of them)")
+    rn.add_argument("--only", metavar="S1,S2", help="run only these stages (their inputs must be done)")
+    rn.add_argument("--dry-run", action="store_true", help="print the plan with each stage's state; run nothing")
+    rn.add_argument("overrides", nargs="*", metavar="stage.key=value", help="settings over the file's, e.g. train_autoencoder.lr=0.01, "
+                    "train_prior.g1.model.layers=4 (train_prior.lr=...: every prior)")
+    rn.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("sample", help="images from prompts with a trained prior, as a PNG grid")
     sm.add_argument("--prior", required=True)
@@ -423,13 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_sample)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
-    en.add_argument("--autoencoder", required=True, help="a t2i autoencoder checkpoint")
-    en.add_argument("--images", required=True, help="an image shard set (regime prior or ae, size = the autoencoder's)")
-    en.add_argument("--out", required=True)
-    en.add_argument("--views", type=int, default=1, help="K views per image; view 0 is the identity")
-    en.add_argument("--seed", type=int, default=0, help="seed of the views' random part")
-    en.add_argument("--batch-size", type=int, default=64)
-    en.add_argument("--check", type=int, default=32, help="re-encode this many samples in another batch order and compare (0: skip)")
+    en.add_argument("--autoencoder", help="a t2i autoencoder checkpoint")
+    en.add_argument("--images", help="an image shard set (regime prior or ae, size = the autoencoder's)")
+    en.add_argument("--out")
+    en.add_argument("--config", help="a pipeline file with an [encode] table; flags given here override it")
+    en.add_argument("--views", type=int, help="K views per image; view 0 is the identity (default 1)")
+    en.add_argument("--seed", type=int, help="seed of the views' random part (default 0)")
+    en.add_argument("--batch-size", type=int, help="default 64")
+    en.add_argument("--check", type=int, help="re-encode this many samples in another batch order and compare (0: skip; default 32)")
     _add_runner_args(en)
     en.set_defaults(func=cmd_encode)
 
