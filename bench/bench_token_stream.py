@@ -38,24 +38,33 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_sets(root: Path, n: int, captions: int, length: int, views: int) -> None:
+def write_sets(root: Path, n: int, captions: int, length: int, views: int, *, text_vocab: int = 5000, image_vocab: int = 512,
+               grid: int = 32, pad_id: int = 0, shard: int = SHARD, both: bool = True) -> None:
+    """Aligned synthetic token sets under ``root``/img and ``root``/txt (and, with ``both``, the two
+    combined in ``root``/both for webdataset): ``n`` samples of ``captions`` × ``length`` uint16
+    text ids in [0, text_vocab) and ``views`` × ``grid`` × ``grid`` image ids in [0, image_vocab),
+    ``shard`` samples per shard, from a seeded generator."""
     rng = np.random.default_rng(0)
-    recs = {"img": [], "txt": [], "both": []}
-    for s in range(0, n, SHARD):
-        name = f"syn-train-{s // SHARD:06d}.tar"
+    kinds = ("img", "txt", "both") if both else ("img", "txt")
+    recs = {k: [] for k in kinds}
+    for s in range(0, n, shard):
+        name = f"syn-train-{s // shard:06d}.tar"
         ws = {k: TarWriter((root / k).joinpath(name)) for k in recs}
-        for i in range(s, min(s + SHARD, n)):
+        for i in range(s, min(s + shard, n)):
             key = f"syn-{i:09d}"
-            t = npy(rng.integers(0, 5000, (captions, length), dtype=np.uint16))
-            im = npy(rng.integers(0, 512, (views, 32, 32), dtype=np.uint16))
+            t = npy(rng.integers(0, text_vocab, (captions, length), dtype=np.uint16))
+            im = npy(rng.integers(0, image_vocab, (views, grid, grid), dtype=np.uint16))
             ws["img"].write({"__key__": key, "image_tokens.npy": im, "__content__": {"image_tokens.npy": im}})
             ws["txt"].write({"__key__": key, "text_tokens.npy": t, "__content__": {"text_tokens.npy": t}})
-            ws["both"].write({"__key__": key, "text_tokens.npy": t, "image_tokens.npy": im, "__content__": {"text_tokens.npy": t, "image_tokens.npy": im}})
+            if both:
+                ws["both"].write({"__key__": key, "text_tokens.npy": t, "image_tokens.npy": im,
+                                  "__content__": {"text_tokens.npy": t, "image_tokens.npy": im}})
         for k, w in ws.items():
             recs[k].append(w.close())
     common = {"format_version": FORMAT_VERSION, "dataset": "syn", "split": "train", "aligned_to": "d" * 64, "quarantined": []}
-    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": 32, "fingerprint": "a" * 64, "vocab_size": 512}}),
-                           ("txt", "text_tokens", {"tokenizer": {"length": length, "pad_id": 0, "fingerprint": "t" * 64, "vocab_size": 5000}})):
+    for k, kind, extra in (("img", "image_tokens", {"autoencoder": {"grid": grid, "fingerprint": "a" * 64, "vocab_size": image_vocab}}),
+                           ("txt", "text_tokens", {"tokenizer": {"length": length, "pad_id": pad_id, "fingerprint": "t" * 64,
+                                                                 "vocab_size": text_vocab}})):
         tot = {"shards": len(recs[k]), "samples": n, "bytes": sum(r["bytes"] for r in recs[k]), "quarantined": 0}
         write_manifest(root / k / "manifest.json", dict(common, kind=kind, shards=recs[k], totals=tot, **extra))
 
