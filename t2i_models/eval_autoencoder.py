@@ -149,11 +149,12 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
     device = torch.device(device) if device is not None else _device_of(model)
     V = model.cfg.vocab_size
     hist = torch.zeros(V, dtype=torch.int64, device=device)
-    sq_sum, bce_sum, psnr_sum, count, values = 0.0, 0.0, 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # squared errors, BCE, per-image PSNR: summed on the device, no sync per batch
+    count, values = 0, 0
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # fp32 even inside a trainer's bf16 autocast
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for batch in _batches(iter_images(ss, n), batch_size):
                 x = to_input(batch, device)
                 tokens = model.encode(x)  # (B, h, w)
@@ -162,17 +163,17 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
                 per_image = (y - x).square().flatten(1).mean(1).double()  # (B,)
                 p = y.clamp(BCE_EPS, 1 - BCE_EPS)
                 bce = -(x * p.log() + (1 - x) * (1 - p).log())
-                sq_sum += float(per_image.sum()) * x[0].numel()
-                bce_sum += float(bce.double().sum())
-                psnr_sum += float((10 * torch.log10(1 / per_image.clamp_min(MSE_FLOOR))).sum())
+                sums += torch.stack([per_image.sum() * x[0].numel(), bce.double().sum(),
+                                     (10 * torch.log10(1 / per_image.clamp_min(MSE_FLOOR))).sum()])
                 count, values = count + len(x), values + x.numel()
     finally:
         model.train(was_training)
     if count == 0:
         raise T2IError(f"{ss.dir}: holds no images to evaluate")
+    sq, bce_sum, psnr_sum = sums.tolist()
     h = hist.cpu().double()
     p = h[h > 0] / h.sum()
-    return {"mse": sq_sum / values, "psnr": psnr_sum / count, "bce": bce_sum / values,
+    return {"mse": sq / values, "psnr": psnr_sum / count, "bce": bce_sum / values,
             "codes_used": float((h > 0).sum()) / V, "perplexity": float(torch.exp(-(p * p.log()).sum())), "images": count}
 
 
