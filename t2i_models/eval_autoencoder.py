@@ -212,9 +212,10 @@ def reconstruction_grid(originals: np.ndarray, recons: np.ndarray, title: str, c
 def evaluate_autoencoder(autoencoder: str, images: str, out: str, *, n: int = 0, batch_size: int = 64, grid: int = 8) -> dict:
     """Evaluate the checkpoint ``autoencoder`` on the image set ``images`` (first ``n`` images, 0:
     all) and write ``out/report.json`` (sorted keys) and ``out/reconstructions.png`` (the first
-    ``grid`` images of the set, ``GRID_COLUMNS`` per row pair). Returns the report:
-    {"autoencoder": path, "fingerprint", "kind", "arch", "step", "images": path, "images_digest",
-    "dataset", "split", "metrics": ``heldout_metrics``'s dict, "reconstructions": "reconstructions.png"}.
+    ``grid`` images of the set, ``GRID_COLUMNS`` per row pair). Returns the report: ``heldout_metrics``'s
+    keys (mse, psnr, bce, codes_used, perplexity, images: the count) and "autoencoder" (the checkpoint
+    path), "fingerprint", "kind", "arch", "step", "image_set" (its path), "images_digest", "dataset",
+    "split", "reconstructions": "reconstructions.png".
     Runs on CUDA when there is one. ``T2IError`` for a file that is not an autoencoder checkpoint,
     a set of the wrong size, grid < 1."""
     if grid < 1:
@@ -235,8 +236,8 @@ def evaluate_autoencoder(autoencoder: str, images: str, out: str, *, n: int = 0,
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     reconstruction_grid(originals, recons, title).save(outdir / "reconstructions.png", format="PNG", optimize=False)
-    report = {"autoencoder": str(autoencoder), "fingerprint": ck["fingerprint"], "kind": ck["kind"], "arch": arch, "step": step,
-              "images": str(images), "images_digest": ss.manifest["digest"], "dataset": ss.manifest.get("dataset"), "split": ss.split,
-              "metrics": metrics, "reconstructions": "reconstructions.png"}
+    report = {**metrics, "autoencoder": str(autoencoder), "fingerprint": ck["fingerprint"], "kind": ck["kind"], "arch": arch,
+              "step": step, "image_set": str(images), "images_digest": ss.manifest["digest"], "dataset": ss.manifest.get("dataset"),
+              "split": ss.split, "reconstructions": "reconstructions.png"}
     (outdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

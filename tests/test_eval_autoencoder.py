@@ -107,9 +107,10 @@ def test_report_and_grid(ae_images, tmp_path):
     manifest = json.loads((ae_images[0] / "manifest.json").read_text())
     assert json.loads((tmp_path / "ev" / "report.json").read_text()) == report
     assert (report["fingerprint"], report["step"], report["arch"], report["kind"]) == (fp, 1234, "vqvae_tiny", "vqvae")
-    assert (report["images_digest"], report["split"], report["metrics"]["images"]) == (manifest["digest"], "val2017", 4)
+    assert (report["images_digest"], report["split"], report["images"], report["image_set"]) == (manifest["digest"], "val2017", 4, str(ae_images[0]))
+    assert set(report) >= {"mse", "psnr", "bce", "codes_used", "perplexity", "autoencoder", "reconstructions"}
     model.eval()
-    assert report["metrics"]["mse"] == pytest.approx(reference(model, stored_views(ae_images[0])[:4])["mse"], rel=1e-5)
+    assert report["mse"] == pytest.approx(reference(model, stored_views(ae_images[0])[:4])["mse"], rel=1e-5)
     arrays = stored_views(ae_images[0])[:3]
     with torch.no_grad():
         y = model.decode(model.encode(torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255))
