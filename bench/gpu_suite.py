@@ -148,7 +148,9 @@ class Budget:
         if left < cost:
             self.skipped.append(f"{label} (needs ~{cost:.0f} s, {max(left, 0):.0f} s left)")
             return {"skipped": f"~{cost:.0f} s needed, {max(left, 0):.0f} s left"}
-        cap = max(1.0, left - 5.0)  # keep a few seconds to print and write the results
+        # a hung measurement (a stuck loader, say) costs at most max(4 × its estimate, 60 s), and
+        # never the last few seconds, kept to print and write the results
+        cap = max(1.0, min(left - 5.0, max(4 * cost, 60.0)))
         use_alarm = hasattr(signal, "setitimer")
         if use_alarm:
             old = signal.signal(signal.SIGALRM, _alarm)
