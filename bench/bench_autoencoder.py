@@ -58,10 +58,10 @@ def train_rates(arch: str, steps: int, batch: int, workers: int) -> tuple[float,
         build(MDMNISTConfig(seed=0, train=steps * batch * 2 + 64, test=0, shard_size=64), tmp, InProcessRunner())
         ds = ShardStream(Path(tmp) / "train", decode_and_augment(None, 0), batch, seed=0)
         loader = iter(DataLoader(ds, batch_size=None, num_workers=workers))
-        step(next(loader)["image"], 0)  # warm-up: workers started, first batch
+        step(next(loader)["image"].float().div_(255), 0)  # warm-up: workers started, first batch
         t = time.perf_counter()
         for i in range(steps):
-            step(next(loader)["image"], i + 1)
+            step(next(loader)["image"].float().div_(255), i + 1)
         streamed = time.perf_counter() - t
     x = md_images(batch, model.cfg.image_size)
     t = time.perf_counter()

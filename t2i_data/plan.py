@@ -165,7 +165,38 @@ class PlannedStream:
         self.sizes, self.sets = sizes, sets
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip_batches = 0, 0
+        self._position = np.zeros(2, np.int64)  # (epoch, skip_batches); shared with the workers by ``share_position``
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._position[0] = value
+
+    @property
+    def skip_batches(self) -> int:
+        return int(self._position[1])
+
+    @skip_batches.setter
+    def skip_batches(self, value: int) -> None:
+        self._position[1] = value
+
+    def share_position(self) -> None:
+        """Keep (epoch, skip_batches) in shared memory (an int64 torch tensor), so DataLoader workers
+        kept alive across epochs (``persistent_workers``) read what ``set_epoch`` writes later in the
+        main process: a persistent worker's copy of the stream is made once, when it starts, and
+        never again. Idempotent; ``stream.loader`` calls it before the workers start."""
+        import torch
+
+        if not isinstance(self._position, torch.Tensor):
+            self._position = torch.from_numpy(self._position.copy()).share_memory_()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_loaders", None)  # the DataLoaders ``stream.loader`` keeps: never sent to a worker
+        return state
 
     def _dist(self) -> tuple[int, int]:
         return rank_and_world(self.rank, self.world_size)
@@ -175,7 +206,8 @@ class PlannedStream:
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, num_workers: int = 0) -> None:
         """Start ``epoch`` with its first ``skip_batches`` batches of this rank already consumed
-        (resume, at any batch)."""
+        (resume, at any batch). Call it before iterating; with ``share_position`` the workers of a
+        DataLoader already running see it when its next iterator starts."""
         self.epoch, self.skip_batches = epoch, skip_batches
 
     def plan(self, num_workers: int) -> dict:

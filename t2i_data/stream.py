@@ -22,6 +22,11 @@ batches round-robin over its workers starting from worker 0 on every new iterato
 for any ``batches_done``. ``state_dict`` records the plan (batch size, world size, workers, seed,
 shuffle buffer, the sets' digests); ``load_state_dict`` refuses to finish an epoch under another
 (``plan.PlannedStream``, which ``TokenStream`` shares).
+
+Speed: ``loader`` keeps one DataLoader per stream with its workers alive across epochs (the
+epoch and resume position travel through shared memory, not by re-pickling the stream), and
+``decode_and_augment`` ships uint8 images, a quarter of float32's bytes through the workers'
+queues; ``bench/bench_loader.py`` measures the share of an autoencoder step spent waiting.
 """
 from __future__ import annotations
 
@@ -50,8 +55,9 @@ log = logging.getLogger(__name__)
 # Any write to the file changes its ctime (which no user call can set back), so a hit means the
 # bytes hashed then are the bytes there now; a stream reopening a shard in a later epoch pays a
 # stat instead of a hash. DataLoader workers send what they verified back with their batches
-# (``"verified"``, taken out by ``loader``), so the next epoch's workers, forked from the main
-# process, start with it.
+# (``"verified"``, taken out by ``loader``), so workers forked later from the main process (another
+# stream, or a DataLoader started again after an error) start with it; ``loader``'s persistent
+# workers keep their own.
 _VERIFIED: dict[tuple, str] = {}
 _NEW: deque = deque()  # (key, sha256) verified in this worker since its last batch (appended by the hashing thread)
 
@@ -109,14 +115,45 @@ def guarded(batches: Iterator[dict]) -> Iterator[dict]:
             raise
         yield {"error": str(e)}
 
+def _worker_init(worker_id: int) -> None:
+    """One torch thread per loader worker: the trainer's threads and the workers share the cores."""
+    torch.set_num_threads(1)
+
+
 def loader(ds: IterableDataset, num_workers: int, pin_memory: bool = False) -> Iterator[dict]:
-    """The stream's batches through a DataLoader (``batch_size=None``: the stream batches)."""
-    for batch in DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory):
-        if "error" in batch:
-            raise T2IError(batch["error"])
-        for key, sha in batch.pop("verified", ()):
-            _VERIFIED[tuple(key)] = sha
-        yield batch
+    """The stream's batches of its current epoch (``set_epoch``) through a DataLoader
+    (``batch_size=None``: the stream batches).
+
+    One DataLoader per (stream, ``num_workers``, ``pin_memory``), kept on the stream, with
+    ``persistent_workers``: the worker processes start on the first call and serve every later
+    epoch, which reads its epoch and resume position from the stream's shared-memory position
+    (``PlannedStream.share_position``), so ``set_epoch`` then ``loader`` every epoch gives the
+    batches a new DataLoader per epoch would, in the same order. A ``T2IError`` in a worker is
+    raised here with its one message; after any error the DataLoader is dropped (its workers
+    shut down) and the next call starts fresh ones."""
+    dl = None
+    if num_workers > 0:
+        if hasattr(ds, "share_position"):
+            ds.share_position()
+        loaders = ds.__dict__.setdefault("_loaders", {})
+        key = (num_workers, bool(pin_memory))
+        dl = loaders.get(key)
+        if dl is None:
+            dl = loaders[key] = DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                           persistent_workers=True, worker_init_fn=_worker_init)
+    else:
+        dl = DataLoader(ds, batch_size=None, num_workers=0, pin_memory=pin_memory)
+    try:
+        for batch in dl:
+            if "error" in batch:
+                raise T2IError(batch["error"])
+            for key_, sha in batch.pop("verified", ()):
+                _VERIFIED[tuple(key_)] = sha
+            yield batch
+    except Exception:
+        if num_workers > 0:
+            ds.__dict__.get("_loaders", {}).pop(key, None)
+        raise
 
 class LostSamples:
     """A trainer's account of the samples its streams could not read in the current epoch.
@@ -305,8 +342,10 @@ def _collate(items: list[dict], size: int, template: dict, lost: dict) -> dict:
 
 def decode_and_augment(regime, seed: int):
     """decode(sample, epoch) for autoencoder training: decodes the stored image, then applies the
-    regime's random part (augmentation), drawn from (seed, key, epoch); returns ``{"image": float
-    tensor (3, N, N) in [0, 1], "key": str}``. Regime None (MD-MNIST): the stored image as it is."""
+    regime's random part (augmentation), drawn from (seed, key, epoch); returns ``{"image": uint8
+    tensor (3, N, N), the pixel values 0..255, "key": str}``. Regime None (MD-MNIST): the stored
+    image as it is. uint8 is a quarter of float32's bytes through the DataLoader workers' queues
+    (and to the GPU); the trainer scales to [0, 1] floats on its device (``x.float().div_(255)``)."""
     from .augment import stored_image
 
     def decode(sample: dict, epoch: int) -> dict:
@@ -316,6 +355,6 @@ def decode_and_augment(regime, seed: int):
         else:
             p = regime.draw(seed, sample["__key__"], epoch, im.size, online=True)
             arr = np.array(regime.apply_view(im, p))  # a writable copy for torch
-        return {"image": torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), "key": sample["__key__"]}
+        return {"image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), "key": sample["__key__"]}
 
     return decode

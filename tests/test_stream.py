@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -141,5 +142,116 @@ def test_decode_and_augment_applies_the_online_random_part(tmp_path):
         by_epoch.append({k: img for b in ds for k, img in zip(b["key"], b["image"])})
     e0, e1 = by_epoch
     assert set(e0) == set(e1) and len(e0) == 4  # 4 samples, 2 batches of 2: all of them, once
-    assert all(img.shape == (3, 16, 16) and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1 for img in e0.values())
+    assert all(img.shape == (3, 16, 16) and img.dtype == torch.uint8 for img in e0.values())
     assert any(not torch.equal(e0[k], e1[k]) for k in e0)  # another epoch, other crops / angles / flips
+    # the pixels are the augmented view's, exactly: the float32 [0, 1] images of before, times 255
+    from t2i_data.augment import stored_image
+    from t2i_data.tario import iter_samples
+
+    regime = Regime("ae", 16)
+    for shard in sorted((tmp_path / "i" / "val2017").glob("*.tar")):
+        for sample in iter_samples(shard):
+            im = stored_image(sample)
+            view = np.array(regime.apply_view(im, regime.draw(0, sample["__key__"], 1, im.size, online=True)))
+            old = torch.from_numpy(view).permute(2, 0, 1).float().div_(255)
+            assert torch.equal(e1[sample["__key__"]], torch.from_numpy(view).permute(2, 0, 1))
+            assert torch.equal(e1[sample["__key__"]].float().div_(255), old)
+
+
+def test_md_mnist_batches_are_the_stored_pixels_as_uint8(shards):
+    from t2i_data.pngio import decode_image
+    from t2i_data.stream import decode_and_augment
+    from t2i_data.tario import iter_samples
+
+    stored = {s["__key__"]: decode_image(s["png"]) for p in sorted(shards.glob("*.tar")) for s in iter_samples(p)}
+    ds = ShardStream(shards, decode_and_augment(None, 0), batch_size=8, seed=5, shuffle_buffer=16)
+    batch = next(iter(loader(ds, 0)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (8, 3, 128, 128) and batch["image"].is_contiguous()
+    for k, img in zip(batch["key"], batch["image"]):
+        assert np.array_equal(img.permute(1, 2, 0).numpy(), stored[k])
+
+
+def keys_and_pid(sample, epoch):
+    import os
+
+    return {"key": sample["__key__"], "pid": os.getpid()}
+
+
+# (epoch, batches already consumed, batches this run takes before it stops: None = all)
+EPOCHS = [(0, 0, None), (1, 0, 3), (1, 3, None), (2, 5, None), (3, 0, 2), (4, 0, None)]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_loader_keeps_its_workers_and_gives_the_batches_of_a_new_dataloader_per_epoch(shards, workers):
+    """The trainers' pattern (set_epoch, then loader, every epoch; a break mid-epoch; a resume at
+    a batch) on one stream with persistent workers gives, batch for batch, what a new stream and
+    a new DataLoader per epoch (the workers forked again each time) gave."""
+    from t2i_data.stream import decode_and_augment
+
+    def reference(epoch, skip, decode):
+        ds = ShardStream(shards, decode, batch_size=4, seed=5, shuffle_buffer=16)
+        ds.set_epoch(epoch, skip, workers)
+        return list(DataLoader(ds, batch_size=None, num_workers=workers))
+
+    ds = ShardStream(shards, keys_and_pid, batch_size=4, seed=5, shuffle_buffer=16)
+    pids = set()
+    for epoch, skip, take in EPOCHS:
+        ds.set_epoch(epoch, skip, workers)
+        got = []
+        for b in loader(ds, workers):
+            got.append(b)
+            if len(got) == take:
+                break  # as a trainer does when its steps run out mid-epoch
+        want = reference(epoch, skip, keys_only)[:take]
+        assert [b["key"] for b in got] == [b["key"] for b in want] and len(got) == (take or ds.batches_per_epoch(workers) - skip)
+        pids |= {p for b in got for p in b["pid"]}
+    assert len(pids) == max(workers, 1)  # the same worker processes served every epoch (0 workers: this process)
+    # the bytes too, on decoded images
+    ds = ShardStream(shards, decode_and_augment(None, 0), batch_size=4, seed=5, shuffle_buffer=16)
+    for epoch, skip in [(1, 12)]:  # a persistent worker's second epoch, resumed
+        ds.set_epoch(0, 20, workers)
+        assert len(list(loader(ds, workers))) == ds.batches_per_epoch(workers) - 20
+        ds.set_epoch(epoch, skip, workers)
+        got, want = list(loader(ds, workers)), reference(epoch, skip, decode_and_augment(None, 0))
+        assert [b["key"] for b in got] == [b["key"] for b in want]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, want))
+
+
+def test_a_worker_error_in_a_later_epoch_stops_with_its_message_and_the_next_call_starts_fresh_workers(shards, tmp_path):
+    d = _copy(shards, tmp_path)
+    ds = ShardStream(d, keys_and_pid, batch_size=4, seed=5, shuffle_buffer=16)
+    first = {p for b in loader(ds, 2) for p in b["pid"]}
+    victim = d / "mdmnist-train-000002.tar"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-700])
+    ds.set_epoch(1, 0, 2)
+    with pytest.raises(T2IError, match=f"mdmnist-train-000002.tar: {len(good) - 700} bytes where the manifest says {len(good)}"):
+        list(loader(ds, 2))
+    victim.write_bytes(good)
+    ds.set_epoch(2, 0, 2)
+    again = list(loader(ds, 2))
+    assert len(again) == ds.batches_per_epoch(2)
+    assert not first & {p for b in again for p in b["pid"]}  # the failed DataLoader's workers were let go
+
+
+EXIT = """
+import sys, time
+from t2i_data.stream import ShardStream, loader
+ds = ShardStream(sys.argv[1], lambda s, e: {"key": s["__key__"]}, batch_size=4, seed=5, shuffle_buffer=16)
+for epoch in range(3):
+    ds.set_epoch(epoch, 0, 2)
+    n = sum(1 for _ in loader(ds, 2))
+    if epoch == 1:
+        for b in loader(ds, 2):
+            break  # an abandoned iterator, its workers still busy
+print(n, flush=True)
+"""
+
+
+def test_a_process_with_persistent_workers_exits_when_it_is_done(shards):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EXIT, str(shards)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == [str(203 // 2 // 4 * 2)], proc.stderr
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr
