@@ -1,6 +1,6 @@
 """Reading token shards for prior training, against webdataset's default pipeline, same run.
 
-Rerun:  python bench/bench_token_stream.py [--samples 20000] [--batch 64]
+Rerun:  python bench/bench_token_stream.py [--samples 20000] [--batch 64] [--repeats 3] [--threads 1] [--quick]
 
 Synthetic aligned token shard sets of two shapes — MD-MNIST-sized (12 text tokens, 1 caption;
 32×32 image tokens, 1 view) and CUB-sized (10 captions × 64 text tokens; 32×32 image tokens ×
@@ -12,17 +12,22 @@ compared. Every TokenStream pass checks every shard against its manifest from sc
 sha256 of both files, the verification cache dropped first: a first epoch); ``--repeats`` more
 passes show later epochs, the shards verified already (a stat per shard; dataloader workers send
 what they verified back to the main process). Prints samples/s for both and the ratio (targets:
-≥ 100,000 samples/s per process, ≥ 20× webdataset), and every pass's figures.
+≥ 100,000 samples/s per process, ≥ 20× webdataset), and every pass's figures. torch (which
+batches the stream) runs on ``--threads`` threads, printed. ``--quick``: 2,000 samples, 2 passes.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import add_args, pin_threads  # noqa: E402
 
 from t2i_data.manifest import FORMAT_VERSION, write_manifest
 from t2i_data.stream import forget_verified
@@ -73,11 +78,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="2,000 samples, 2 passes: a check that it runs")
+    add_args(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.samples, args.repeats = 2_000, 2
+    threads = pin_threads(args.threads)
     import webdataset as wds
 
-    print(f"token shards -> batches of {args.batch}, 1 process (python bench/bench_token_stream.py --samples {args.samples} --batch {args.batch})")
+    print(f"token shards -> batches of {args.batch}, 1 process, torch {threads} threads (python bench/bench_token_stream.py "
+          f"--samples {args.samples} --batch {args.batch} --repeats {args.repeats} --threads {args.threads})")
     for label, captions, length, views in (("MD-MNIST-sized", 1, 12, 1), ("CUB-sized", 10, 64, 4)):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
