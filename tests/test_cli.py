@@ -55,18 +55,30 @@ def test_pipeline_file_then_flags_over_dataclass_defaults(tmp_path, capsys):
     from t2i_data.config import resolve
     from t2i_data.errors import T2IError
     from t2i_data.mdmnist import MDMNISTConfig
+    from t2i_models.run import resolve_values, table_values
 
-    shipped = resolve(MDMNISTConfig, ROOT / "pipelines" / "mdmnist.toml", "mdmnist", {})
-    assert shipped == MDMNISTConfig()  # the shipped pipeline is the embedded default
+    shipped, extra = resolve_values("mdmnist", table_values(ROOT / "pipelines" / "mdmnist.toml", "mdmnist"))
+    assert shipped == MDMNISTConfig() and extra == {"out": "data/mdmnist"}  # the shipped pipeline is the embedded default
     full = resolve(MDMNISTConfig, ROOT / "pipelines" / "mdmnist-full.toml", "mdmnist", {"mnist": "/data/mnist", "seed": None})
     assert (full.mnist, full.train, full.test, full.seed) == ("/data/mnist", 100_000, 10_000, 0)
     cfg = tmp_path / "p.toml"
     cfg.write_text("[mdmnist]\ntrain = 20\ntest = 4\nshard_size = 8\n")
     assert main(["-q", "mdmnist", "build", "--config", str(cfg), "--test", "9", "--out", str(tmp_path / "o"), "--workers", "0"]) == 0
     assert "train: 20 samples in 3 shards" in capsys.readouterr().out and len(list((tmp_path / "o" / "test").glob("*.tar"))) == 2
+    # out and workers may come from the table too; a flag still wins
+    cfg.write_text(f"[mdmnist]\ntrain = 8\ntest = 4\nshard_size = 8\nout = '{tmp_path / 't'}'\nworkers = 0\n")
+    assert main(["-q", "mdmnist", "build", "--config", str(cfg)]) == 0
+    assert "train: 8 samples in 1 shards" in capsys.readouterr().out and (tmp_path / "t" / "train" / "manifest.json").is_file()
+    cfg.write_text("[mdmnist]\ntrain = 8\n")
+    assert main(["-q", "mdmnist", "build", "--config", str(cfg), "--workers", "0"]) == 2
+    assert "--out needed (or 'out' in the [mdmnist] table of --config)" in capsys.readouterr().err
     cfg.write_text("[mdmnist]\ntrian = 20\n")
     with pytest.raises(T2IError, match="unknown key\\(s\\) trian in \\[mdmnist\\]; known: mnist, png_level, seed"):
         resolve(MDMNISTConfig, cfg, "mdmnist", {})
+    with pytest.raises(T2IError, match="unknown setting\\(s\\) trian; known: mnist, out, png_level, seed, shard_size, test, train, workers"):
+        resolve_values("mdmnist", table_values(cfg, "mdmnist"))
     cfg.write_text("[other]\n")
     with pytest.raises(T2IError, match="no \\[mdmnist\\] table"):
         resolve(MDMNISTConfig, cfg, "mdmnist", {})
+    with pytest.raises(T2IError, match="no \\[mdmnist\\] table"):
+        table_values(cfg, "mdmnist")
