@@ -489,6 +489,18 @@ def sdpa_measure(m: Model, device: torch.device, args) -> dict:
     return res
 
 
+def default_workers() -> tuple[int, int]:
+    """The autoencoder and prior trainers' default ``num_workers`` (2 and 1 when unreadable)."""
+    try:
+        from t2i_models.train_autoencoder import TrainConfig
+        from t2i_models.train_prior import PriorTrainConfig
+
+        return (int(TrainConfig.__dataclass_fields__["num_workers"].default),
+                int(PriorTrainConfig.__dataclass_fields__["num_workers"].default))
+    except Exception:  # noqa: BLE001 — a renamed field costs the default, not the run
+        return 2, 1
+
+
 # -- the suite -----------------------------------------------------------------------------------
 COSTS = {"train": (25, 1.5), "wait": (30, 2), "encode": (10, 0.5), "sample": (20, 1), "sdpa": (10, 0.5)}  # GPU s, smoke s
 
@@ -517,12 +529,8 @@ def run_suite(args) -> dict:
     print(f"CUB-128 token spaces (chosen here): {CUB_TOKENS}", flush=True)
     if cuda and not args.skip_tests:
         result["tests"] = budget.run("cuda tests", 20, lambda: cuda_tests(min(args.tests_timeout_s, max(10.0, budget.left() - 60))))
-    from t2i_models.train_autoencoder import TrainConfig
-    from t2i_models.train_prior import PriorTrainConfig
-
     # the trainers' default loader workers first (their figure is the row's), then --workers
-    ae_default = TrainConfig.__dataclass_fields__["num_workers"].default
-    prior_default = PriorTrainConfig.__dataclass_fields__["num_workers"].default
+    ae_default, prior_default = default_workers()
     ae_workers = [1] if smoke else [ae_default] + [w for w in args.workers if w >= 0 and w != ae_default]
     prior_workers = [1] if smoke else [prior_default]
     with tempfile.TemporaryDirectory() as tmp:
@@ -621,10 +629,13 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     result = run_suite(args)
-    print(table(result), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")  # first: the figures survive a table that fails
+    try:
+        print(table(result), flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"(the table could not be printed: {type(e).__name__}: {e}; the JSON has everything)")
     print(f"wrote {out}")
     return result
 
