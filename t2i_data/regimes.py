@@ -16,9 +16,10 @@ alias different detail into the final grid, and what the final-size image aliase
 q95 storage of a final-size image adds 1.6/255 of its own, so ``scale = 1`` (the default: stored
 image N+10 / N+20, crop offsets in its pixels) lands at 2.3-3.2/255 from the thesis order.
 ``scale = 2`` stores the image at twice that size; a view rotates there and LANCZOS-reduces to
-N×N, which brings both errors under the final grid's Nyquist: 0.9-1.0/255 with q95 storage
+N×N, which brings both errors under the final grid's Nyquist: 0.94-1.11/255 with q95 storage
 (``bench/bench_preprocess.py``; ``tests/test_regimes.py::test_scale_2_views_are_within_2_255_of_the_thesis_order``),
-for 3.3× the stored bytes. Views infer the scale from the stored size (an exact multiple of
+for 3.1-3.3× the stored bytes and about 4× the work per view (measured here: a scale-2 view runs
+at 0.8-1.4× the speed of the naive full-decode chain, a scale-1 view at 3-7×). Views infer the scale from the stored size (an exact multiple of
 N+10 / N+20), so readers need no setting; crop offsets are always in output pixels.
 
 The rotation, crop and flip are one affine resampling (bicubic, black outside the image), so
