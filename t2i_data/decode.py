@@ -66,7 +66,7 @@ class ImageLimits:
     Measured peak RSS of one process preprocessing one image at the limit (ae, N=128,
     ``/usr/bin/time``-style ``ru_maxrss``): 424 MiB for a 5792² RGBA PNG, 166 MiB for an RGB
     one, 254 MiB for a 4096² RGBA PNG under ``prior`` (36 MiB of it is the interpreter and
-    imports). ``max_target_pixels`` 2**24: the stored image (``Regime.target_size``), so a thin
+    imports). ``max_target_pixels`` 2**24: the stored image (``Regime.stored_size``), so a thin
     image cannot ask for a 138×92,000 resize.
     """
 
@@ -134,7 +134,7 @@ def _check_bounds(regime: Regime, limits: ImageLimits, ow: float, oh: float, wor
     aspect = max(ow, oh) / min(ow, oh)
     if aspect > limits.max_aspect:
         raise Quarantine("extreme-aspect", f"{ow:g}x{oh:g} is {aspect:.1f}:1, above the {limits.max_aspect:g}:1 limit")
-    tw, th = regime.target_size(ow, oh)
+    tw, th = regime.stored_size(ow, oh)  # target_size x the regime's scale
     if tw * th > limits.max_target_pixels:
         raise Quarantine("too-large", f"stored image would be {tw}x{th}, above {limits.max_target_pixels:,} pixels")
     if work > limits.max_decoded_pixels:
