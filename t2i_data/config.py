@@ -50,7 +50,7 @@ def construct(cls, values: dict, section: str | None = None, flag=lambda name: f
     ``T2IError`` naming every field that has no default and no value (``flag(name)`` says how
     the user gives it), then each value against its field's type (an ``int`` field takes an int
     of at least 0, never a bool; a ``float`` field a finite number; a ``str`` field a string;
-    ``X | None`` also None). The dataclass's own ``__post_init__`` checks then run; a
+    ``list[int]`` a list of whole numbers of at least 0; ``X | None`` also None). The dataclass's own ``__post_init__`` checks then run; a
     ``ValueError`` or ``TypeError`` from them is wrong use too, reported the same way."""
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -96,6 +96,16 @@ def type_problem(hint, value) -> str | None:
         return "needs text"
     if hint is bool and not isinstance(value, bool):
         return "needs true or false"
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            return "needs a list, e.g. [5, 10]"
+        if typing.get_args(hint) == (int,) and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+            return "needs a list of whole numbers of at least 0, e.g. [5, 10]"
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else None
+        for v in value:
+            problem = type_problem(item, v)
+            if problem:
+                return f"needs a list of items that fit {getattr(item, '__name__', item)} (item {v!r} {problem})"
     return None
 
 

@@ -10,7 +10,8 @@ reconstructions are the very pixels a prior's tokens turn into, so CLIP judges g
 and test reconstructions on the same footing. The text is each caption's 12 symbols (the MD-MNIST
 tokenizer's ids 0–19 are the symbols; BOS / EOS / padding are dropped).
 
-Schedule (thesis): 30 epochs, batch 64, Adam at 1e-3, × 0.1 from epoch 20 (a step schedule).
+Schedule (thesis, Table 8): 30 epochs, batch 64, Adam at 1e-3, × 0.1 from epoch 20 (``lr_schedule =
+"multistep"``, ``milestones = [20]``; the rest of ``train_common``'s settings apply too).
 Padding entries of a batch are left out of the contrastive loss; under DDP each rank contrasts
 its own batch. ``out/last.pt`` resumes at the exact next batch, as the other trainers do (any
 worker count; a changed stream plan mid-epoch stops the resume naming the setting, a changed
@@ -27,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, loader
@@ -37,10 +37,11 @@ from .clip import CLIPS, symbols_from_text_tokens
 from .clip_eval import clip_accuracy, open_stream
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
-from .train_common import append_metrics, check_train_config, use_bf16
+from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
+                           make_optimizer, set_lr, torch_settings, total_steps, use_bf16)
 
 log = logging.getLogger(__name__)
-SCHEDULE = ("epochs", "steps", "lr", "lr_step", "lr_gamma", "weight_decay")
+SCHEDULE = ("epochs", "steps", "optimizer", "lr", "lr_schedule", "milestones", "lr_gamma", "warmup", "weight_decay", "grad_clip")
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
@@ -49,13 +50,18 @@ class ClipTrainConfig:
     text_tokens: str = ""  # ... and its text-token shards (mdmnist tokenizer)
     autoencoder: str = ""  # the checkpoint that made the image tokens; decodes them
     out: str = ""
-    epochs: int = 30
-    steps: int = 0  # > 0: stop after this many steps instead (smoke runs, tests)
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_step: int = 20  # epochs; the rate is multiplied by lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1
+    epochs: int = 30  # Table 8
+    steps: int = 0  # > 0: the run's length in steps instead (smoke runs, tests)
+    batch_size: int = 64  # Table 8
+    optimizer: str = "adam"  # "adam" | "adamw" (Table 8: Adam)
+    lr: float = 1e-3  # Table 8
+    lr_schedule: str = "multistep"  # "multistep" | "cosine" | "constant" (train_common)
+    milestones: list[int] = field(default_factory=lambda: [20])  # epochs at which lr is multiplied by lr_gamma (Table 8: 20)
+    lr_gamma: float = 0.1  # Table 8
+    warmup: int = 0  # steps of linear warmup (any schedule)
     weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    compile: bool = False  # torch.compile the training forward
     num_workers: int = 1
     seed: int = 0
     precision: str = "auto"
@@ -70,17 +76,19 @@ class ClipTrainConfig:
     def __post_init__(self) -> None:
         check_train_config(self, CLIPS, ("image_tokens", "text_tokens", "autoencoder", "out"),
                            "image_tokens=DIR, text_tokens=DIR, autoencoder=CKPT and out=DIR are needed (the train split's token shards)",
-                           ("epochs", "batch_size", "ckpt_every", "log_every", "lr_step"))
+                           ("batch_size", "ckpt_every", "log_every"))
+        object.__setattr__(self, "milestones", list(self.milestones))
         if bool(self.eval_image_tokens) != bool(self.eval_text_tokens):
             raise T2IError("eval_image_tokens and eval_text_tokens go together (the test split's two token sets)")
 
 
-def lr_at(cfg: ClipTrainConfig, epoch: int) -> float:
-    return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
-
-
 def train_clip(cfg: ClipTrainConfig) -> dict:
     rank, world, device = setup_distributed()
+    with torch_settings(device, cfg.num_workers):
+        return _train_clip(cfg, rank, world, device)
+
+
+def _train_clip(cfg: ClipTrainConfig, rank: int, world: int, device: torch.device) -> dict:
     cuda = device.type == "cuda"
     bf16 = use_bf16(cfg.precision, device)
     out = Path(cfg.out)
@@ -97,19 +105,21 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model = CLIPS[cfg.arch](image_size=ae.cfg.image_size, **cfg.model)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, [{"params": list(model.parameters()), "lr": cfg.lr}], device)
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     ck = resume_checkpoint(last, cfg.arch)
     if ck is not None:
         step, epoch, in_epoch, lost_before = restore_training(ck, last, ds, cfg, model, opt, SCHEDULE)
+        after_restore(opt, device)
     ddp = wrap_ddp(model, world, device)
+    forward = compiled(ddp, cfg.compile)
     per_epoch = ds.batches_per_epoch(cfg.num_workers)
-    total = cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch
+    total = total_steps(cfg, per_epoch)
     end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
     lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, out / "metrics.jsonl")
     lost.start_epoch(epoch, lost_before)
     fingerprints = {"autoencoder": ae_ck["fingerprint"], "tokenizer": ds.txt_m["tokenizer"]["fingerprint"]}
-    bar = tqdm(total=total, initial=step, unit="step", desc="train clip", disable=None if rank == 0 else True)
+    progress = Progress(total, step, rank, "train clip")
     t0, seen = time.perf_counter(), 0
 
     def checkpoint(**extra) -> str:
@@ -122,29 +132,32 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         ds.set_epoch(epoch, in_epoch, cfg.num_workers)
         for batch in loader(ds, cfg.num_workers, pin_memory=cuda):
             lost.add([batch], step + 1)
-            ok = batch["valid"].to(device)
-            symbols = symbols_from_text_tokens(batch["text"], batch["valid"]).to(device)
+            n_valid = int(batch["valid"].sum())  # counted on the CPU mask, before the copy: no host-device sync
+            ok = batch["valid"].to(device, non_blocking=True)
+            symbols = symbols_from_text_tokens(batch["text"], batch["valid"]).to(device, non_blocking=True)
             images = reconstruct(ae, batch["image"].to(device, non_blocking=True))  # fp32, as evaluation decodes
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch)
+            rates = set_lr(opt, cfg, step, epoch, total)
             model.train()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                res = ddp(images, symbols, ok)  # padding entries are dropped from the loss inside
+                res = forward(images, symbols, ok)  # padding entries are dropped from the loss inside
             loss = res["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
             opt.step()
-            n_valid = int(ok.sum())
             step, in_epoch, seen = step + 1, in_epoch + 1, seen + n_valid
-            bar.update(1)
+            progress.update()
             if rank == 0 and n_valid and (step % cfg.log_every == 0 or step == end):
                 logits = res["logits_per_image"].detach()
                 acc = float((logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean())
                 rate = seen * world / (time.perf_counter() - t0)
-                append_metrics(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
-                                                       "lr": lr_at(cfg, epoch), "logit_scale": round(model.scale().item(), 4),
-                                                       "lost_in_epoch": lost.total, "images_per_s": round(rate, 1)})
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{acc:.2f}", img_s=f"{rate:.0f}")
+                row = {"step": step, "epoch": epoch, "split": "train", "loss": round(loss.item(), 6), "batch_acc": round(acc, 4),
+                       "lr": rates[0], "logit_scale": round(model.scale().item(), 4), "lost_in_epoch": lost.total,
+                       "images_per_s": round(rate, 1)}
+                if grad_norm is not None:
+                    row["grad_norm"] = round(float(grad_norm), 6)  # before clipping
+                append_metrics(out / "metrics.jsonl", row)
+                progress.show(step, loss=row["loss"], acc=round(acc, 2), img_s=round(rate), lr=row["lr"])
             if step % cfg.ckpt_every == 0 or step == end:  # any batch: a resume is exact for every worker count
                 checkpoint()
             if step >= end:
@@ -152,7 +165,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict:
         if step < end or in_epoch >= per_epoch:
             epoch, in_epoch = epoch + 1, 0
             lost.start_epoch(epoch)
-    bar.close()
+    progress.close()
     result = {"step": step, "epoch": epoch, "checkpoint": str(last)}
     if rank == 0 and cfg.eval_image_tokens and step >= total:
         acc = clip_accuracy(model.eval(), ae, cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.seed, device=device)

@@ -12,7 +12,8 @@ from t2i_data.errors import T2IError
 from t2i_data.token_stream import TokenStream
 from t2i_models.checkpoint import load_clip
 from t2i_models.clip import clip_mdmnist, clip_tiny, symbols_from_text_tokens
-from t2i_models.train_clip import ClipTrainConfig, lr_at, train_clip
+from t2i_models.train_clip import ClipTrainConfig, train_clip
+from t2i_models.train_common import lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,8 +133,9 @@ def test_clip_training_streams_reconstructions_resumes_exactly_and_reports_accur
 
 
 def test_clip_schedule_cli_and_refusals(md_tokens, tmp_path, capsys):
-    c = clip_cfg(md_tokens, tmp_path, lr=1.0, lr_step=20, lr_gamma=0.1)
-    assert (lr_at(c, 0), lr_at(c, 19), lr_at(c, 20), lr_at(c, 29)) == (1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1))
+    c = clip_cfg(md_tokens, tmp_path, lr=1.0)  # the defaults: Table 8's ×0.1 at epoch 20
+    assert (c.lr_schedule, c.milestones, c.lr_gamma) == ("multistep", [20], 0.1)
+    assert [lr_at(c, 0, e, 390) for e in (0, 19, 20, 29)] == [1.0, 1.0, 0.1, 0.1]
     one, two = (TokenStream(md_tokens / "img", md_tokens / "text", 8, rank=0, world_size=w) for w in (1, 2))  # 103 samples
     assert one.batches_per_epoch(0) == 13 and two.batches_per_epoch(2) == 8  # ⌈⌈103/4⌉/8⌉ = 4 per worker
     assert main(["-q", "train", "clip", "arch=clip_tiny", f"image_tokens={md_tokens / 'img'}", f"text_tokens={md_tokens / 'text'}",
@@ -158,7 +160,7 @@ def test_shipped_clip_table_holds_the_thesis_schedule():
     from t2i_data.config import table
 
     cfg = ClipTrainConfig(**table(ROOT / "pipelines" / "mdmnist.toml", "train_clip"))
-    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step) == ("clip_mdmnist", 30, 64, 1e-3, 20)
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.milestones) == ("clip_mdmnist", 30, 64, 1e-3, "multistep", [20])
 
 
 def test_clip_resumes_at_a_batch_that_is_not_a_multiple_of_the_workers(md_tokens, tmp_path):

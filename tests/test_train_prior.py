@@ -6,7 +6,8 @@ import torch
 from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_models.checkpoint import load_prior
-from t2i_models.train_prior import PriorTrainConfig, lr_at, train_prior
+from t2i_models.train_common import lr_at
+from t2i_models.train_prior import PriorTrainConfig, train_prior
 
 
 def cfg(md_tokens, out, **kw):
@@ -50,7 +51,7 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_both(md_tokens):
             loss.backward()
         grads.append(({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, mean, valid))
     (ga, la, va), (gb, lb, vb) = grads
-    assert va == vb == 4 and la == pytest.approx(lb, rel=1e-6)
+    assert int(va) == int(vb) == 4 and float(la) == pytest.approx(float(lb), rel=1e-6)
     assert all(torch.allclose(ga[n], gb[n], atol=1e-6, rtol=1e-5) for n in ga)
 
 
@@ -74,7 +75,7 @@ def test_checkpoint_records_fingerprints_and_samples(md_tokens, tmp_path):
 
 def test_schedule_and_settings(md_tokens, tmp_path, capsys):
     c = cfg(md_tokens, tmp_path, steps=100, warmup=10, lr=1.0)
-    assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0) and lr_at(c, 100) == pytest.approx(0.1)
+    assert lr_at(c, 0, 0, 100) == pytest.approx(0.1) and lr_at(c, 9, 0, 100) == pytest.approx(1.0) and lr_at(c, 100, 3, 100) == pytest.approx(0.1)
     with pytest.raises(T2IError, match="arch must be one of"):
         cfg(md_tokens, tmp_path, arch="g9")
     assert main(["-q", "train", "prior", "arch=g1_tiny", f"image_tokens={md_tokens / 'img'}", f"text_tokens={md_tokens / 'text'}",
@@ -137,7 +138,7 @@ def test_two_process_ddp_gives_the_gradients_of_one_process_on_the_same_global_b
     for loss in losses:
         loss.backward()
     single = grads(model)
-    assert ddp["valid"] == valid == 6
+    assert int(ddp["valid"]) == int(valid) == 6
     assert set(ddp["grads"]) == set(single) == {n for n, _ in model.named_parameters()}  # every parameter takes part
     assert all(torch.allclose(ddp["grads"][n], single[n], atol=1e-6, rtol=1e-4) for n in single)
 
@@ -181,6 +182,7 @@ def test_resume_is_exact_at_a_batch_that_is_not_a_multiple_of_the_workers(md_tok
     train_prior(cfg(md_tokens, tmp_path / "cut", steps=5, num_workers=2))
     a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "cut")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5] and [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert all(r["split"] == "train" and r["lr"] > 0 for r in b)
 
 
 def test_a_damaged_text_shard_stops_training_naming_it(md_tokens, tmp_path):
