@@ -166,6 +166,7 @@ class PlannedStream:
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.rank, self.world_size = rank, world_size
         self._position = np.zeros(2, np.int64)  # (epoch, skip_batches); shared with the workers by ``share_position``
+        self._verified = None  # (sets, shards) int64 tags of verified shard versions, once shared (``verified_slot``)
 
     @property
     def epoch(self) -> int:
@@ -192,6 +193,13 @@ class PlannedStream:
 
         if not isinstance(self._position, torch.Tensor):
             self._position = torch.from_numpy(self._position.copy()).share_memory_()
+            self._verified = torch.zeros((len(self.sets), len(self.sizes)), dtype=torch.int64).share_memory_()
+
+    def verified_slot(self, set_index: int, shard: int):
+        """Where the workers of a shared stream record the shard versions they verified
+        (``stream.check_shard_cached``'s ``slot``), so a persistent worker handed another worker's
+        shard in a later epoch does not hash it again; None before ``share_position``."""
+        return None if self._verified is None else (self._verified, set_index, shard)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

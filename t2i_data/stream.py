@@ -30,6 +30,7 @@ queues; ``bench/bench_loader.py`` measures the share of an autoencoder step spen
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
@@ -65,7 +66,13 @@ def forget_verified() -> None:
     """Drop the cache of verified shards (benchmarks measure the cold cost with it)."""
     _VERIFIED.clear()
 
-def check_shard_cached(path: Path, record: dict, data=None) -> None:
+def _tag(key: tuple, sha: str) -> int:
+    """A nonzero int64 naming one verified version of a file (its stat key and sha256)."""
+    t = int.from_bytes(hashlib.blake2b(repr((key, sha)).encode(), digest_size=8).digest(), "little", signed=True)
+    return t or 1
+
+
+def check_shard_cached(path: Path, record: dict, data=None, slot=None) -> None:
     """``manifest.check_shard_file`` (size, then sha256) once per version of a file in this process:
     a file whose path, inode, size and times are unchanged since it passed is not hashed again.
     ``data``: the file's bytes or its mapping when the caller has them, so hashing faults in the
@@ -74,18 +81,28 @@ def check_shard_cached(path: Path, record: dict, data=None) -> None:
     Raises ``T2IError`` naming the shard with expected and actual values when they differ;
     ``OSError`` (missing, unreadable) passes through for the caller to count the shard as lost.
     sha256 runs at ~1.4 GB/s here (SHA-NI) with the GIL released, so a stream hashes the next
-    shard in a thread while it gathers the current one (``TokenStream``)."""
+    shard in a thread while it gathers the current one (``TokenStream``).
+
+    ``slot``: (int64 tensor in shared memory, row, column) from ``PlannedStream.verified_slot``:
+    a version verified by any worker of the stream's DataLoader (persistent workers, which no
+    later fork refreshes) counts as verified in every other one."""
     st = os.stat(path)
     expected = record.get("sha256")
     key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if expected and st.st_size == record.get("bytes") and _VERIFIED.get(key) == expected:
-        return
+    if expected and st.st_size == record.get("bytes"):
+        if _VERIFIED.get(key) == expected:
+            return
+        if slot is not None and int(slot[0][slot[1], slot[2]]) == _tag(key, expected):
+            _VERIFIED[key] = expected
+            return
     if data is None and st.st_size and st.st_size == record.get("bytes"):
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             check_shard_file(path, record, mm)
     else:
         check_shard_file(path, record, data)
     _VERIFIED[key] = expected
+    if slot is not None and expected:
+        slot[0][slot[1], slot[2]] = _tag(key, expected)
     if get_worker_info() is not None:
         _NEW.append((key, expected))
 
@@ -237,10 +254,10 @@ class ShardStream(PlannedStream, IterableDataset):
             name = self.names[shard]
             i = 0
             try:
-                for d, rec in zip(self.dirs, self.records):
+                for j, (d, rec) in enumerate(zip(self.dirs, self.records)):
                     if name not in rec:
                         raise T2IError(f"{d}: its manifest lists no shard {name}")
-                    check_shard_cached(d / name, rec[name])
+                    check_shard_cached(d / name, rec[name], slot=self.verified_slot(j, shard))
                 for parts in zip(*[iter_samples(d / name) for d in self.dirs], strict=True):
                     if i >= b:
                         break

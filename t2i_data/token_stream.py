@@ -168,8 +168,8 @@ class TokenStream(PlannedStream, IterableDataset):
         hashing thread: the hash also faults in the pages the gather reads next)."""
         name = self.names[shard]
         img, txt = self._read(self.img_dir / name), self._read(self.txt_dir / name)
-        check_shard_cached(self.img_dir / name, self.img_rec[shard], img)
-        check_shard_cached(self.txt_dir / name, self.txt_rec[shard], txt)
+        check_shard_cached(self.img_dir / name, self.img_rec[shard], img, self.verified_slot(0, shard))
+        check_shard_cached(self.txt_dir / name, self.txt_rec[shard], txt, self.verified_slot(1, shard))
         return img, txt
 
     def _shard(self, shard: int, a: int, b: int, opened):

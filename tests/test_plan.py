@@ -88,3 +88,14 @@ def test_a_resumed_share_skips_the_consumed_batches_of_the_plan_worker_it_plays(
     fresh = _Stream(plan_exact, [40], world=1)
     assert [s.ranges for s in shares] == [fresh.share(w, 3, "shuffle").ranges for w in (2, 0, 1)]
     assert np.array_equal(shares[0].rng.integers(1 << 30, size=4), fresh.share(2, 3, "shuffle").rng.integers(1 << 30, size=4))
+
+
+def test_the_position_set_epoch_writes_is_one_array_and_pickling_leaves_the_loaders_behind():
+    import pickle
+
+    ds = _Stream(plan_exact, [40], world=1)
+    ds.set_epoch(3, skip_batches=7)
+    assert (ds.epoch, ds.skip_batches) == (3, 7) and ds._position.tolist() == [3, 7]
+    ds._loaders = {(2, False): object()}  # what stream.loader keeps: DataLoaders, never sent to a worker
+    copy = pickle.loads(pickle.dumps(ds))
+    assert (copy.epoch, copy.skip_batches) == (3, 7) and not hasattr(copy, "_loaders") and copy.verified_slot(0, 0) is None

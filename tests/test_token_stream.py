@@ -274,8 +274,9 @@ def test_mixed_caption_counts_give_one_of_each_samples_rows_and_the_index_change
 
 
 def test_shards_verified_by_workers_are_not_hashed_again_next_epoch(tokens, tmp_path, monkeypatch):
-    """Workers send back what they verified; the next epoch's workers (forked from this process)
-    start with it, so a later epoch costs a stat per shard, and a rewrite is still caught."""
+    """Workers send back what they verified; workers forked later from this process (another
+    stream's DataLoader) start with it, and the stream's own persistent workers keep theirs, so a
+    later epoch costs a stat per shard."""
     import types
 
     from t2i_data import manifest, stream
@@ -290,6 +291,55 @@ def test_shards_verified_by_workers_are_not_hashed_again_next_epoch(tokens, tmp_
     def no_hash(*a, **k):
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(manifest, "hashlib", types.SimpleNamespace(sha256=no_hash))  # the workers fork with it
-    ds.set_epoch(1)
-    assert sum(int(b["valid"].sum()) for b in loader(ds, 2)) == N
+    fresh = TokenStream(img, txt, batch_size=5, seed=3)
+    monkeypatch.setattr(manifest, "hashlib", types.SimpleNamespace(sha256=no_hash))  # new workers fork with it
+    fresh.set_epoch(1)
+    assert sum(int(b["valid"].sum()) for b in loader(fresh, 2)) == N  # new workers, forked with this process' cache
+
+
+def test_persistent_workers_hash_each_shard_once_over_epochs(tokens, tmp_path, monkeypatch):
+    """A persistent worker handed, in a later epoch, a shard another worker verified finds it in the
+    stream's shared table (``PlannedStream.verified_slot``) and does not hash it again."""
+    from t2i_data import stream
+
+    img, txt = _copy(tokens, tmp_path, "img")
+    stream.forget_verified()
+    log, real = tmp_path / "hashed.log", stream.check_shard_file
+
+    def counting(path, record, data=None):  # the workers fork with it; each appends what it hashes
+        with open(log, "a") as f:
+            f.write(f"{path}\n")
+        return real(path, record, data)
+
+    monkeypatch.setattr(stream, "check_shard_file", counting)
+    ds = TokenStream(img, txt, batch_size=5, seed=3)
+    for epoch in range(4):  # the epochs' shard orders hand each worker shards the other one verified
+        ds.set_epoch(epoch)
+        assert sum(int(b["valid"].sum()) for b in loader(ds, 2)) == N
+    names = sorted(p.name for p in img.glob("*.tar"))
+    assert sorted(log.read_text().split()) == sorted(str(d / n) for d in (img, txt) for n in names)  # once each, over 4 epochs
+
+
+# (epoch, batches already consumed, batches this run takes before it stops: None = all)
+EPOCHS = [(0, 0, None), (1, 0, 2), (1, 2, None), (2, 3, None), (3, 0, None)]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_loader_keeps_its_workers_and_gives_the_batches_of_a_new_dataloader_per_epoch(tokens, workers):
+    """set_epoch then loader every epoch (a break mid-epoch, a resume at a batch) on one stream with
+    persistent workers: batch for batch the keys and token bytes of a new DataLoader per epoch."""
+    ds = TokenStream(tokens / "img", tokens / "text", batch_size=4, seed=3, shuffle_buffer=8)
+    for epoch, skip, take in EPOCHS:
+        ds.set_epoch(epoch, skip, workers)
+        got = []
+        for b in loader(ds, workers):
+            got.append(b)
+            if len(got) == take:
+                break
+        want = collect(tokens, 0, 1, workers, 4, epoch=epoch, skip=skip)[:take]
+        assert len(got) == (take or ds.batches_per_epoch(workers) - skip)
+        assert [b["keys"] for b in got] == [b["keys"] for b in want]
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in ("text", "image", "valid"))
+    if workers:
+        (dl,) = ds._loaders.values()
+        assert dl.persistent_workers and dl._iterator is not None and len(dl._iterator._workers) == workers
