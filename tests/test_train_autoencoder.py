@@ -153,3 +153,41 @@ def test_unreadable_images_are_counted_in_metrics_and_stop_above_max_lost(ae_ima
     rows = metrics(tmp_path / "go")
     assert sum(r.get("lost", 0) for r in rows) == n and all(r["lost_shards"] == {first.name: r["lost"]} for r in rows if "lost" in r)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_epochs_multistep_grad_clip_and_heldout_rows(ae_images, tmp_path):
+    """4 images, batch 2: 2 steps per epoch, so epochs=3 is 6 steps; the rate halves at epochs 1
+    and 2; every train row carries lr, τ and the KL weight and the norm before clipping; held-out
+    rows at steps 3 and 6 (the end, not twice), the last equal to evaluating the final checkpoint."""
+    from t2i_models.eval_autoencoder import heldout_metrics
+
+    out = tmp_path / "e"
+    res = train(TrainConfig(arch="dvae_tiny", images=str(ae_images), out=str(out), epochs=3, batch_size=2, num_workers=0, lr=0.01,
+                            lr_schedule="multistep", milestones=[1, 2], lr_gamma=0.5, grad_clip=0.5, eval_images=str(ae_images),
+                            eval_every=3, eval_n=3, log_every=1, grid_every=100))
+    assert (res["step"], res["epoch"]) == (6, 3)
+    rows = metrics(out)
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in train_rows] == [0, 0, 1, 1, 2, 2]
+    assert [r["lr"] for r in train_rows] == [0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025]
+    assert all({"tau", "lambda", "grad_norm", "loss"} <= set(r) and r["grad_norm"] > 0 for r in train_rows)
+    test_rows = [r for r in rows if r.get("split") == "test"]
+    assert [(r["step"], r["images"]) for r in test_rows] == [(3, 3), (6, 3)]
+    model, _ = load_autoencoder(out / "last.pt")
+    again = heldout_metrics(model, ae_images, n=3)
+    assert all(test_rows[-1][k] == pytest.approx(again[k], rel=1e-6, abs=1e-9) for k in ("mse", "psnr", "bce", "codes_used", "perplexity"))
+
+
+def test_codebook_lr_puts_the_loss_codebook_in_its_own_group(ae_images, tmp_path):
+    common = dict(images=str(ae_images), batch_size=2, num_workers=0, log_every=1, grid_every=100, lr=1e-3)
+    out = tmp_path / "vq"
+    train(TrainConfig(arch="vqvae_tiny", out=str(out), steps=2, codebook_lr=0.05, model={"codebook": "loss"}, **common))
+    ck = torch.load(out / "last.pt", weights_only=True)
+    groups = ck["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 0.05] and len(groups[1]["params"]) == 1  # the (V, D) codewords alone
+    assert [(r["lr"], r["codebook_lr"]) for r in metrics(out)] == [(1e-3, 0.05)] * 2
+    with pytest.raises(T2IError, match="was trained with codebook_lr=0.05; codebook_lr=0.0 changes the optimizer.s parameter groups: resume with codebook_lr=0.05"):
+        train(TrainConfig(arch="vqvae_tiny", out=str(out), steps=4, model={"codebook": "loss"}, **common))
+    for arch, model in [("dvae_tiny", {}), ("vqvae_tiny", {"codebook": "ema"})]:
+        with pytest.raises(T2IError, match=f"codebook_lr=0.05: {arch} has no codebook trained by the loss"):
+            train(TrainConfig(arch=arch, out=str(tmp_path / arch), steps=1, codebook_lr=0.05, model=model, **common))

@@ -211,3 +211,49 @@ def test_lost_samples_go_to_metrics_and_stop_the_run_above_max_lost(md_tokens, t
     assert sum(r["valid"] for r in rows if "valid" in r and r["epoch"] == 0) == 103 - 16
     with pytest.raises(T2IError, match="max_lost is a share"):
         cfg(md_tokens, tmp_path, max_lost=5)
+
+
+def test_epochs_multistep_and_heldout_cross_entropy(md_tokens, tmp_path):
+    """103 samples, batch 8: 13 micro-batches an epoch, 4 optimizer steps with grad_accum=4 (the
+    last window holds one), so epochs=2 is 8 steps, the rate halved in the second epoch. Held-out
+    rows at steps 4 and 8; the last equals the image-token cross-entropy of the final checkpoint
+    over the whole set, computed here independently (nats per image token)."""
+    import torch.nn.functional as F
+
+    from t2i_data.token_stream import TokenStream
+
+    out = tmp_path / "h"
+    res = train_prior(cfg(md_tokens, out, epochs=2, batch_size=8, grad_accum=4, optimizer="adam", lr_schedule="multistep",
+                          milestones=[1], lr_gamma=0.5, warmup=0, grad_clip=1.0, eval_image_tokens=str(md_tokens / "img"),
+                          eval_text_tokens=str(md_tokens / "text"), eval_every=4))
+    assert (res["step"], res["epoch"]) == (8, 1)  # stopped at the end of epoch 1
+    rows = metrics(out)
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    assert [(r["step"], r["epoch"], r["lr"]) for r in train_rows] == [(s, (s - 1) // 4, 3e-3 if s <= 4 else 1.5e-3) for s in range(1, 9)]
+    assert [r["valid"] for r in train_rows] == [32, 32, 32, 7] * 2 and all(r["grad_norm"] > 0 for r in train_rows)
+    test_rows = [r for r in rows if r.get("split") == "test"]
+    assert [(r["step"], r["samples"]) for r in test_rows] == [(4, 103), (8, 103)]
+    model, _ = load_prior(out / "last.pt")
+    batch = next(iter(TokenStream(md_tokens / "img", md_tokens / "text", batch_size=103)))
+    with torch.no_grad():
+        logits = model(batch["text"].long(), batch["image"].long())["image_logits"]
+        ce = F.cross_entropy(logits.float().transpose(1, 2), batch["image"].long())
+    assert test_rows[-1]["test_loss"] == pytest.approx(float(ce), rel=1e-5)
+    short = train_prior(cfg(md_tokens, tmp_path / "n", steps=1, eval_image_tokens=str(md_tokens / "img"),
+                            eval_text_tokens=str(md_tokens / "text"), eval_n=10))
+    assert short["step"] == 1 and [(r["step"], r["samples"]) for r in metrics(tmp_path / "n") if r.get("split") == "test"] == [(1, 10)]
+    with pytest.raises(T2IError, match="eval_image_tokens and eval_text_tokens go together"):
+        cfg(md_tokens, tmp_path, steps=1, eval_image_tokens="x")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of even g1_tiny takes ~2 min on a 2-core CPU (inductor's "
+                    "C++ build); the compiled path is checked on a GPU")
+def test_compiled_training_on_gpu_matches_the_plain_model_closely(md_tokens, tmp_path):
+    plain = train_prior(cfg(md_tokens, tmp_path / "plain", steps=3, num_workers=1, precision="fp32"))
+    fast = train_prior(cfg(md_tokens, tmp_path / "compiled", steps=3, num_workers=1, precision="fp32", compile=True))
+    assert plain["step"] == fast["step"] == 3
+    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "compiled")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3)
+    ck = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ck["state_dict"])  # checkpoints save the plain model
