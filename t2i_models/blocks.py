@@ -83,10 +83,19 @@ def init_output_bias(dec: nn.Sequential, x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def code_usage(tokens: torch.Tensor, vocab_size: int) -> dict:
-    """Perplexity of the code histogram (V when every code is used equally) and the share of codes used."""
-    usage = torch.bincount(tokens.flatten(), minlength=vocab_size).float()
-    p = usage[usage > 0] / usage.sum()
-    return {"perplexity": torch.exp(-(p * p.log()).sum()), "used": (usage > 0).float().mean()}
+    """Perplexity of the code histogram of ``tokens`` (any shape, int64 ids 0..V−1): exp of its
+    entropy in nats, V when every code is used equally, 1 when one code takes all; and "used",
+    the share of the V codes that occur. Both 0-dim fp32 tensors on the tokens' device.
+
+    The histogram is a ``scatter_add_`` of ones and 0·log 0 is taken as 0 with ``torch.where``:
+    no ``bincount`` (which reads its output size back to the host) and no boolean-mask indexing
+    (whose output size is data-dependent), so a training step never waits on the GPU here."""
+    flat = tokens.reshape(-1).long()
+    usage = torch.zeros(vocab_size, dtype=torch.float32, device=tokens.device)
+    usage.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))  # (V,)
+    p = usage / usage.sum().clamp(min=1.0)
+    plogp = torch.where(p > 0, p * torch.log(p.clamp(min=1e-30)), torch.zeros_like(p))
+    return {"perplexity": torch.exp(-plogp.sum()), "used": (usage > 0).float().mean()}
 
 
 class Autoencoder(nn.Module):
@@ -96,8 +105,13 @@ class Autoencoder(nn.Module):
     def init_output_bias(self, x: torch.Tensor) -> None:
         """Start the output layer at the data's mean pixel instead of 0.5: the bias in front of the
         sigmoid would otherwise need thousands of optimizer steps to reach a mostly black (or
-        mostly bright) background."""
+        mostly bright) background. Under torch.distributed every rank gets rank 0's bias, since
+        each computes it from its own first batch."""
         init_output_bias(self.decoder, x)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(self.decoder[-2][-1].bias.data, 0)
 
     def config_dict(self) -> dict:
         from dataclasses import asdict

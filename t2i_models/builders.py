@@ -15,9 +15,11 @@ CONFIGS = {
     "dvae_mdmnist": DVAEConfig(vocab_size=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
     "dvae_cub64": DVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
     "dvae_cub128": DVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
-    "vqvae_mdmnist": VQVAEConfig(vocab_size=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
-    "vqvae_cub64": VQVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
-    "vqvae_cub128": VQVAEConfig(vocab_size=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
+    # dim = vocab_size: Table 5's note, "the vocabulary size parameter is responsible for both
+    # number of tokens and their dimension in case of VQ-VAE model"
+    "vqvae_mdmnist": VQVAEConfig(vocab_size=256, dim=256, hidden=256, downsamples=2, n_rd=4, n_rb=4, image_size=128),
+    "vqvae_cub64": VQVAEConfig(vocab_size=512, dim=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=64),
+    "vqvae_cub128": VQVAEConfig(vocab_size=512, dim=512, hidden=512, downsamples=2, n_rd=6, n_rb=4, image_size=128),
     # tiny ones for tests and smoke runs
     "dvae_tiny": DVAEConfig(vocab_size=32, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, tau_start=1.0, tau_end=0.5, tau_steps=200,
                             kl_steps=50, kl_weight=0.01),

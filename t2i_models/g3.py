@@ -15,7 +15,10 @@ from .g2 import G2Config
 
 
 class G3Config(G2Config):
-    """The same fields as G2: token spaces, encoder / decoder depths, heads, width."""
+    """The same fields as G2: token spaces, encoder / decoder depths, heads, width, MLP width
+    (``mlp``, 0: 4 · width: BERT's ``intermediate_size``, GPT-2's ``n_inner``) and ``activation``
+    ("gelu": BERT's gelu and GPT-2's gelu_new, their defaults; "relu": ReLU in both).
+    ``dropout`` is not passed on: BERT and GPT-2 keep their own 0.1."""
 
 
 class G3(nn.Module):
@@ -30,9 +33,10 @@ class G3(nn.Module):
 
         self.cfg = cfg
         enc = BertConfig(vocab_size=cfg.text_vocab, hidden_size=cfg.width, num_hidden_layers=cfg.encoder_layers,
-                         num_attention_heads=cfg.heads, intermediate_size=4 * cfg.width, max_position_embeddings=cfg.text_len,
-                         pad_token_id=cfg.pad_id)
+                         num_attention_heads=cfg.heads, intermediate_size=cfg.mlp or 4 * cfg.width, max_position_embeddings=cfg.text_len,
+                         pad_token_id=cfg.pad_id, hidden_act=cfg.activation)
         dec = GPT2Config(vocab_size=cfg.image_vocab + 1, n_embd=cfg.width, n_layer=cfg.decoder_layers, n_head=cfg.heads,
+                         n_inner=cfg.mlp or None, activation_function="gelu_new" if cfg.activation == "gelu" else "relu",
                          n_positions=cfg.grid * cfg.grid, add_cross_attention=True, is_decoder=True,
                          bos_token_id=cfg.image_vocab, eos_token_id=cfg.image_vocab)
         self.model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))

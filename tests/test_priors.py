@@ -107,11 +107,11 @@ def test_tiny_prior_memorises_token_samples_and_samples_them_at_temperature_zero
 def test_thesis_prior_configurations():
     m = g2_cub128(text_vocab=5000, text_len=64, pad_id=0, image_vocab=512, grid=32)
     c = m.cfg
-    assert (c.encoder_layers, c.decoder_layers, c.width, c.heads) == (16, 12, 512, 8)
+    assert (c.encoder_layers, c.decoder_layers, c.width, c.mlp, c.heads) == (16, 12, 512, 512, 8)  # Table 7
     from t2i_models.prior_builders import g1_mdmnist
 
-    g = g1_mdmnist().cfg
-    assert (g.layers, g.heads, g.width, g.text_len, g.grid, g.image_vocab) == (12, 8, 256, 12, 32, 256)
+    g = g1_mdmnist().cfg  # Table 6: MLP hidden 512 (Table 4: ReLU), width 256 as the thesis code
+    assert (g.layers, g.heads, g.width, g.mlp, g.activation, g.text_len, g.grid, g.image_vocab) == (12, 8, 256, 512, "relu", 12, 32, 256)
 
 
 @pytest.mark.parametrize("name", PRIORS)
