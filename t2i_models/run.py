@@ -406,7 +406,7 @@ def _checkpoint(out: str):
 
 
 def _output_identity(s: Stage):
-    """The identity of a finished stage's outputs, or a str saying why they do not verify."""
+    """The identity of a finished stage's outputs (a dict), or a str saying why they do not verify."""
     if s.kind in SHARD_KINDS:
         return _shard_identity(s.out)
     if s.kind == "tokenizer":
@@ -415,19 +415,19 @@ def _output_identity(s: Stage):
         if not Path(s.out).is_dir():
             return "no outputs"
         try:
-            return load_tokenizer(s.out).fingerprint
+            return {"fingerprint": load_tokenizer(s.out).fingerprint}
         except (T2IError, OSError, ValueError, KeyError) as e:
             return f"the tokenizer does not load ({e})"
     if s.kind in TRAIN_KINDS:
         ck = _checkpoint(s.out)
         return "no checkpoint" if ck is None else ck if isinstance(ck, str) else {"fingerprint": ck["fingerprint"], "step": ck["step"]}
     report = Path(s.out) / "report.json"
-    return hashlib.sha256(report.read_bytes()).hexdigest() if report.is_file() else "no report.json"
+    return {"report_sha256": hashlib.sha256(report.read_bytes()).hexdigest()} if report.is_file() else "no report.json"
 
 
 def _diff(old: dict, new: dict, skip=()) -> list[str]:
     keys = sorted((set(old) | set(new)) - set(skip))
-    return [f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+    return [f"{k} {json.dumps(old.get(k))} → {json.dumps(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
 
 
 def assess(stages: list[Stage]) -> None:
