@@ -18,6 +18,8 @@ the run with one ``T2IError`` naming the shard (and key). A shard that cannot be
 become padding, and the epoch goes on: the trainer's ``stream.LostSamples`` stops it above
 ``max_lost``. Resume at any batch: ``set_epoch(epoch, batches_done)`` / ``load_state_dict``, as
 in ``ShardStream`` (both are ``plan.PlannedStream``s; this one plans with ``plan.plan_exact``).
+Through ``stream.loader`` the DataLoader workers stay alive across epochs (epoch, resume position
+and the shards already verified in shared memory), as for ``ShardStream``.
 
 Batches hold ``text`` (B, L) and ``image`` (B, H·W) as int32 tensors (half the bytes of int64
 to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys``,
