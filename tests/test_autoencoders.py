@@ -38,12 +38,15 @@ def test_thesis_configurations():
     assert (cub.vocab_size, cub.hidden, cub.downsamples, cub.n_rd, cub.n_rb, cub.grid) == (512, 512, 2, 6, 4, 32)
     assert CONFIGS["dvae_cub64"].grid == 16
     assert CONFIGS["vqvae_cub128"].beta == 0.25 and CONFIGS["vqvae_cub128"].decay == 0.99 and CONFIGS["vqvae_cub128"].eps == 1e-5
+    assert CONFIGS["vqvae_cub128"].dim == 512 and CONFIGS["vqvae_mdmnist"].dim == 256  # Table 5's note: dimension = vocabulary size
 
 
 def test_tau_and_lambda_schedules():
     c = DVAEConfig(tau_start=1.0, tau_end=0.0625, tau_steps=1000, kl_weight=6.6, kl_steps=100)
     assert [c.tau(s) for s in (0, 500, 1000, 5000)] == [1.0, pytest.approx(0.53125), 0.0625, 0.0625]
     assert [c.kl_lambda(s) for s in (0, 25, 100, 10**6)] == [0.0, pytest.approx(1.65), pytest.approx(6.6), pytest.approx(6.6)]
+    fixed = DVAEConfig(kl_weight=0.01, kl_steps=0)  # thesis Table 6: one value from the start
+    assert [fixed.kl_lambda(s) for s in (0, 1, 3000)] == [0.01, 0.01, 0.01]
 
 
 def test_ema_update_matches_a_hand_computed_example():
@@ -70,7 +73,8 @@ def test_vq_codebook_moves_only_by_the_ema():
     assert not any(p is m.codebook.codebook for p in m.parameters())
     assert {"codebook.codebook", "codebook.cluster_size", "codebook.embed_sum"} <= set(m.state_dict())
     x = torch.rand(4, 3, 32, 32)
-    m(x)  # first pass: data-dependent init, then one EMA step
+    m.init_output_bias(x)  # data-dependent init (the trainer's first batch)
+    m(x)  # one EMA step
     before = m.codebook.codebook.clone()
     z = m.latents(x).detach().permute(0, 2, 3, 1).reshape(-1, m.cfg.dim)
     idx = m.codebook.nearest(z)
