@@ -82,3 +82,72 @@ def test_pipeline_file_then_flags_over_dataclass_defaults(tmp_path, capsys):
         resolve(MDMNISTConfig, cfg, "mdmnist", {})
     with pytest.raises(T2IError, match="no \\[mdmnist\\] table"):
         table_values(cfg, "mdmnist")
+
+
+def test_each_stage_subcommand_reads_its_table_of_a_pipeline_file(tmp_path, capsys, monkeypatch):
+    """t2i run's tables work as --config for the stages' own subcommands, flags over the table:
+    mdmnist build, tokenizer load, tokenize, train autoencoder, encode, eval autoencoder; then
+    t2i plot draws the run's curves."""
+    import json
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    try:
+        p = tmp_path / "p.toml"
+        p.write_text("""
+[mdmnist]
+out = "md"
+train = 16
+test = 4
+shard_size = 16
+workers = 0
+[tokenizer]
+kind = "mdmnist"
+out = "tok"
+[tokenize]
+tokenizer = "tok"
+images = "md"
+out = "txt"
+length = 99
+workers = 0
+[train_autoencoder]
+arch = "dvae_mdmnist"
+images = "md/train"
+out = "ae"
+steps = 1
+batch_size = 8
+num_workers = 0
+model = { hidden = 16, downsamples = 4, vocab_size = 32 }
+[encode]
+autoencoder = "ae/last.pt"
+images = "md"
+out = "img"
+check = 2
+workers = 0
+[eval_autoencoder]
+autoencoder = "ae/last.pt"
+images = "md/test"
+out = "ev"
+""")
+        assert main(["-q", "mdmnist", "build", "--config", str(p)]) == 0
+        assert main(["-q", "tokenizer", "load", "--config", str(p)]) == 0
+        assert main(["-q", "tokenize", "--config", str(p), "--length", "12"]) == 0  # the flag wins over the table's 99
+        assert json.loads((tmp_path / "txt" / "train" / "manifest.json").read_text())["tokenizer"]["length"] == 12
+        assert main(["-q", "train", "autoencoder", "--config", str(p), "steps=2"]) == 0
+        assert main(["-q", "encode", "--config", str(p)]) == 0
+        printed = capsys.readouterr().out
+        assert "train: 16 images x 1 views -> 8x8 tokens" in printed and "re-encoded 2 samples in another batch order" in printed
+        assert main(["-q", "eval", "autoencoder", "--config", str(p), "--n", "4"]) == 0
+        report = json.loads((tmp_path / "ev" / "report.json").read_text())
+        assert {"mse", "psnr", "bce", "codes_used", "perplexity"} <= set(report) and (tmp_path / "ev" / "reconstructions.png").is_file()
+        assert "wrote ev/report.json and ev/reconstructions.png" in capsys.readouterr().out
+        assert main(["-q", "plot", "ae", "--out", "curves"]) == 0
+        pngs, printed = sorted((tmp_path / "curves").glob("*.png")), capsys.readouterr().out
+        assert pngs and all(f"wrote {q.relative_to(tmp_path)}" in printed for q in pngs), printed
+        assert main(["-q", "plot", "md", "--out", "curves"]) == 2
+        assert "md: no metrics.jsonl in it" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)

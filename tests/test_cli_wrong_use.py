@@ -72,13 +72,27 @@ def WRONG(d):  # (argv, a fragment of the one-line message)
           "--prompt", "x", "--top-p", "2"], "--top-p must be in (0, 1]"),
         (["sample", "--prior", f"{d}/bad.pt", "--autoencoder", f"{d}/bad.pt", "--tokenizer", f"{d}/empty", "--out", f"{d}/s.png",
           "--prompt", "x", "--temperature", "-1"], "--temperature must be 0 (greedy) or more"),
+        (["tokenize", "--tokenizer", f"{d}/empty", "--images", f"{d}/empty", "--out", f"{d}/tt"], "--length needed"),
+        (["encode", "--images", f"{d}/empty", "--out", f"{d}/e"], "--autoencoder needed"),
+        (["tokenizer", "train", "--kind", "bpe", "--out", f"{d}/t"], "training a tokenizer needs images="),
+        (["eval", "autoencoder", "--images", f"{d}/empty", "--out", f"{d}/ev"], "--autoencoder needed"),
+        (["eval", "autoencoder", "--autoencoder", f"{d}/bad.pt", "--images", f"{d}/empty", "--out", f"{d}/ev", "--n", "-1"],
+         "--n: needs a number of at least 0"),
+        (["plot", f"{d}/empty", "--out", f"{d}/pl"], "no metrics.jsonl in it"),
+        (["run", f"{d}/missing.toml"], "missing.toml: no such file"),
+        (["run", f"{d}/notes.txt"], "not valid TOML"),
+        (["run", "pipelines/mdmnist-cpu.toml", "--dry-run", "train_autoencodr.lr=1"], "no stage 'train_autoencodr' in this pipeline"),
+        (["run", "pipelines/mdmnist-cpu.toml", "--dry-run", "train_autoencoder.lr=abc"], "train_autoencoder.lr: needs a finite number"),
+        (["run", "pipelines/mdmnist-cpu.toml", "--dry-run", "--until", "train_vae"], "--until train_vae: no such stage"),
+        (["train", "prior", "--config", "pipelines/mdmnist-cpu.toml"], "pick one with --table NAME"),
+        (["train", "prior", "--config", "pipelines/mdmnist-cpu.toml", "--table", "g3"], "no [train_prior.g3] table (sub-tables: g1, g2)"),
     ]
 
 
-@pytest.mark.parametrize("case", range(37))
+@pytest.mark.parametrize("case", range(50))
 def test_every_subcommand_refuses_wrong_use_with_one_line_and_exit_2(junk, case, capsys):
     table = WRONG(junk)
-    assert len(table) == 37
+    assert len(table) == 50
     argv, fragment = table[case]
     assert main(["-q", *argv, *(["--workers", "0"] if argv[0] in ("mdmnist", "preprocess", "tokenize", "encode") else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
