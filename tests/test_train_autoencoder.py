@@ -191,3 +191,17 @@ def test_codebook_lr_puts_the_loss_codebook_in_its_own_group(ae_images, tmp_path
     for arch, model in [("dvae_tiny", {}), ("vqvae_tiny", {"codebook": "ema"})]:
         with pytest.raises(T2IError, match=f"codebook_lr=0.05: {arch} has no codebook trained by the loss"):
             train(TrainConfig(arch=arch, out=str(tmp_path / arch), steps=1, codebook_lr=0.05, model=model, **common))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile takes minutes on a 2-core CPU (inductor's C++ build); "
+                    "the compiled path is checked on a GPU")
+def test_compiled_autoencoder_training_on_gpu(ae_images, tmp_path):
+    """compile = true: the training forward goes through torch.compile (the dVAE's step and Gumbel
+    generator arguments included); TF32 and the fused optimizer are on; checkpoints keep plain names."""
+    res = train(TrainConfig(arch="dvae_tiny", images=str(ae_images), out=str(tmp_path / "c"), steps=3, batch_size=2, num_workers=1,
+                            compile=True, optimizer="adamw", grad_clip=1.0))
+    assert res["step"] == 3
+    ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ck["state_dict"]) and ck["optimizer"]["param_groups"][0]["fused"]
+    assert [r["step"] for r in metrics(tmp_path / "c")] == [3] and metrics(tmp_path / "c")[0]["loss"] == metrics(tmp_path / "c")[0]["loss"]
