@@ -434,30 +434,35 @@ def assess(stages: list[Stage]) -> None:
     """Set each stage's state, reason and identity, in order (a stage after one that runs runs too)."""
     by = {s.name: s for s in stages}
     for s in stages:
-        s.state, s.reason, s.identity, s.replace, s.blocked = "to run", "", None, False, ""
-        waiting = [d for d in s.deps if by[d].state != "done (verified)"]
-        rec = _read_state(s.out)
-        inputs = {d: by[d].identity for d in s.deps}
-        if s.kind in TRAIN_KINDS:
-            _assess_model(s, rec, inputs, waiting)
-            continue
-        if waiting:
-            s.reason = f"after {', '.join(waiting)}"
-            continue
-        ident = _output_identity(s)
-        if isinstance(ident, str):
-            s.reason = ident
-        elif rec is None or rec.get("status") != "done":
-            s.reason = "no finished run recorded" if rec is None else "its last run did not finish"
-        elif rec.get("output") != ident:
-            s.reason = "outputs differ from those its run recorded"
-        elif rec.get("config") != s.config:
-            s.reason = "settings changed: " + "; ".join(_diff(rec.get("config", {}), s.config))
-        elif rec.get("inputs") != inputs:
-            s.reason = "inputs changed: " + ", ".join(k for k in sorted(set(inputs) | set(rec.get("inputs", {})))
-                                                       if inputs.get(k) != rec.get("inputs", {}).get(k))
-        else:
-            s.state, s.identity = "done (verified)", ident
+        assess_one(s, by)
+
+
+def assess_one(s: Stage, by: dict[str, Stage]) -> None:
+    """Set ``s``'s state from its outputs, its record and the states of the stages it reads (``by``)."""
+    s.state, s.reason, s.identity, s.replace, s.blocked = "to run", "", None, False, ""
+    waiting = [d for d in s.deps if by[d].state != "done (verified)"]
+    rec = _read_state(s.out)
+    inputs = {d: by[d].identity for d in s.deps}
+    if s.kind in TRAIN_KINDS:
+        _assess_model(s, rec, inputs, waiting)
+        return
+    if waiting:
+        s.reason = f"after {', '.join(waiting)}"
+        return
+    ident = _output_identity(s)
+    if isinstance(ident, str):
+        s.reason = ident
+    elif rec is None or rec.get("status") != "done":
+        s.reason = "no finished run recorded" if rec is None else "its last run did not finish"
+    elif rec.get("output") != ident:
+        s.reason = "outputs differ from those its run recorded"
+    elif rec.get("config") != s.config:
+        s.reason = "settings changed: " + "; ".join(_diff(rec.get("config", {}), s.config))
+    elif rec.get("inputs") != inputs:
+        s.reason = "inputs changed: " + ", ".join(k for k in sorted(set(inputs) | set(rec.get("inputs", {})))
+                                                   if inputs.get(k) != rec.get("inputs", {}).get(k))
+    else:
+        s.state, s.identity = "done (verified)", ident
 
 
 def _assess_model(s: Stage, rec: dict | None, inputs: dict, waiting: list[str]) -> None:
@@ -641,13 +646,18 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
     if not todo:
         print("nothing to run: every chosen stage is done", file=file)
         return stages
-    t_all = time.perf_counter()
+    t_all, ran = time.perf_counter(), set()
     for i, s in enumerate(stages):
         if s not in todo:
             continue
         unfinished = [d for d in s.deps if by[d].state != "done (verified)"]
         if unfinished:
             raise T2IError(f"stage {s.name}: {', '.join(unfinished)} did not finish")
+        if any(by[d] in todo for d in s.deps):  # what it reads was due to run: it may have come out as before
+            assess_one(s, by)
+            if s.state == "done (verified)":
+                print(f"[{todo.index(s) + 1}/{len(todo)}] {s.name}: done (verified): its inputs came out as before", file=file)
+                continue
         if s.blocked:
             raise T2IError(f"stage {s.name}: {s.blocked}")
         if s.state == "to run" and s.replace and Path(s.out).exists():
@@ -676,8 +686,9 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
                   f"after {time.perf_counter() - t0:.1f} s", file=file, flush=True)
             break
         s.state, s.identity, s.reason = "done (verified)", ident, ""
+        ran.add(s.name)
         _write_state(s.out, {"stage": s.name, "status": "done", "config": s.config, "inputs": inputs, "output": ident,
                              "seconds": round(time.perf_counter() - t0, 1)})
         print(f"[{todo.index(s) + 1}/{len(todo)}] {s.name}: done in {time.perf_counter() - t0:.1f} s: {summary}", file=file, flush=True)
-    print(f"ran {len(todo)} stage(s) in {time.perf_counter() - t_all:.1f} s", file=file)
+    print(f"ran {len(ran)} stage(s) in {time.perf_counter() - t_all:.1f} s", file=file)
     return stages

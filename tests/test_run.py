@@ -165,6 +165,22 @@ def test_an_override_reruns_only_its_stage_and_what_reads_it_then_a_longer_run_r
     assert load_checkpoint_dict(where / "runs/mdmnist-cpu-g1/last.pt")["step"] == 4
 
 
+def test_a_stage_whose_inputs_come_out_as_before_is_not_redone(done, capsys, monkeypatch):
+    """A run stopped after the dVAE's last checkpoint but before t2i run recorded it: the dVAE
+    'resumes' (nothing left to train), and what reads it is checked again, found done, and kept."""
+    where, _ = done
+    monkeypatch.chdir(where)
+    state = where / "runs/mdmnist-cpu-dvae" / STATE_NAME
+    state.write_text(json.dumps(dict(json.loads(state.read_text()), status="running")))
+    g2 = (where / "runs/mdmnist-cpu-g2/last.pt").read_bytes()
+    rc, out, _ = t2i_run(capsys, "train_prior.g2.lr=0.002", "train_prior.g1.epochs=2")
+    assert plan_states(out)["train_autoencoder"] == "partly done (checkpoint at step 2, resumes)"
+    assert plan_states(out)["encode"] == "to run (after train_autoencoder)"
+    assert rc == 0 and ran(out) == ["train_autoencoder"] and "ran 1 stage(s)" in out
+    assert "[2/7] encode: done (verified): its inputs came out as before" in out
+    assert (where / "runs/mdmnist-cpu-g2/last.pt").read_bytes() == g2
+
+
 def test_a_failing_stage_stops_the_run_with_one_message_naming_it(done, capsys, monkeypatch):
     where, _ = done
     monkeypatch.chdir(where)
