@@ -26,6 +26,10 @@ of report.json). States in the plan:
 * ``to run``: anything else (the reason is printed). A model checkpoint trained with other settings
   is moved to ``<out>.replaced`` (one kept) when ``t2i run`` wrote it, and refused otherwise.
 
+A stage planned to run because a stage it reads was due to run is checked again just before it
+would run: when its inputs came out as before (e.g. a resumed model with nothing left to train) it
+stays done.
+
 Settings that change nothing in the outputs are left out of the comparison (``NOT_IDENTITY``: log
 and checkpoint cadence, ``stop_after``, dask ``workers``, the evaluation's ``device``). Paths are
 taken as written, relative to the current directory, as every subcommand takes them.
