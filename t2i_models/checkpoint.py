@@ -31,7 +31,7 @@ from t2i_data.tokenize import TokenizeConfig
 
 from .clip import CLIP, CLIPConfig
 from .dvae import DVAE, DVAEConfig
-from .prior_builders import PRIORS
+from .prior_builders import PRIORS, prior_from_config
 from .vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,10 @@ def load_prior(path: str | Path, map_location: str = "cpu"):
     ck = load_checkpoint_dict(path, map_location=map_location)
     if ck["format"] != PRIOR_FORMAT:
         raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
-    arch = ck["train_config"]["arch"]
-    model = PRIORS[arch](**ck["tokens"], **ck["train_config"].get("model", {}))
+    if "config" in ck:  # the architecture as saved: a builder's later defaults (issue 17's MLP 512 / ReLU) do not change it
+        model = prior_from_config(ck["kind"], ck["config"], str(path))
+    else:
+        model = PRIORS[ck["train_config"]["arch"]](**ck["tokens"], **ck["train_config"].get("model", {}))
     return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7
 
 

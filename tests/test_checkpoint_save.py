@@ -80,3 +80,25 @@ def test_an_autoencoder_checkpoint_that_names_the_codebook_size_vocab_still_load
     old, _ = load_autoencoder(tmp_path / "old.pt")
     x = torch.rand(2, 3, 32, 32)
     assert old.cfg.vocab_size == 16 and torch.equal(old.encode(x), load_autoencoder(path)[0].encode(x))
+
+
+def test_a_prior_checkpoint_from_before_the_thesis_mlp_loads_with_its_own_architecture(tmp_path):
+    """Issue 17 gave g1_mdmnist / g2_mdmnist an MLP of 512 with ReLU (Table 4/6); a checkpoint saved
+    when the builder meant a 4·width GELU MLP still loads, from the config saved in it, not the
+    builder's new defaults, and predicts exactly as before."""
+    from t2i_models.checkpoint import load_prior, save_prior
+    from t2i_models.prior_builders import g1_mdmnist, g2_mdmnist
+
+    for build, kind in ((g1_mdmnist, "g1"), (g2_mdmnist, "g2")):
+        torch.manual_seed(0)
+        layers = dict(layers=1) if kind == "g1" else dict(encoder_layers=1, decoder_layers=1)
+        old = build(width=32, heads=2, mlp=0, activation="gelu", text_causal=False, **layers) if kind == "g1" else \
+            build(width=32, heads=2, mlp=0, activation="gelu", **layers)
+        path = tmp_path / f"{kind}.pt"
+        save_prior(path, old, train_config={"arch": f"{kind}_mdmnist", "model": dict(width=32, heads=2, **layers)},
+                   tokens=dict(text_vocab=24, text_len=12, pad_id=20, image_vocab=256, grid=32))
+        loaded, ck = load_prior(path)
+        assert loaded.cfg.mlp == 0 and loaded.cfg.activation == "gelu" and ck["kind"] == kind
+        text, image = torch.randint(0, 20, (2, 12)), torch.randint(0, 256, (2, 32 * 32))
+        old.eval()
+        assert torch.equal(loaded(text, image)["image_logits"], old(text, image)["image_logits"])
