@@ -157,7 +157,7 @@ def reconstructed_command(m: dict) -> list[str] | None:
                    "--jpeg-quality", str(c["jpeg_quality"]), "--seed", str(c["seed"])]
             for flag, key in ds.flags if ds else ():  # the dataset's own settings (cub: --cub-split)
                 cmd += [flag, str(c[key])]
-            for flag, key in (("--bbox-crop", "bbox_crop"), ("--limit", "limit"), ("--max-aspect", "max_aspect"),
+            for flag, key in (("--scale", "scale"), ("--bbox-crop", "bbox_crop"), ("--limit", "limit"), ("--max-aspect", "max_aspect"),
                               ("--max-decoded-pixels", "max_decoded_pixels"), ("--max-target-pixels", "max_target_pixels")):
                 if c.get(key) is not None:
                     cmd += [flag, str(c[key])]

@@ -59,6 +59,7 @@ class PreprocessConfig:
     splits: tuple[str, ...] = ()  # empty: every split the source has
     shard_size: int = 1000
     jpeg_quality: int = 95
+    scale: int = 1  # stored pixels per output pixel: 2 stores at 2x and rotates there (<= 2/255 from the thesis order; regimes.py)
     seed: int = 0  # for the random part applied downstream; recorded so consumers agree
     cub_split: str = "official"
     bbox_crop: float | None = None  # CUB: crop to the bounding box enlarged by this factor (AttnGAN: 1.5)
@@ -81,6 +82,8 @@ class PreprocessConfig:
             raise T2IError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.jpeg_quality <= 100:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        if self.scale not in (1, 2):
+            raise T2IError(f"--scale must be 1 (store at the output resolution) or 2 (store at twice it), got {self.scale}")
         boxed = [name for name in names if registry.lookup(name).bbox]  # whose records carry bounding boxes
         if self.bbox_crop is not None and self.dataset not in boxed:
             raise T2IError(f"--bbox-crop applies to {', '.join(boxed)} only (datasets with bounding boxes), not to {self.dataset}")
@@ -109,6 +112,8 @@ class PreprocessConfig:
         d = dataclasses.asdict(self)
         for k in ("root", "captions", "strict"):
             d.pop(k)
+        if self.scale == 1:  # absent at 1: sets built before the setting existed keep their digest (same bytes)
+            d.pop("scale")
         d["splits"] = list(self.splits)
         return d
 
@@ -245,7 +250,7 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
 
 
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Quarantined]:
-    regime = Regime(cfg.regime, cfg.size)
+    regime = Regime(cfg.regime, cfg.size, cfg.scale)
     root = Path(cfg.root)
     read_image = registry.lookup(cfg.dataset).read_image or read_image_file
     totals: dict = {}

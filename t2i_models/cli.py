@@ -77,7 +77,7 @@ def cmd_preprocess(args) -> int:
     from t2i_data.quarantine import quarantine_counts
     from t2i_models.run import sub_tables, read_pipeline
 
-    flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "seed", "cub_split", "out", "workers",
+    flags = {f: getattr(args, f) for f in ("root", "regime", "size", "shard_size", "jpeg_quality", "scale", "seed", "cub_split", "out", "workers",
                                            "bbox_crop", "captions", "limit", "max_aspect", "max_decoded_pixels", "max_target_pixels")}
     flags["dataset"] = args.dataset
     flags["splits"] = tuple(args.split.split(",")) if args.split else None
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--split", help=f"comma-separated splits ({'; '.join(f'{ds.name}: ' + ','.join(ds.splits) for ds in built)}); default all present")
     pp.add_argument("--shard-size", type=int)
     pp.add_argument("--jpeg-quality", type=int)
+    pp.add_argument("--scale", type=int, choices=(1, 2), help="2: store at twice N and rotate there (within 2/255 of the thesis order, "
+                    "about 3x the bytes, slower views); default 1")
     pp.add_argument("--seed", type=int, help="seed recorded for the random part applied downstream")
     pp.add_argument("--cub-split", choices=("official", "attngan"))
     pp.add_argument("--bbox-crop", type=float, help="cub: crop to the bounding box enlarged by this factor (AttnGAN: 1.5)")

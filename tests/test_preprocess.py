@@ -158,3 +158,33 @@ def test_shipped_pipeline_configs(name, dataset, size, tmp_path, capsys, cub_roo
     other = "coco" if dataset == "cub" else "cub"
     assert main(["preprocess", other, "--config", str(path), "--root", str(root), "--out", str(tmp_path / "x")]) == 2
     assert f"is a {dataset} pipeline; run it as 't2i preprocess {dataset}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("regime", ["ae", "prior"])
+def test_scale_2_stores_twice_the_size_views_at_n_and_keeps_scale_1_digests(cub_root, tmp_path, regime):
+    """--scale 2 stores each image at twice the regime's size (regimes.Regime.stored_size); the
+    stream's views are N x N either way; the manifest's config records scale only when it is 2, so a
+    scale-1 set keeps the digest it had before the setting existed; the card's rebuild command
+    carries --scale 2."""
+    from t2i_data.augment import regime_of
+    from t2i_data.card import reconstructed_command
+    from t2i_data.manifest import load_manifest
+
+    one = preprocess(PreprocessConfig("cub", str(cub_root), regime=regime, size=16, splits=("train",)), tmp_path / "one", InProcessRunner())
+    two = preprocess(PreprocessConfig("cub", str(cub_root), regime=regime, size=16, splits=("train",), scale=2), tmp_path / "two",
+                     InProcessRunner())
+    assert "scale" not in one["train"]["config"] and two["train"]["config"]["scale"] == 2
+    assert one["train"]["digest"] != two["train"]["digest"]
+    a, b = samples_of(tmp_path / "one", "train"), samples_of(tmp_path / "two", "train")
+    assert [s["__key__"] for s in a] == [s["__key__"] for s in b] and a
+    for sa, sb in zip(a, b):
+        ia, ib = decode_image(sa["jpg"]), decode_image(sb["jpg"])  # (H, W, 3) uint8
+        assert ib.shape == (2 * ia.shape[0], 2 * ia.shape[1], 3)
+    m = load_manifest(tmp_path / "two" / "train" / "manifest.json")
+    reg = regime_of(m)
+    from PIL import Image
+
+    stored = Image.fromarray(decode_image(b[0]["jpg"]))
+    assert reg.apply_view(stored, reg.draw(0, b[0]["__key__"], 0, stored.size, online=True)).size == (16, 16)
+    cmd = reconstructed_command(m)
+    assert cmd[cmd.index("--scale") + 1] == "2" and "--scale" not in reconstructed_command(load_manifest(tmp_path / "one" / "train" / "manifest.json"))
