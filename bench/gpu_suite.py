@@ -187,7 +187,8 @@ def cuda_tests(timeout: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}", "tests"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+               f"--junitxml={xml}", "tests"]  # a machine without the test extras (datasets) still runs the CUDA tests
         t = time.monotonic()
         try:
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -175,6 +175,7 @@ def test_restart_dead_codes_without_reading_back_counts():
     assert cb.cluster_size.tolist() == [1.0] * 32 and torch.equal(cb.embed_sum[1::2], cb.codebook[1::2])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a GPU")
 @pytest.mark.parametrize("name, over", [("dvae_tiny", {}), ("dvae_tiny", {"kl_mode": "image"}), ("vqvae_tiny", {}),
                                         ("vqvae_tiny", {"codebook": "loss"})])
