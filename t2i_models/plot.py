@@ -8,8 +8,8 @@ used, perplexity, ...). ``plot_runs`` writes one figure per quantity that any ru
 perplexity, held-out MSE / PSNR / BCE, CLIP's batch accuracy), the runs overlaid in their own
 colours with a legend of their folder names; training curves are solid, held-out ones dashed with
 a dot at every evaluation. Noisy training terms (the losses) are drawn raw and faint under their
-moving average over the last ``MA_WINDOW`` = 100 logged values, as the thesis' Figure 19 (fewer
-values at the start: the mean of those so far). A step logged twice (a run resumed from an
+moving average over a window of ``MA_WINDOW`` = 100 training steps, as the thesis' Figure 19
+(the values logged in the last 100 steps; at log_every >= 100 the curve is the raw one). A step logged twice (a run resumed from an
 earlier checkpoint) keeps its last row. The learning rate gets a log axis when it spans a factor
 of 10 or more (step schedules). The bytes depend on the rows only (no clock, no metadata).
 """
@@ -109,12 +109,15 @@ def series(rows: list[dict], keys: tuple[str, ...], held_out: bool) -> tuple[np.
     return np.array(steps, dtype=np.float64), np.array([by_step[s] for s in steps], dtype=np.float64)
 
 
-def moving_average(v: np.ndarray, window: int = MA_WINDOW) -> np.ndarray:
-    """Trailing mean over the last ``window`` values (over those so far for the first ones)."""
+def moving_average(steps: np.ndarray, v: np.ndarray, window: int = MA_WINDOW) -> np.ndarray:
+    """Trailing mean of the values ``v`` logged at ``steps`` (increasing) whose step lies in
+    (s - window, s] for each logged step s: a window of ``window`` training steps, as the thesis'
+    Figure 19 ("window size of 100 iterations"), whatever ``log_every`` was (a window of logged
+    rows would average over 5,000 steps at log_every 50). Shapes (n,) float64 -> (n,)."""
     c = np.cumsum(np.concatenate([[0.0], v]))
-    i = np.arange(1, len(v) + 1)
-    lo = np.maximum(i - window, 0)
-    return (c[i] - c[lo]) / (i - lo)
+    hi = np.arange(1, len(v) + 1)
+    lo = np.searchsorted(steps, steps - window, side="right")
+    return (c[hi] - c[lo]) / (hi - lo)
 
 
 def _ticks(lo: float, hi: float, n: int = 6) -> tuple[list[float], float]:
@@ -205,7 +208,7 @@ def line_chart(runs: list[tuple[str, dict]], q: Quantity) -> Image.Image:
         color = COLORS[i % len(COLORS)]
         s, v = parts.get("train", ((), ()))
         if len(s):
-            pts = list(zip(xpos(s).tolist(), ypos(moving_average(v) if q.smooth else v).tolist()))
+            pts = list(zip(xpos(s).tolist(), ypos(moving_average(s, v) if q.smooth else v).tolist()))
             d.line(pts, fill=color, width=2) if len(pts) > 1 else d.ellipse(_dot(pts[0], 2), fill=color)
         s, v = parts.get("test", ((), ()))
         if len(s):
@@ -241,7 +244,7 @@ def _legend(d: ImageDraw.ImageDraw, runs, q: Quantity, x: float, y: float, fnt) 
     has_test = any(len(p.get("test", ((),))[0]) for _, p in runs)
     keys = []
     if has_train:
-        keys.append(("solid", f"training, moving average of {MA_WINDOW}" if q.smooth else "training"))
+        keys.append(("solid", f"training, moving average over {MA_WINDOW} steps" if q.smooth else "training"))
         if q.smooth:
             keys.append(("faint", "training, raw"))
     if has_test:

@@ -55,9 +55,12 @@ def test_series_split_last_row_wins_and_moving_average():
     assert steps.tolist() == [1, 2] and values.tolist() == [4.0, 2.5]
     assert series(rows, ("test_loss",), held_out=True)[1].tolist() == [9.0]
     v = np.random.default_rng(1).random(250)
-    ma = moving_average(v)
+    ma = moving_average(np.arange(1.0, 251.0), v)  # logged every step: a window of 100 rows
     assert MA_WINDOW == 100 and ma[0] == v[0] and ma[9] == pytest.approx(v[:10].mean())
     assert np.allclose(ma[99:], np.convolve(v, np.ones(100) / 100, mode="valid"))
+    every50 = moving_average(np.arange(50.0, 401.0, 50), v[:8])  # logged every 50 steps: the rows of the last 100 steps
+    assert every50[0] == v[0] and np.allclose(every50[1:], (v[:7] + v[1:8]) / 2)
+    assert np.allclose(moving_average(np.arange(100.0, 801.0, 100), v[:8]), v[:8], rtol=0, atol=1e-12)  # log_every 100: the raw curve
 
 
 def test_bad_run_folders_are_named(tmp_path):
