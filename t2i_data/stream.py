@@ -172,6 +172,18 @@ def loader(ds: IterableDataset, num_workers: int, pin_memory: bool = False) -> I
             ds.__dict__.get("_loaders", {}).pop(key, None)
         raise
 
+def close_loaders(ds: IterableDataset) -> None:
+    """Shut down the persistent loader workers ``loader`` keeps on ``ds``, now rather than when the
+    garbage collector reaches the stream (the DataLoader and the stream refer to each other, so
+    their worker processes would otherwise outlive a trainer, e.g. through every later stage of
+    ``t2i run``). Uses the DataLoader iterator's ``_shutdown_workers``, the call its own
+    ``__del__`` makes. A later ``loader`` call on ``ds`` starts fresh workers."""
+    for dl in ds.__dict__.pop("_loaders", {}).values():
+        it = dl.__dict__.pop("_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+
 class LostSamples:
     """A trainer's account of the samples its streams could not read in the current epoch.
 

@@ -36,7 +36,7 @@ from t2i_data.augment import regime_of
 from t2i_data.errors import T2IError
 from t2i_data.manifest import MANIFEST_NAME, load_manifest
 from t2i_data.rng import keyed_u64, stream_id
-from t2i_data.stream import LostSamples, ShardStream, decode_and_augment, loader
+from t2i_data.stream import LostSamples, close_loaders, ShardStream, decode_and_augment, loader
 
 from .builders import CONFIGS, build_autoencoder
 from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
@@ -259,5 +259,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         evaluate()
     if rank == 0 and res is not None:
         _grid(x, res["recon"].detach(), out / "grid-last.png")
+    close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last)}

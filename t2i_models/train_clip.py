@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from t2i_data.errors import T2IError
-from t2i_data.stream import LostSamples, loader
+from t2i_data.stream import LostSamples, close_loaders, loader
 
 from .checkpoint import load_autoencoder, restore_training, resume_checkpoint, save_clip, training_state
 from .clip import CLIPS, symbols_from_text_tokens
@@ -171,5 +171,6 @@ def _train_clip(cfg: ClipTrainConfig, rank: int, world: int, device: torch.devic
         acc = clip_accuracy(model.eval(), ae, cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.seed, device=device)
         result["test_accuracy"] = acc
         checkpoint(test_accuracy=acc)
+    close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
     return result

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i_data.errors import T2IError
-from t2i_data.stream import LostSamples, loader
+from t2i_data.stream import LostSamples, close_loaders, loader
 from t2i_data.token_stream import TokenStream
 
 from .checkpoint import restore_training, resume_checkpoint, save_prior, training_state
@@ -263,5 +263,6 @@ def _train_prior(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
     progress.close()
     if step >= total and step > first_step and evaluated != step:
         evaluate()
+    close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "checkpoint": str(last)}

@@ -255,3 +255,23 @@ def test_a_process_with_persistent_workers_exits_when_it_is_done(shards):
     proc = subprocess.run([sys.executable, "-c", EXIT, str(shards)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.split() == [str(203 // 2 // 4 * 2)], proc.stderr
     assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr
+
+
+def test_close_loaders_ends_the_persistent_workers_and_a_later_call_starts_new_ones(shards):
+    """Trainers call close_loaders at the end of a run: the worker processes exit then, not when
+    the garbage collector reaches the stream (the DataLoader and the stream refer to each other)."""
+    import os
+
+    from t2i_data.stream import close_loaders
+
+    ds = ShardStream(shards, keys_and_pid, batch_size=4, seed=5, shuffle_buffer=16)
+    ds.set_epoch(0, 0, 2)
+    first = {p for b in loader(ds, 2) for p in b["pid"]}
+    assert len(first) == 2 and all(os.path.exists(f"/proc/{p}") for p in first)
+    close_loaders(ds)
+    assert "_loaders" not in ds.__dict__ and not any(os.path.exists(f"/proc/{p}") for p in first)
+    ds.set_epoch(1, 0, 2)
+    again = {p for b in loader(ds, 2) for p in b["pid"]}
+    assert len(again) == 2 and not again & first
+    close_loaders(ds)
+    close_loaders(ds)  # nothing left: a no-op
