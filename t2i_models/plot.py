@@ -284,7 +284,12 @@ def plot_runs(run_dirs: list[str], out: str) -> list[Path]:
             runs.append((name, {k: v for k, v in parts.items() if len(v[0])}))
         if not any(parts for _, parts in runs):
             continue
-        outdir.mkdir(parents=True, exist_ok=True)
+        if outdir.exists() and not outdir.is_dir():
+            raise T2IError(f"--out {outdir}: a file, not a folder for the figures")
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file on the way (out/a where out is a file), no permission
+            raise T2IError(f"--out {outdir}: cannot make the folder ({e.strerror})") from None
         path = outdir / f"{q.name}.png"
         line_chart(runs, q).save(path, format="PNG", optimize=False)
         written.append(path)

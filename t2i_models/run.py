@@ -246,7 +246,39 @@ def resolve_values(kind: str, values: dict, flag=lambda name: name, where: str =
         out = values.get("out")
         if isinstance(out, str) and out and Path(out).exists() and not Path(out).is_dir():
             raise T2IError(f"{where}out={out}: a file, not a folder for checkpoints")
-    return construct(cls, values, kind, flag=flag), extra
+    cfg = construct(cls, values, kind, flag=flag)
+    if kind in TRAIN_KINDS and cfg.model:
+        check_model_settings(kind, cfg.arch, cfg.model, where)
+    return cfg, extra
+
+
+def check_model_settings(kind: str, arch: str, model: dict, where: str = "") -> None:
+    """The ``model.<field>`` settings of a training stage, checked when the plan is made (before
+    ``t2i run`` moves any stale checkpoint aside): every name a field of the architecture's config,
+    every value of its field's type; an autoencoder's whole config is built (its range checks run).
+    ``T2IError`` naming the stage, the setting and the known fields."""
+    from t2i_data.config import check_types
+
+    from .builders import CONFIGS, config_with
+    from .clip import CLIPConfig
+    from .prior_builders import KINDS as PRIOR_KINDS
+
+    if kind == "train_autoencoder":
+        base = CONFIGS[arch]
+        try:
+            config_with(type(base), dataclasses.asdict(base), model, arch)
+        except T2IError as e:
+            raise T2IError(f"{where}{e}") from None
+        return
+    cls = CLIPConfig if kind == "train_clip" else PRIOR_KINDS[arch.split("_")[0]][1]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(model) - fields)
+    if unknown:
+        raise T2IError(f"{where}{', '.join('model.' + k for k in unknown)}: not a setting of {arch}; known: {', '.join(sorted(fields))}")
+    try:
+        check_types(cls, model, lambda name: f"model.{name}")
+    except T2IError as e:
+        raise T2IError(f"{where}{e}") from None
 
 
 def apply_overrides(values: dict, items: dict) -> dict:
@@ -273,6 +305,10 @@ def split_overrides(items: list[str], names: list[str]) -> dict[str, list[str]]:
             out[match].append(f"{key[len(match) + 1:]}={value}")
             continue
         group = [n for n in names if "." in n and key.startswith(n.split(".")[0] + ".")]
+        sub = key.split(".")[1] if key.count(".") >= 2 else None
+        if group and sub is not None and sub not in {f.name for f in dataclasses.fields(config_class(group[0].split(".")[0]))} \
+                and sub not in RUN_KEYS.get(group[0].split(".")[0], ()):
+            raise T2IError(f"override {item!r}: no stage {key.split('.')[0]}.{sub} in this pipeline (stages: {', '.join(names)})")
         if group:
             for n in group:
                 out[n].append(f"{key[len(n.split('.')[0]) + 1:]}={value}")
@@ -334,6 +370,12 @@ def load_stages(path: str | Path, overrides: list[str]) -> list[Stage]:
             v = getattr(cfg, key, "")
             ins += [str(p) for p in v] if isinstance(v, (list, tuple)) else ([str(v)] if v else [])
         stages.append(Stage(name, kind, cfg, extra, str(out), ins))
+    seen: dict[str, str] = {}
+    for st in stages:  # two stages writing one folder would each move the other's outputs aside on every run
+        key = os.path.normpath(st.out)
+        if key in seen:
+            raise T2IError(f"[{st.name}]: out={st.out} is also the out of [{seen[key]}]; give each stage its own folder")
+        seen[key] = st.name
     for i, s in enumerate(stages):
         s.deps = [u.name for u in stages[:i] if any(_related(p, u.out) for p in s.inputs)]
     return stages

@@ -237,3 +237,37 @@ def test_wrong_pipeline_files_stop_with_one_message(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, err
     assert main(["-q", "run", str(tmp_path / "none.toml")]) == 2
     assert "none.toml: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train_clip.model.nosuch=1", r"\[train_clip\]: model.nosuch: not a setting of clip_mdmnist; known: .*patch"),
+    ("train_prior.g1.model.nosuch=1", r"\[train_prior.g1\]: model.nosuch: not a setting of g1_mdmnist"),
+    ("train_autoencoder.model.kl_mode=foo", r"\[train_autoencoder\]: dvae_mdmnist: kl_mode must be one of batch, image, got 'foo'"),
+    ("train_prior.g2.model.decoder_layers=x", r"\[train_prior.g2\]: model.decoder_layers: needs a whole number, got 'x'"),
+    ("train_prior.g2.out=runs/mdmnist-cpu-g1", r"\[train_prior.g2\]: out=runs/mdmnist-cpu-g1 is also the out of \[train_prior.g1\]"),
+    ("train_prior.g9.lr=1", r"no stage train_prior.g9 in this pipeline"),
+])
+def test_wrong_model_settings_and_shared_out_folders_stop_before_anything_is_moved(done, capsys, monkeypatch, override, message):
+    """A misspelt model.<field>, a bad model value or two stages writing one folder stop when the
+    plan is made, in one line, with the trained checkpoints where they were (a stage whose settings
+    changed would otherwise have its checkpoint moved to <out>.replaced before failing)."""
+    import re
+
+    where, _ = done
+    monkeypatch.chdir(where)
+    before = snapshot(where)
+    rc, out, err = t2i_run(capsys, override)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and re.search(message, lines[0]), err
+    assert snapshot(where) == before  # nothing written, nothing moved to <out>.replaced
+
+
+@pytest.mark.parametrize("command", [["plot", "runs/mdmnist-cpu-g1", "--out", "FILE"],
+                                     ["eval", "autoencoder", "--autoencoder", "runs/mdmnist-cpu-dvae/last.pt", "--images",
+                                      "data/mdmnist-cpu/test", "--out", "FILE"]])
+def test_figure_commands_refuse_an_out_that_is_a_file(done, capsys, monkeypatch, command):
+    where, _ = done
+    monkeypatch.chdir(where)
+    (where / "FILE").write_text("x")
+    assert main(["-q", *command]) == 2
+    assert capsys.readouterr().err.strip() == "t2i: error: --out FILE: a file, not a folder for the figures"
