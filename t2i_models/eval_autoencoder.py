@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 from t2i_data.augment import regime_of, stored_image
 from t2i_data.errors import T2IError
-from t2i_data.figures import TEXT, font
+from t2i_data.figures import figure_folder, TEXT, font
 from t2i_data.manifest import ShardSet, open_shard_sets, shard_path
 from t2i_data.stream import check_shard_cached
 from t2i_data.tario import iter_samples
@@ -234,12 +234,7 @@ def evaluate_autoencoder(autoencoder: str, images: str, out: str, *, n: int = 0,
     title = f"{arch} ({ck['kind']}), step {step:,}" if step is not None else f"{arch} ({ck['kind']}), step unknown"
     title += f" - {ss.manifest.get('dataset')}/{ss.split}: originals above reconstructions"
     outdir = Path(out)
-    if outdir.exists() and not outdir.is_dir():
-        raise T2IError(f"--out {outdir}: a file, not a folder for the figures")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file on the way (out/a where out is a file), no permission
-        raise T2IError(f"--out {outdir}: cannot make the folder ({e.strerror})") from None
+    figure_folder(outdir)
     reconstruction_grid(originals, recons, title).save(outdir / "reconstructions.png", format="PNG", optimize=False)
     report = {**metrics, "autoencoder": str(autoencoder), "fingerprint": ck["fingerprint"], "kind": ck["kind"], "arch": arch,
               "step": step, "image_set": str(images), "images_digest": ss.manifest["digest"], "dataset": ss.manifest.get("dataset"),
