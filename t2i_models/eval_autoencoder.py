@@ -150,6 +150,7 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
     V = model.cfg.vocab_size
     hist = torch.zeros(V, dtype=torch.int64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # squared errors, BCE, per-image PSNR: summed on the device, no sync per batch
+    span = torch.tensor([math.inf, -math.inf], dtype=torch.float32, device=device)  # the decoder's output range, checked once at the end
     count, values = 0, 0
     was_training = model.training
     model.eval()
@@ -158,8 +159,10 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
             for batch in _batches(iter_images(ss, n), batch_size):
                 x = to_input(batch, device)
                 tokens = model.encode(x)  # (B, h, w)
-                y = model.decode(tokens).float().clamp(0, 1)  # (B, 3, S, S)
-                hist += torch.bincount(tokens.flatten().long(), minlength=V)
+                y = model.decode(tokens).float()  # (B, 3, S, S); the decoders end in a sigmoid, checked below, not clamped
+                span = torch.stack([torch.minimum(span[0], y.min()), torch.maximum(span[1], y.max())])
+                idx = tokens.flatten().long()
+                hist.index_add_(0, idx, torch.ones_like(idx))  # bincount would read the max back every batch
                 per_image = (y - x).square().flatten(1).mean(1).double()  # (B,)
                 p = y.clamp(BCE_EPS, 1 - BCE_EPS)
                 bce = -(x * p.log() + (1 - x) * (1 - p).log())
@@ -170,6 +173,10 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
         model.train(was_training)
     if count == 0:
         raise T2IError(f"{ss.dir}: holds no images to evaluate")
+    lo, hi = span.tolist()
+    if lo < 0 or hi > 1:
+        raise T2IError(f"{type(model).__name__}: decoded pixels span [{lo:.4g}, {hi:.4g}], outside [0, 1]; MSE, PSNR and BCE "
+                       "assume [0, 1] images and are not computed on clipped values")
     sq, bce_sum, psnr_sum = sums.tolist()
     h = hist.cpu().double()
     p = h[h > 0] / h.sum()

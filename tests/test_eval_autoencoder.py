@@ -136,3 +136,22 @@ def test_md_mnist_images_are_taken_as_stored(tmp_path):
                        for s in iter_samples(folder / sh["name"])])
     got, want = heldout_metrics(model, folder), reference(model, arrays)
     assert got["images"] == 3 and got["bce"] == pytest.approx(want["bce"], rel=1e-5) and got["mse"] == pytest.approx(want["mse"], rel=1e-5)
+
+
+@pytest.mark.parametrize("shift, span", [(-0.5, r"\[-0.5, 0.5\]"), (0.75, r"\[0.75, 1.75\]"), (1e-3, r"\[0.001, 1.001\]")])
+def test_a_decoder_outside_0_1_is_refused_not_clipped(ae_images, shift, span):
+    """The figures assume [0, 1] pixels: a decoder whose output leaves that range (below 0, above 1,
+    or barely) stops with one message giving the range, rather than scoring clipped values."""
+    class Shifted(torch.nn.Module):
+        cfg = type("C", (), {"vocab_size": 256, "image_size": 32})()
+
+        def encode(self, x):
+            return (x * 255).round().long()
+
+        def decode(self, t):
+            out = t.float() / 255 + shift
+            out[0, 0, 0, 0], out[0, 0, 0, 1] = shift, 1 + shift  # the range's two ends
+            return out
+
+    with pytest.raises(T2IError, match=r"Shifted: decoded pixels span " + span + r", outside \[0, 1\]"):
+        heldout_metrics(Shifted(), ae_images[0])
