@@ -93,9 +93,16 @@ def code_usage(tokens: torch.Tensor, vocab_size: int) -> dict:
     flat = tokens.reshape(-1).long()
     usage = torch.zeros(vocab_size, dtype=torch.float32, device=tokens.device)
     usage.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))  # (V,)
+    return usage_stats(usage)
+
+
+def usage_stats(usage: torch.Tensor) -> dict:
+    """``code_usage``'s two figures from a code histogram ``usage`` (V,) of counts (any float
+    dtype; the figures come in it): perplexity exp(−Σ p log p) with 0·log 0 = 0, and "used", the
+    share of codes with a count above 0. An empty histogram gives perplexity 1 and used 0."""
     p = usage / usage.sum().clamp(min=1.0)
     plogp = torch.where(p > 0, p * torch.log(p.clamp(min=1e-30)), torch.zeros_like(p))
-    return {"perplexity": torch.exp(-plogp.sum()), "used": (usage > 0).float().mean()}
+    return {"perplexity": torch.exp(-plogp.sum()), "used": (usage > 0).to(usage.dtype).mean()}
 
 
 class Autoencoder(nn.Module):

@@ -46,6 +46,7 @@ from t2i_data.manifest import ShardSet, open_shard_sets, shard_path
 from t2i_data.stream import check_shard_cached
 from t2i_data.tario import iter_samples
 
+from .blocks import usage_stats
 from .checkpoint import load_autoencoder
 from .encode import decode_tokens
 
@@ -178,10 +179,9 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
         raise T2IError(f"{type(model).__name__}: decoded pixels span [{lo:.4g}, {hi:.4g}], outside [0, 1]; MSE, PSNR and BCE "
                        "assume [0, 1] images and are not computed on clipped values")
     sq, bce_sum, psnr_sum = sums.tolist()
-    h = hist.cpu().double()
-    p = h[h > 0] / h.sum()
+    usage = usage_stats(hist.cpu().double())
     return {"mse": sq / values, "psnr": psnr_sum / count, "bce": bce_sum / values,
-            "codes_used": float((h > 0).sum()) / V, "perplexity": float(torch.exp(-(p * p.log()).sum())), "images": count}
+            "codes_used": float(usage["used"]), "perplexity": float(usage["perplexity"]), "images": count}
 
 
 # -- the report ------------------------------------------------------------------------------------
