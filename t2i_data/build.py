@@ -56,6 +56,20 @@ def config_digest(identity: dict) -> str:
     return hashlib.sha256(canonical_json(dict(identity, format_version=SHARD_FORMAT))).hexdigest()
 
 
+def out_folder(out: str | Path, what: str) -> Path:
+    """``out`` made (with its parents) as the folder a command writes ``what`` into (a shard set,
+    figures and a report); ``T2IError`` in one line when it is a file or cannot be made (a file on
+    the way, no permission)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise T2IError(f"--out {out}: a file, not a folder; give a folder for {what}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise T2IError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+    return out
+
+
 @contextmanager
 def build_lock(out: str | Path):
     """Hold ``out/.t2i-build.lock`` (pid, host, start time) for the length of a build.
@@ -65,13 +79,7 @@ def build_lock(out: str | Path):
     host, pid not running) is taken over with a warning; one from another host is not, since
     its pid cannot be checked from here.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise T2IError(f"--out {out}: a file, not a folder; give a folder for the shard set")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise T2IError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+    out = out_folder(out, "the shard set")
     path = out / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(2):

@@ -22,21 +22,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, HEIGHT = 900, 460  # histograms
-
-
-def figure_folder(out: str | Path) -> Path:
-    """``out`` made (with its parents) as the folder a command writes its figures and report into;
-    ``T2IError`` in one line when it is a file or cannot be made (a file on the way, no permission)."""
-    from .errors import T2IError
-
-    outdir = Path(out)
-    if outdir.exists() and not outdir.is_dir():
-        raise T2IError(f"--out {outdir}: a file, not a folder for the figures")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise T2IError(f"--out {outdir}: cannot make the folder ({e.strerror})") from None
-    return outdir
 CHART_W, CHART_H = 900, 480  # grouped bar charts
 LEFT, RIGHT, TOP, BOTTOM = 80, 20, 50, 70  # plot margins
 BAR, GRID, TEXT = (52, 101, 164), (225, 225, 225), (20, 20, 20)

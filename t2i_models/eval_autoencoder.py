@@ -40,8 +40,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from t2i_data.augment import regime_of, stored_image
+from t2i_data.build import out_folder
 from t2i_data.errors import T2IError
-from t2i_data.figures import figure_folder, TEXT, font
+from t2i_data.figures import TEXT, font
 from t2i_data.manifest import ShardSet, open_shard_sets, shard_path
 from t2i_data.stream import check_shard_cached
 from t2i_data.tario import iter_samples
@@ -241,7 +242,7 @@ def evaluate_autoencoder(autoencoder: str, images: str, out: str, *, n: int = 0,
     title = f"{arch} ({ck['kind']}), step {step:,}" if step is not None else f"{arch} ({ck['kind']}), step unknown"
     title += f" - {ss.manifest.get('dataset')}/{ss.split}: originals above reconstructions"
     outdir = Path(out)
-    figure_folder(outdir)
+    out_folder(outdir, "the figures")
     reconstruction_grid(originals, recons, title).save(outdir / "reconstructions.png", format="PNG", optimize=False)
     report = {**metrics, "autoencoder": str(autoencoder), "fingerprint": ck["fingerprint"], "kind": ck["kind"], "arch": arch,
               "step": step, "image_set": str(images), "images_digest": ss.manifest["digest"], "dataset": ss.manifest.get("dataset"),

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from t2i_data.build import out_folder
 from t2i_data.errors import T2IError
-from t2i_data.figures import figure_folder, GRID, TEXT, _label, _vertical_label, font, nice_step
+from t2i_data.figures import GRID, TEXT, _label, _vertical_label, font, nice_step
 
 MA_WINDOW = 100  # thesis Figure 19: loss curves smoothed by a moving average of window 100
 WIDTH, HEIGHT = 960, 480
@@ -284,7 +285,7 @@ def plot_runs(run_dirs: list[str], out: str) -> list[Path]:
             runs.append((name, {k: v for k, v in parts.items() if len(v[0])}))
         if not any(parts for _, parts in runs):
             continue
-        figure_folder(outdir)
+        out_folder(outdir, "the figures")
         path = outdir / f"{q.name}.png"
         line_chart(runs, q).save(path, format="PNG", optimize=False)
         written.append(path)

@@ -270,4 +270,4 @@ def test_figure_commands_refuse_an_out_that_is_a_file(done, capsys, monkeypatch,
     monkeypatch.chdir(where)
     (where / "FILE").write_text("x")
     assert main(["-q", *command]) == 2
-    assert capsys.readouterr().err.strip() == "t2i: error: --out FILE: a file, not a folder for the figures"
+    assert capsys.readouterr().err.strip() == "t2i: error: --out FILE: a file, not a folder; give a folder for the figures"
