@@ -85,7 +85,9 @@ def check_shard_cached(path: Path, record: dict, data=None, slot=None) -> None:
 
     ``slot``: (int64 tensor in shared memory, row, column) from ``PlannedStream.verified_slot``:
     a version verified by any worker of the stream's DataLoader (persistent workers, which no
-    later fork refreshes) counts as verified in every other one."""
+    later fork refreshes) counts as verified in every other one. Two workers opening the same
+    unverified shard at the same moment may both hash it: there is no lock between them, so the
+    cost of that race is one extra hash, never a skipped one."""
     st = os.stat(path)
     expected = record.get("sha256")
     key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
