@@ -17,7 +17,6 @@ path, the free space and that the previous checkpoint is still there.
 from __future__ import annotations
 
 
-import hashlib
 import logging
 import os
 import shutil
@@ -33,21 +32,13 @@ from .clip import CLIP, CLIPConfig
 from .dvae import DVAE, DVAEConfig
 from .prior_builders import PRIORS, prior_from_config
 from .vqvae import VQVAE, VQVAEConfig
+from .weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
 AUTOENCODER_FORMAT = "t2i-autoencoder/1"
 PRIOR_FORMAT = "t2i-prior/1"
 CLIP_FORMAT = "t2i-clip/1"
 KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:
