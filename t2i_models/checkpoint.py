@@ -30,6 +30,7 @@ from t2i_data.tokenize import TokenizeConfig
 
 from .clip import CLIP, CLIPConfig
 from .dvae import DVAE, DVAEConfig
+from .pretrained import known_layouts, load_pretrained
 from .prior_builders import PRIORS, prior_from_config
 from .vqvae import VQVAE, VQVAEConfig
 from .weights import weights_fingerprint
@@ -153,10 +154,21 @@ def save_autoencoder(path: str | Path, model, **state) -> str:
 
 
 def load_autoencoder(path: str | Path, map_location: str = "cpu"):
-    """(model in eval mode, the checkpoint dict). Refuses files that are not t2i autoencoders."""
-    ck = load_checkpoint_dict(path, map_location=map_location)
+    """(model in eval mode, the checkpoint dict) for this project's autoencoder checkpoints and for
+    the published image tokenizers ``pretrained`` reads (OpenAI's dVAE ``encoder.pkl`` /
+    ``decoder.pkl``, taming VQGAN ``last.ckpt`` + ``model.yaml``, or their state dicts): those give
+    a record of the same shape ({format, kind, config, fingerprint, source}). Refuses any other
+    file with one ``T2IError`` listing what it takes."""
+    got = load_pretrained(path, map_location)
+    if got is not None:
+        return got
+    try:
+        ck = load_checkpoint_dict(path, map_location=map_location)
+    except T2IError as e:
+        raise T2IError(f"{e}; --autoencoder takes a t2i autoencoder checkpoint or a published tokenizer ({known_layouts()})") from None
     if ck.get("format") != AUTOENCODER_FORMAT or ck.get("kind") not in KINDS:
-        raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r})")
+        raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r}); --autoencoder also takes "
+                       f"a published tokenizer ({known_layouts()})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
     config = dict(ck["config"])
     if "vocab" in config and "vocab_size" not in config:  # saved before the field took the tokenizers' name (issue 16)

@@ -114,7 +114,8 @@ def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeCon
         own = {
             "config": asdict(cfg) | {"batch_size": None}, "seed": cfg.seed,
             "autoencoder": {"kind": ck["kind"], "fingerprint": ck["fingerprint"], "vocab_size": model.cfg.vocab_size, "grid": model.cfg.grid,
-                            "config": ck["config"], "dtype": dtype, "precision": "fp32"},
+                            "config": ck["config"], "dtype": dtype, "precision": "fp32"}
+                           | ({"format": ck["format"], "source": ck["source"]} if "source" in ck else {}),
             "encoder": {"npy": f"numpy-format {dtype}", "tar": WRITER_ID, "torch": torch.__version__},
         }
         return own, partial(produce_shard, str(Path(ckpt).resolve()), cfg, regime.name if regime else None, size, dtype,

@@ -155,3 +155,23 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def state_dict_keys(path: str | Path) -> set[str]:
+    """The tensor names of a state-dict file, cheaply (safetensors' header; a torch file mapped
+    with ``mmap``), or an empty set when it is not one: what a family's ``claims`` looks at."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return set(f.keys())
+        if path.suffix in (".pt", ".pth", ".bin"):
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+                sd = sd["state_dict"]
+            return {k for k in sd if isinstance(k, str)} if isinstance(sd, dict) else set()
+    except Exception:  # not a state dict: the family does not claim it, and the caller's own error names the file
+        return set()
+    return set()
