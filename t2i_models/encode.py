@@ -57,13 +57,59 @@ def cached_autoencoder(path: str):
     return load_autoencoder(path)
 
 
-def encode_arrays(model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 views → (N, h, w) int64 tokens, in batches, fp32."""
+def encode_arrays(model, images, batch_size: int, prefetch: int = 2) -> np.ndarray:
+    """(S, S, 3) uint8 views (a list, or any iterable: e.g. a generator decoding them) → (N, h, w)
+    int64 tokens, in batches of ``batch_size``, fp32, in input order.
+
+    Decoding and the model overlap: a thread pulls the next batches (up to ``prefetch`` ahead) from
+    ``images`` while the model encodes the current one. JPEG decoding (simplejpeg / Pillow) and
+    torch's kernels both release the GIL, so the two run on separate cores
+    (``bench/bench_encode.py`` measures it against decoding and encoding one after the other). An
+    exception while decoding is raised here, after the batches before it were encoded."""
+    import queue
+    import threading
+
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def put(item) -> bool:  # False once the consumer has stopped (an error in the model): no one will take it
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        batch = []
+        try:
+            for a in images:
+                batch.append(a)
+                if len(batch) == batch_size:
+                    if not put(batch):
+                        return
+                    batch = []
+            if batch and not put(batch):
+                return
+            put(done)
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(e)
+
+    thread = threading.Thread(target=fill, name="t2i-encode-decode", daemon=True)
+    thread.start()
     out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack(images[i : i + batch_size])).permute(0, 3, 1, 2).float().div_(255)
-            out.append(model.encode(x).numpy())
+    try:
+        with torch.inference_mode():
+            while (batch := q.get()) is not done:
+                if isinstance(batch, BaseException):
+                    raise batch
+                x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255)
+                out.append(model.encode(x).numpy())
+    finally:
+        stop.set()
+        thread.join()
     return np.concatenate(out) if out else np.zeros((0, model.cfg.grid, model.cfg.grid), np.int64)
 
 
@@ -78,13 +124,16 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
 
     model, _ = cached_autoencoder(ckpt)
     regime = Regime(regime_name, size) if regime_name else None
-    keys, params, arrays = [], [], []
-    for sample in checked_samples(ShardSet(Path(folder), {"shards": [record]}), record):
-        vs = sample_views(sample, regime, cfg.seed, cfg.views, image_shard)
-        keys.append(sample["__key__"])
-        params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
-        arrays += [a for _, a in vs]
-    tokens = encode_arrays(model, arrays, cfg.batch_size).astype(dtype)
+    keys, params = [], []
+
+    def decoded() -> Iterator[np.ndarray]:  # runs in encode_arrays' decoding thread, ahead of the model
+        for sample in checked_samples(ShardSet(Path(folder), {"shards": [record]}), record):
+            vs = sample_views(sample, regime, cfg.seed, cfg.views, image_shard)
+            keys.append(sample["__key__"])
+            params.append([p.to_json() if p else {"identity": True} for p, _ in vs])
+            yield from (a for _, a in vs)
+
+    tokens = encode_arrays(model, decoded(), cfg.batch_size).astype(dtype)
     usage = np.bincount(tokens.ravel().astype(np.int64), minlength=model.cfg.vocab_size)
     for i, key in enumerate(keys):
         t = tokens[i * cfg.views : (i + 1) * cfg.views]  # (K, h, w)
@@ -92,7 +141,7 @@ def produce_shard(ckpt: str, cfg: EncodeConfig, regime_name: str, size: int, dty
         check_meta(views, json_schema, key)
         meta = canonical_json(views)
         yield {"__key__": key, "image_tokens.npy": npy_bytes(t), "json": meta, "__content__": {"image_tokens.npy": canonical_array(t), "json": meta}}
-    yield ShardStats({"samples": len(keys), "views": len(arrays), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
+    yield ShardStats({"samples": len(keys), "views": len(tokens), "code_usage": {str(c): int(n) for c, n in enumerate(usage) if n}})
 
 
 def encode(ckpt: str | Path, images: str | Path, out: str | Path, cfg: EncodeConfig, runner) -> dict[str, dict]:

@@ -98,3 +98,37 @@ def test_cli_encode_with_check_and_preview_of_decoded_tokens(ckpt, images, tmp_p
     tokens = np.load(io.BytesIO(next(iter_samples(shard))["image_tokens.npy"]))
     pix = decode_tokens(model, tokens)
     assert pix.shape == (2, 32, 32, 3) and pix.dtype == np.uint8
+
+
+def test_encode_arrays_overlaps_decoding_and_keeps_order_and_errors(ckpt):
+    """The decoding thread feeds batches in input order; an error while decoding is raised in the
+    caller; an error in the model stops the decoding thread (no hang, no leftover thread)."""
+    import threading
+
+    from t2i_models.encode import encode_arrays
+
+    model, _ = load_autoencoder(ckpt)
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(11)]
+    want = np.concatenate([model.encode(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255).numpy() for a in arrays])
+    assert np.array_equal(encode_arrays(model, arrays, batch_size=4), want)
+    assert np.array_equal(encode_arrays(model, iter(arrays), batch_size=3, prefetch=1), want)
+    assert encode_arrays(model, [], batch_size=4).shape == (0, 8, 8)
+
+    def failing():
+        yield from arrays[:5]
+        raise T2IError("shard-000001.tar: sample 5 does not decode")
+
+    with pytest.raises(T2IError, match="sample 5 does not decode"):
+        encode_arrays(model, failing(), batch_size=2)
+
+    class Broken:
+        cfg = model.cfg
+
+        def encode(self, x):
+            raise RuntimeError("out of memory")
+
+    endless = (arrays[0] for _ in iter(int, 1))  # a decoder that never runs out: only the stop ends it
+    with pytest.raises(RuntimeError, match="out of memory"):
+        encode_arrays(Broken(), endless, batch_size=2)
+    assert not [t for t in threading.enumerate() if t.name == "t2i-encode-decode"]

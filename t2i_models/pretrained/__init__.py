@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-FAMILIES = ("openai_dvae",)  # modules of this package, asked in this order
+FAMILIES = ("openai_dvae", "taming_vqgan")  # modules of this package, asked in this order
 
 
 def families():
