@@ -59,7 +59,8 @@ def cached_autoencoder(path: str):
 
 def encode_arrays(model, images, batch_size: int, prefetch: int = 2) -> np.ndarray:
     """(S, S, 3) uint8 views (a list, or any iterable: e.g. a generator decoding them) → (N, h, w)
-    int64 tokens, in batches of ``batch_size``, fp32, in input order.
+    int64 tokens, in batches of ``batch_size``, fp32, in input order, on the device of the model's
+    weights (uint8 batches are moved there, tokens come back to the CPU).
 
     Decoding and the model overlap: a thread pulls the next batches (up to ``prefetch`` ahead) from
     ``images`` while the model encodes the current one. JPEG decoding (simplejpeg / Pillow) and
@@ -100,13 +101,14 @@ def encode_arrays(model, images, batch_size: int, prefetch: int = 2) -> np.ndarr
     thread = threading.Thread(target=fill, name="t2i-encode-decode", daemon=True)
     thread.start()
     out = []
+    device = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     try:
         with torch.inference_mode():
             while (batch := q.get()) is not done:
                 if isinstance(batch, BaseException):
                     raise batch
-                x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255)
-                out.append(model.encode(x).numpy())
+                x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+                out.append(model.encode(x).cpu().numpy())
     finally:
         stop.set()
         thread.join()
