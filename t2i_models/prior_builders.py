@@ -67,7 +67,30 @@ def g3_tiny(**over) -> G3:
                           over, "g3_tiny"))
 
 
-PRIORS = {f.__name__: f for f in (g1_mdmnist, g2_mdmnist, g2_cub64, g2_cub128, g3_mdmnist, g1_tiny, g2_tiny, g3_tiny)}
+# The DALL·E reproduction on COCO 2017 (seed 004, §2.2): the OpenAI dVAE's 8,192 codes on a 32 × 32
+# grid (§2.2.1: "1024 token tensors, representing a 32x32 matrix ... a vocabulary of 8192"), the
+# captions through bert-base-uncased's WordPiece ("a 30522 words vocabulary", pad [PAD] = 0). The
+# seed gives no caption length: 64 (this project's COCO tokenizing length, bench/bench_tokenize.py),
+# room for COCO's captions (longest 247 characters, README) with [CLS] and [SEP], an eighth of
+# BERT's 512 positions; the tokenize stage counts the captions it cuts (manifest stats.truncated).
+COCO_DALLE_TOKENS = dict(text_vocab=30522, text_len=64, pad_id=0, image_vocab=8192, grid=32)
+
+
+def g3_coco(**over) -> G3:
+    """BERT2GPT2 of the DALL·E reproduction on COCO 2017 (seed 004, §2.2.2): BERT-base as the
+    encoder (Devlin et al. 2019, BERT_BASE: 12 layers, hidden size 768, 12 heads, feed-forward
+    3,072 = 4 · 768, 512 positions, GELU; bert-base-uncased's config.json), GPT-2 small as the
+    decoder (Radford et al. 2019, the 117M model: 12 layers, d_model 768, 12 heads as in GPT-1,
+    feed-forward 4 · 768, 1,024 positions = the 32 × 32 grid; gpt2's config.json), its vocabulary
+    8,193 = the dVAE's 8,192 codes + BOS (§2.2.2). Token spaces ``COCO_DALLE_TOKENS``; in a run
+    they come from the token shards' manifests. Random weights, or the seed's pretrained start
+    with ``model.bert=DIR model.gpt2=DIR`` (local bert-base-uncased and gpt2 folders; ``g3``)."""
+    arch = dict(COCO_DALLE_TOKENS, encoder_layers=12, decoder_layers=12, heads=12, width=768, mlp=0, activation="gelu",
+                text_positions=512)
+    return G3(config_with(G3Config, arch, over, "g3_coco"))
+
+
+PRIORS = {f.__name__: f for f in (g1_mdmnist, g2_mdmnist, g2_cub64, g2_cub128, g3_mdmnist, g3_coco, g1_tiny, g2_tiny, g3_tiny)}
 KINDS = {"g1": (G1, G1Config), "g2": (G2, G2Config), "g3": (G3, G3Config)}
 
 

@@ -14,7 +14,19 @@ or "at 20"): ``lr(step, epoch) = lr × shape(step, epoch) × warmup(step)`` with
   multiplied by one ``lr_gamma`` at a time, as MultiStepLR does, so the floats are equal);
 - ``cosine``: after warmup, a half cosine from 1 down to 0.1 at the run's last step (the prior's
   schedule before issue 17);
-- ``constant``: 1.
+- ``constant``: 1;
+- ``linear``: after warmup, a straight line from the peak down to 0 at the next of ``restarts``
+  or, after the last, at the run's end. ``restarts`` = [[step, rate], ...] start a new peak
+  ``rate`` at that optimizer step (for the ``lr`` group; a group with another base rate scales
+  it by its base / ``lr``): the DALL·E reproduction's "10 warm-up steps to ... 0.003 and ... a
+  linear schedule until 10.000 steps, from where we increased the learning rate to 0.0018 until
+  25.000 steps where it was increased to 0.0015 again, still applying the linear schedule" (seed
+  004, §2.2.2) is ``lr = 3e-3, warmup = 10, restarts = [[10000, 1.8e-3], [25000, 1.5e-3]]``. The
+  seed does not say where each line ends; "increased" at step 10,000 fits a line that reached 0
+  there (a line to 0 at step 50,000 would still be at 2.4e-3, above the new 1.8e-3), so each
+  segment ends at the next restart. After warmup the line is transformers' linear schedule
+  (``get_linear_schedule_with_warmup``: ``(end - step) / (end - start)``); its warmup is
+  ``step / warmup`` (0 at the first step), this module's ``(step + 1) / warmup`` for every schedule.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ from t2i_data.errors import T2IError
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("multistep", "cosine", "constant")
+LR_SCHEDULES = ("multistep", "cosine", "constant", "linear")
 COSINE_FLOOR = 0.1  # the cosine schedule ends at 10% of lr
 
 
@@ -62,7 +74,8 @@ def check_schedule(cfg) -> None:
     """``T2IError`` for a length or schedule a trainer cannot run: neither ``steps`` nor ``epochs``
     (> 0), a negative count, an ``optimizer`` or ``lr_schedule`` that is not known, ``milestones``
     that are not whole numbers >= 0 in increasing order, a rate or ``lr_gamma`` that is not > 0,
-    a negative ``weight_decay``, ``warmup`` or ``grad_clip``, or an ``eval_every`` < 0."""
+    a negative ``weight_decay``, ``warmup`` or ``grad_clip``, an ``eval_every`` < 0, or
+    ``restarts`` that the linear schedule cannot take (``check_restarts``)."""
     for name in ("steps", "epochs", "warmup", "eval_every"):
         if getattr(cfg, name, 0) < 0:
             raise T2IError(f"{name} must be >= 0, got {getattr(cfg, name)}")
@@ -81,9 +94,39 @@ def check_schedule(cfg) -> None:
     for name in ("lr", "lr_gamma"):
         if not getattr(cfg, name) > 0:
             raise T2IError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    check_restarts(cfg)
     for name in ("weight_decay", "grad_clip"):
         if getattr(cfg, name) < 0:
             raise T2IError(f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
+
+
+def check_restarts(cfg) -> None:
+    """``restarts`` (trainers without the field have none): [step, rate] pairs for
+    ``lr_schedule = "linear"`` only, steps whole numbers after the warmup, increasing, before the
+    run's end when ``steps`` gives it; rates finite and > 0. ``T2IError`` naming the value."""
+    restarts = list(getattr(cfg, "restarts", ()))
+    if not restarts:
+        return
+    if cfg.lr_schedule != "linear":
+        raise T2IError(f"restarts are for lr_schedule=linear (a new peak of the linear decay), got lr_schedule={cfg.lr_schedule!r}")
+    for r in restarts:
+        if not isinstance(r, (list, tuple)) or len(r) != 2:
+            raise T2IError(f"restarts are [step, rate] pairs, e.g. [[10000, 1.8e-3], [25000, 1.5e-3]], got {restarts}")
+        step, rate = r
+        if isinstance(step, bool) or not isinstance(step, int) or step <= cfg.warmup:
+            raise T2IError(f"a restart's step is an optimizer step after the warmup ({cfg.warmup} steps), a whole number, got {step!r}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+            raise T2IError(f"a restart's rate must be > 0, got {rate!r} at step {step}")
+    steps = [r[0] for r in restarts]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise T2IError(f"restarts must come in increasing steps, got steps {steps}")
+    if cfg.steps > 0 and steps[-1] >= cfg.steps:
+        raise T2IError(f"restart at step {steps[-1]} is not before the run's end (steps={cfg.steps})")
+
+
+def normal_restarts(restarts) -> list[list]:
+    """``restarts`` as [[int step, float rate], ...] (a TOML or JSON list of pairs)."""
+    return [[int(step), float(rate)] for step, rate in restarts]
 
 
 def total_steps(cfg, steps_per_epoch: int) -> int:
@@ -105,9 +148,26 @@ def lr_at(cfg, step: int, epoch: int, total: int, base: float | None = None) -> 
     elif cfg.lr_schedule == "cosine":
         t = min(1.0, max(0, step - cfg.warmup) / max(1, total - cfg.warmup))
         lr = lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
+    elif cfg.lr_schedule == "linear":
+        lr = _linear(cfg, step, total, lr)
     if cfg.warmup and step < cfg.warmup:
         lr = lr * (step + 1) / cfg.warmup
     return lr
+
+
+def _linear(cfg, step: int, total: int, base: float) -> float:
+    """The linear schedule's rate at ``step`` before warmup (module docstring): the segment that
+    holds ``step`` starts at the warmup's end or at a restart, with its peak, and ends at the next
+    restart or at ``total``."""
+    restarts = getattr(cfg, "restarts", ())
+    k = bisect.bisect_right([s for s, _ in restarts], step)  # restarts at or before this step
+    if k == 0:
+        start, peak = cfg.warmup, base
+    else:
+        start, rate = restarts[k - 1]
+        peak = rate if base == cfg.lr else rate * (base / cfg.lr)
+    end = restarts[k][0] if k < len(restarts) else total
+    return peak * max(0, end - max(step, start)) / max(1, end - start)
 
 
 def make_optimizer(cfg, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:

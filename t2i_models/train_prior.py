@@ -6,9 +6,10 @@ loss is the mean image-token cross-entropy over the *valid* samples of the whole
 entries from ``TokenStream`` weigh nothing), so accumulating k micro-batches of B equals one batch
 of k·B — the thesis code summed micro-batch means without rescaling. Length, optimizer and
 learning rate are ``train_common``'s (``steps`` or ``epochs``; AdamW by default, Adam for the
-thesis' Table 7; cosine to 10% after a linear warmup by default, or multistep with milestones in
-epochs). The per-sample loss is the one the model's forward computes (``loss_per_sample``: image
-cross-entropy, plus G1's weighted text term), so the (B, h·w, V) logits pass through one
+thesis' Table 7; cosine to 10% after a linear warmup by default, multistep with milestones in
+epochs, or linear with restarts, the DALL·E reproduction's). The per-sample loss is the one the
+model's forward computes (``loss_per_sample``: image cross-entropy, plus G1's weighted text
+term), so the (B, h·w, V) logits pass through one
 cross-entropy; nothing per micro-batch reads a device value back to the host (the window's loss
 and count are read on logging steps only). With ``eval_image_tokens`` / ``eval_text_tokens`` (the
 test split) rank 0 writes ``{"step", "split": "test", "test_loss"}`` rows (image-token
@@ -37,13 +38,13 @@ from t2i_data.token_stream import TokenStream
 
 from .checkpoint import restore_training, resume_checkpoint, save_prior, training_state
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
-from .prior_builders import PRIORS
+from .prior_builders import PRIORS, prior_from_config
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
-                           make_optimizer, set_lr, torch_settings, total_steps, use_bf16)
+                           make_optimizer, normal_restarts, set_lr, torch_settings, total_steps, use_bf16)
 
 log = logging.getLogger(__name__)
-SCHEDULE = ("steps", "epochs", "optimizer", "lr", "lr_schedule", "milestones", "lr_gamma", "warmup", "weight_decay", "grad_clip",
-            "grad_accum")
+SCHEDULE = ("steps", "epochs", "optimizer", "lr", "lr_schedule", "milestones", "lr_gamma", "restarts", "warmup", "weight_decay",
+            "grad_clip", "grad_accum")
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,10 @@ class PriorTrainConfig:
     grad_accum: int = 1
     optimizer: str = "adamw"  # "adam" | "adamw" (the thesis: Adam, Table 7)
     lr: float = 3e-4
-    lr_schedule: str = "cosine"  # "multistep" | "cosine" | "constant" (train_common)
+    lr_schedule: str = "cosine"  # "multistep" | "cosine" | "constant" | "linear" (train_common)
     milestones: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma (multistep)
     lr_gamma: float = 0.1
+    restarts: list[list[float]] = field(default_factory=list)  # [[step, rate], ...]: new peaks of the linear schedule
     warmup: int = 500  # steps of linear warmup (any schedule)
     weight_decay: float = 0.01
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
@@ -83,6 +85,7 @@ class PriorTrainConfig:
                            "image_tokens=DIR, text_tokens=DIR and out=DIR are needed",
                            ("batch_size", "grad_accum", "ckpt_every", "log_every"))
         object.__setattr__(self, "milestones", list(self.milestones))
+        object.__setattr__(self, "restarts", normal_restarts(self.restarts))
         if bool(self.eval_image_tokens) != bool(self.eval_text_tokens):
             raise T2IError("eval_image_tokens and eval_text_tokens go together (the test split's two token sets)")
         if self.eval_n < 0:
@@ -147,6 +150,17 @@ def heldout_loss(model, ds: TokenStream, device, bf16: bool, n: int = 0) -> dict
     return {"test_loss": round(float(total) / count, 6), "samples": count}
 
 
+def build_prior(cfg: PriorTrainConfig, tokens: dict, resume: dict | None, last: Path):
+    """The run's prior: its builder with the token spaces and ``model.<field>`` settings, except
+    when resuming one that started from pretrained folders (G3's ``model.bert`` / ``model.gpt2``):
+    then the checkpoint's own config rebuilds it, as ``checkpoint.load_prior`` does, and its
+    weights replace the initial ones, so the folders need not be there (nor be read again)."""
+    saved = (resume or {}).get("config") or {}
+    if saved.get("pretrained"):
+        return prior_from_config(resume["kind"], saved, str(last))
+    return PRIORS[cfg.arch](**tokens, **cfg.model)
+
+
 def train_prior(cfg: PriorTrainConfig) -> dict:
     rank, world, device = setup_distributed()
     with torch_settings(device, cfg.num_workers):
@@ -178,7 +192,7 @@ def _train_prior(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
             log.warning("eval_image_tokens=%s is the %s split; held-out figures come from the test split", cfg.eval_image_tokens,
                         heldout.img_m.get("split"))
     torch.manual_seed(cfg.seed)
-    model = PRIORS[cfg.arch](**tokens, **cfg.model).to(device)
+    model = build_prior(cfg, tokens, resume, last).to(device)
     opt = make_optimizer(cfg, [{"params": list(model.parameters()), "lr": cfg.lr}], device)
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
     if resume is not None:

@@ -28,6 +28,7 @@ class S:
     epochs: int = 0
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    restarts: list = field(default_factory=list)
 
 
 @pytest.mark.parametrize("lr,milestones,gamma", [(0.01, [5, 10], 0.1),  # Table 6 (MD-MNIST dVAE): 0.01, ×0.1 at 5 and 10
@@ -60,6 +61,57 @@ def test_cosine_and_constant_by_hand_and_warmup_on_every_schedule():
     assert [lr_at(step, s, e, 10) for s, e in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 1)]] == [0.25, 0.5, 0.375, 0.5, 0.5]
 
 
+def test_linear_with_restarts_equals_torch_linearlr_in_sequence():
+    """The DALL·E reproduction's schedule (seed 004, §2.2.2) over all of its 50,000 steps, against
+    torch's SequentialLR of LinearLRs: the warmup (0.1 → 1 in 9 steps), then from each peak a line
+    to 0 at the next restart or the end (1 → 0, 0.6 → 0, 0.5 → 0 of lr 3e-3)."""
+    import warnings
+
+    cfg = S(lr=3e-3, lr_schedule="linear", warmup=10, steps=50000, restarts=[[10000, 1.8e-3], [25000, 1.5e-3]])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=3e-3)
+    L = torch.optim.lr_scheduler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR steps each LinearLR with an epoch argument
+        sched = L.SequentialLR(opt, [L.LinearLR(opt, 0.1, 1.0, 9), L.LinearLR(opt, 1.0, 0.0, 9990), L.LinearLR(opt, 0.6, 0.0, 15000),
+                                     L.LinearLR(opt, 0.5, 0.0, 25000)], milestones=[10, 10000, 25000])
+        for step in range(50000):
+            assert lr_at(cfg, step, 0, 50000) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-18), step
+            opt.step()
+            sched.step()
+    assert lr_at(cfg, 50000, 0, 50000) == 0.0
+    plain = S(lr=1.0, lr_schedule="linear", warmup=2)  # no restarts: one line to 0 at the run's end
+    assert [lr_at(plain, s, 0, 6) for s in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_a_restart_scales_with_each_groups_base_rate():
+    a, b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    cfg = S(lr=1e-3, lr_schedule="linear", restarts=[[4, 5e-4]])
+    opt = make_optimizer(cfg, [{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-2}], torch.device("cpu"))
+    assert set_lr(opt, cfg, 4, 0, 8) == [5e-4, pytest.approx(5e-3)]  # the restart's rate is the lr group's; ×10 for the other
+    assert set_lr(opt, cfg, 6, 0, 8) == [2.5e-4, pytest.approx(2.5e-3)]
+
+
+def test_restarts_are_checked():
+    base = dict(image_tokens="a", text_tokens="b", out="c", steps=100, warmup=10)
+    bad = [(dict(restarts=[[50, 1e-3]]), "restarts are for lr_schedule=linear"),
+           (dict(lr_schedule="linear", restarts=[[50]]), r"restarts are \[step, rate\] pairs"),
+           (dict(lr_schedule="linear", restarts=[[10, 1e-3]]), "after the warmup \\(10 steps\\), a whole number, got 10"),
+           (dict(lr_schedule="linear", restarts=[[50.5, 1e-3]]), "a whole number, got 50.5"),
+           (dict(lr_schedule="linear", restarts=[[50, 0.0]]), "a restart's rate must be > 0, got 0.0 at step 50"),
+           (dict(lr_schedule="linear", restarts=[[60, 1e-3], [50, 1e-3]]), r"increasing steps, got steps \[60, 50\]"),
+           (dict(lr_schedule="linear", restarts=[[100, 1e-3]]), r"restart at step 100 is not before the run's end \(steps=100\)")]
+    for kw, message in bad:
+        with pytest.raises(T2IError, match=message):
+            PriorTrainConfig(**base, **kw)
+    ok = PriorTrainConfig(**base, lr_schedule="linear", restarts=((50, 1), (70, 2e-4)))
+    assert ok.restarts == [[50, 1.0], [70, 2e-4]]
+    values = dict(base, **parse_overrides(["lr_schedule=linear", "restarts=[[50, 0.001]]"]))
+    assert construct(PriorTrainConfig, values).restarts == [[50, 0.001]]
+    with pytest.raises(T2IError, match="--restarts: needs a list"):
+        construct(PriorTrainConfig, dict(values, restarts=50))
+
+
 def test_length_steps_wins_over_epochs():
     assert total_steps(S(steps=7, epochs=3), 10) == 7
     assert total_steps(S(epochs=3), 10) == 30
@@ -72,7 +124,7 @@ def test_settings_are_checked_with_one_message():
     with pytest.raises(T2IError, match="steps=N or epochs=N needed"):
         PriorTrainConfig(image_tokens="a", text_tokens="b", out="c")
     assert ClipTrainConfig(image_tokens="a", text_tokens="b", autoencoder="c", out="d").epochs == 30  # Table 8
-    bad = [(dict(lr_schedule="step"), "lr_schedule must be one of multistep, cosine, constant, got 'step'"),
+    bad = [(dict(lr_schedule="step"), "lr_schedule must be one of multistep, cosine, constant, linear, got 'step'"),
            (dict(optimizer="sgd"), "optimizer must be one of adam, adamw, got 'sgd'"),
            (dict(milestones=[10, 5]), r"milestones must increase .* got \[10, 5\]"),
            (dict(milestones=[5, 5]), r"milestones must increase"),
