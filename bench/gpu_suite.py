@@ -318,7 +318,7 @@ def train_measure(m: Model, device: torch.device, args, peak: float | None) -> d
     best = min(times)
     res = {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": m.batch,
            "step_ms": round(best * 1e3, 2), "step_ms_rounds": [round(t * 1e3, 2) for t in times],
-           "samples_per_s": round(m.batch / best, 1), "gflop_per_step": round(flops / 1e9, 2),
+           "samples_per_s": float(f"{m.batch / best:.4g}"), "gflop_per_step": round(flops / 1e9, 2),
            "tflops": round(flops / best / 1e12, 3), "peak_fraction": round(flops / best / 1e12 / peak, 4) if peak else None}
     if m.kind == "prior":
         res["tokens_per_s"] = round(m.batch * tokens_per_sample(model) / best, 1)
