@@ -3,7 +3,9 @@
 ``augment(samples, regime, seed, epoch)`` is a webdataset-style generator stage: it takes sample
 dicts from image shards and adds ``image`` (an N×N×3 uint8 array) and ``view`` (its
 parameters), drawn from (seed, key, epoch). ``views(...)`` gives K views drawn from
-(seed, key, view), view 0 being the identity, for pre-encoding into image-token shards.
+(seed, key, view), view 0 being the identity, for pre-encoding into image-token shards. Every
+regime (``regimes.REGIMES``: ae, prior, center) goes through the same two functions; center's
+view 0 is its stored N×N image itself.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from PIL import Image
 from .digest import IMAGE_EXTS
 from .errors import T2IError
 from .pngio import load_image
-from .regimes import Regime, ViewParams
+from .regimes import REGIMES, Regime, ViewParams
 
 
 def regime_of(manifest: dict, allow_none: bool = False) -> Regime | None:
@@ -23,9 +25,9 @@ def regime_of(manifest: dict, allow_none: bool = False) -> Regime | None:
     (MD-MNIST: final-size images, no augmentation) give None when ``allow_none``."""
     if manifest.get("regime") is None and allow_none:
         return None
-    if manifest.get("regime") not in ("ae", "prior"):
+    if manifest.get("regime") not in REGIMES:
         raise T2IError(f"shard set {manifest.get('dataset')}/{manifest.get('split')} has regime "
-                       f"{manifest.get('regime')!r}; the random part needs one prepared with --regime ae or prior")
+                       f"{manifest.get('regime')!r}; the random part needs one prepared with --regime {', '.join(REGIMES)}")
     return Regime(manifest["regime"], manifest["size"])
 
 

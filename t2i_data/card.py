@@ -227,6 +227,10 @@ def _what(m: dict) -> list[str]:
         elif m.get("regime") == "prior":
             out.append(f"Regime prior-{m['size']}: mirror-padded to a square and resized to {m['size'] + 20}²; views add rotation "
                        f"U(-2°, 2°), a centre {m['size']}×{m['size']} crop and a flip (p = 0.5).")
+        elif m.get("regime") == "center":
+            out.append(f"Regime center-{m['size']}: the shorter side is resized to {m['size']} by exact area averaging and the centre "
+                       f"{m['size']}×{m['size']} is kept (an odd remainder puts the extra pixel right / bottom); the stored image is view 0. "
+                       "Views 1.. and training streams add rotation U(-2°, 2°) (black corners: there is no margin) and a flip (p = 0.5).")
     elif kind == "text_tokens":
         t = m.get("tokenizer", {})
         out.append(f"Each sample is `<key>.text_tokens.npy`: {t.get('dtype')}, shape (captions, {t.get('length')}), every caption "

@@ -7,7 +7,8 @@ how an image's bytes are read when an image is not a file of its own (``read_ima
 Per image: read the file once (its sha256 is the sample's ``source_sha256``), check and decode
 it (``decode.py``: bounds from the header, a strict decode at the DCT scale the output needs,
 EXIF orientation, transparency onto white, optionally AttnGAN's bounding-box crop), apply the
-regime's deterministic part (``Regime.prepare``: box reduce then LANCZOS), and store as JPEG
+regime's deterministic part (``Regime.prepare``: box reduce then LANCZOS for ae and prior; for
+center an exact area average to N×N of the centre crop), and store as JPEG
 (quality 95 by default, 4:4:4 chroma). Every step, JPEG encoding included, runs inside the
 quarantine: a problem with an input becomes a ``Quarantined`` record with its reason (or stops the
 run with ``strict``), and the shard's other samples are written. After all shards are written,
@@ -39,7 +40,7 @@ from .decode import ImageLimits, decode_source
 from .dedup import deduplicate
 from .digest import canonical_json
 from .errors import T2IError
-from .regimes import Regime
+from .regimes import REGIMES, Regime
 from .schema import SCHEMAS, check_meta
 from .quarantine import Quarantine, Quarantined
 from .build import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
@@ -74,8 +75,8 @@ class PreprocessConfig:
         names = registry.preprocess_names()
         if self.dataset not in names:
             raise T2IError(f"dataset must be one of {', '.join(names)}, got {self.dataset!r}")
-        if self.regime not in ("ae", "prior"):
-            raise T2IError(f"--regime must be ae or prior, got {self.regime!r}")
+        if self.regime not in REGIMES:
+            raise T2IError(f"--regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
         if self.size < 1:
             raise T2IError(f"--size must be a positive N, got {self.size}")
         if self.shard_size < 1:
@@ -84,6 +85,8 @@ class PreprocessConfig:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.scale not in (1, 2):
             raise T2IError(f"--scale must be 1 (store at the output resolution) or 2 (store at twice it), got {self.scale}")
+        if self.regime == "center" and self.scale != 1:
+            raise T2IError(f"--scale {self.scale} does not apply to --regime center: it stores the N×N image that view 0 is; drop --scale")
         boxed = [name for name in names if registry.lookup(name).bbox]  # whose records carry bounding boxes
         if self.bbox_crop is not None and self.dataset not in boxed:
             raise T2IError(f"--bbox-crop applies to {', '.join(boxed)} only (datasets with bounding boxes), not to {self.dataset}")

@@ -39,8 +39,9 @@ ARRAY_DTYPES = ("uint16", "int32")  # what tokenize.py and encode.py write
 
 # --- the declarations ------------------------------------------------------------------------
 
-# encode.produce_shard: without a regime (MD-MNIST) the one view is {"identity": true}; with one,
-# every view (view 0 too) is a ViewParams.
+# encode.produce_shard: without a regime (MD-MNIST) the one view is {"identity": true}; with one
+# (ae, prior or center: regimes.REGIMES), every view (view 0 too) is a ViewParams. An image set's
+# ``regime`` field is the STR of sources/schema_types.py, the name of the regime it was built with.
 IDENTITY_VIEWS_JSON = struct({"views": list_of(struct({"identity": BOOL}))})
 REGIME_VIEWS_JSON = struct({"views": list_of(struct({"angle": FLOAT, "x": INT, "y": INT, "flip": BOOL}))})
 

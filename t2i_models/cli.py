@@ -378,13 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_mdmnist_build)
 
     built = [registry.lookup(name) for name in registry.preprocess_names()]
-    pp = sub.add_parser("preprocess", help=f"{', '.join(ds.pretty for ds in built)} -> image shards for regime ae or prior")
+    pp = sub.add_parser("preprocess", help=f"{', '.join(ds.pretty for ds in built)} -> image shards for regime ae, prior or center")
     pp.add_argument("dataset", choices=[ds.name for ds in built])
     pp.add_argument("--root", help="the download: " + "; ".join(f"for {ds.name} {ds.root}" for ds in built))
     pp.add_argument("--out", help="output folder (or 'out' in the [preprocess] table)")
     pp.add_argument("--config", help="a pipeline file, e.g. pipelines/cub-128.toml; flags given here override it")
     pp.add_argument("--table", help="use the [preprocess.NAME] sub-table of --config (default: the one named as --regime, if any)")
-    pp.add_argument("--regime", choices=("ae", "prior"), help="ae: shorter side N+10; prior: mirror-pad square, (N+20)^2")
+    pp.add_argument("--regime", choices=("ae", "prior", "center"), help="ae: shorter side N+10; prior: mirror-pad square, (N+20)^2; "
+                    "center: shorter side N (area average), centre NxN crop stored as view 0 (pre-encoding at a tokenizer's size)")
     pp.add_argument("--size", type=int, help="N, the final crop size")
     pp.add_argument("--split", help=f"comma-separated splits ({'; '.join(f'{ds.name}: ' + ','.join(ds.splits) for ds in built)}); default all present")
     pp.add_argument("--shard-size", type=int)
