@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
     en.add_argument("--autoencoder", help="a t2i autoencoder checkpoint")
-    en.add_argument("--images", help="an image shard set (regime prior or ae, size = the autoencoder's)")
+    en.add_argument("--images", help="an image shard set (regime prior, ae or center, size = the autoencoder's)")
     en.add_argument("--out")
     en.add_argument("--config", help="a pipeline file with an [encode] table; flags given here override it")
     en.add_argument("--views", type=int, help="K views per image; view 0 is the identity (default 1)")

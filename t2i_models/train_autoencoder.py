@@ -42,7 +42,7 @@ from .builders import CONFIGS, build_autoencoder
 from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
-                           make_optimizer, set_lr, torch_settings, total_steps, use_bf16)
+                           make_optimizer, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
 log = logging.getLogger(__name__)
 # model: the dVAE's τ / λ schedules and the VQ-VAE's settings live there
@@ -131,8 +131,7 @@ def _check_eval_images(cfg: TrainConfig, size: int) -> None:
     got = regime.size if regime else m["size"]
     if got != size:
         raise T2IError(f"eval_images={cfg.eval_images} holds {got}x{got} images; the train split {cfg.images} holds {size}x{size}")
-    if m.get("split") not in ("test", None):
-        log.warning("eval_images=%s is the %s split; held-out figures come from the test split", cfg.eval_images, m.get("split"))
+    warn_if_not_heldout("eval_images", cfg.eval_images, m.get("split"), load_manifest(Path(cfg.images) / MANIFEST_NAME).get("split"))
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -114,7 +114,8 @@ def check_restarts(cfg) -> None:
             raise T2IError(f"restarts are [step, rate] pairs, e.g. [[10000, 1.8e-3], [25000, 1.5e-3]], got {restarts}")
         step, rate = r
         if isinstance(step, bool) or not isinstance(step, int) or step <= cfg.warmup:
-            raise T2IError(f"a restart's step is an optimizer step after the warmup ({cfg.warmup} steps), a whole number, got {step!r}")
+            raise T2IError(f"a restart's step must be a whole optimizer step after the warmup's first line "
+                           f"(warmup {cfg.warmup}: at least step {cfg.warmup + 1}), got {step!r}")
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
             raise T2IError(f"a restart's rate must be > 0, got {rate!r} at step {step}")
     steps = [r[0] for r in restarts]
@@ -284,3 +285,14 @@ def append_metrics(path: Path, row: dict) -> None:
     the same file, after the rows of the run it continues."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def warn_if_not_heldout(flag: str, path: str, split: str | None, train_split: str | None) -> None:
+    """Log a warning when the held-out set ``flag=path`` is a training split (its name starts with
+    "train", or it is the split being trained on): its figures then measure memorisation. A test or
+    validation split (MD-MNIST and CUB ``test``, COCO ``val2017``) passes silently."""
+    if split is None:
+        return
+    if split == train_split or split.startswith("train"):
+        log.warning("%s=%s is the %s split, a training split; held-out figures need the test or validation split",
+                    flag, path, split)

@@ -40,7 +40,7 @@ from .checkpoint import restore_training, resume_checkpoint, save_prior, trainin
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .prior_builders import PRIORS, prior_from_config
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
-                           make_optimizer, normal_restarts, set_lr, torch_settings, total_steps, use_bf16)
+                           make_optimizer, normal_restarts, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
 log = logging.getLogger(__name__)
 SCHEDULE = ("steps", "epochs", "optimizer", "lr", "lr_schedule", "milestones", "lr_gamma", "restarts", "warmup", "weight_decay",
@@ -188,9 +188,7 @@ def _train_prior(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
     if cfg.eval_image_tokens and rank == 0:  # the same tokenizer and autoencoder as the train split, checked by fingerprint
         heldout = TokenStream(cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.batch_size, cfg.seed,
                               expect_tokenizer=tok["fingerprint"], expect_autoencoder=ae["fingerprint"])
-        if heldout.img_m.get("split") not in ("test", None):
-            log.warning("eval_image_tokens=%s is the %s split; held-out figures come from the test split", cfg.eval_image_tokens,
-                        heldout.img_m.get("split"))
+        warn_if_not_heldout("eval_image_tokens", cfg.eval_image_tokens, heldout.img_m.get("split"), ds.img_m.get("split"))
     torch.manual_seed(cfg.seed)
     model = build_prior(cfg, tokens, resume, last).to(device)
     opt = make_optimizer(cfg, [{"params": list(model.parameters()), "lr": cfg.lr}], device)

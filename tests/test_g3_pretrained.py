@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+from pathlib import Path
 from fractions import Fraction
 
 import pytest
@@ -233,38 +234,6 @@ def test_each_refusal_names_what_is_wrong(folders, tmp_path):
             g3_coco(**{**base, **over})
 
 
-# The recipe of seed 004, §2.2.2, as a [train_prior] table for pipelines/coco-dalle.toml (the same
-# text as /tmp/readme18/g3_recipe.toml, proposed for that file).
-RECIPE = '''
-# BERT2GPT2 of the DALL·E reproduction on COCO 2017 (seed 004, §2.2.2), warm-started from local
-# bert-base-uncased and gpt2 folders (never downloaded: put them there first).
-[train_prior]
-arch = "g3_coco"                 # BERT-base encoder + GPT-2 small decoder, vocabulary 8192 + BOS
-image_tokens = "data/coco-dalle-img/train2017"
-text_tokens = "data/coco-dalle-text/train2017"
-eval_image_tokens = "data/coco-dalle-img/val2017"
-eval_text_tokens = "data/coco-dalle-text/val2017"
-out = "runs/coco-dalle-g3"
-steps = 50000                    # "fine-tuned these models for 50.000 steps"
-batch_size = 8                   # "a batch size of 8 examples"
-grad_accum = 3                   # "3 gradient accumulation steps ... effective batch size of 24"
-optimizer = "adamw"              # "AdamW ... with the default parameters of the HuggingFace Trainer API":
-weight_decay = 0.0               #   the Trainer's weight_decay 0.0 (betas 0.9, 0.999, eps 1e-8: torch's defaults too)
-grad_clip = 1.0                  #   and its max_grad_norm 1.0
-lr = 0.003                       # "10 warm-up steps to increase the learning rate from 0 to 0.003"
-warmup = 10
-lr_schedule = "linear"           # "a linear schedule until 10.000 steps, ... 0.0018 until 25.000 steps ... 0.0015"
-restarts = [[10000, 0.0018], [25000, 0.0015]]   # each line reaches 0 where the next begins (the seed's "increased")
-eval_every = 1000                # "We evaluated every 1000 update steps"
-eval_n = 0                       # the whole held-out split, as the Trainer's evaluation does
-seed = 0
-
-[train_prior.model]
-bert = "pretrained/bert-base-uncased"   # config.json + model.safetensors (save_pretrained layout)
-gpt2 = "pretrained/gpt2"
-'''
-
-
 def seed_rate(step: int) -> Fraction:
     """The seed's schedule, computed here on its own: 10 warm-up steps to 3e-3, then straight
     lines to 0 at step 10,000 (from 3e-3 at step 10), 25,000 (from 1.8e-3) and 50,000 (from 1.5e-3)."""
@@ -280,8 +249,7 @@ def test_the_seeds_recipe_resolves_through_t2i_run(tmp_path, monkeypatch):
     from t2i_models.run import stage_config
     from t2i_models.train_common import lr_at, total_steps
 
-    path = tmp_path / "coco-dalle.toml"
-    path.write_text(RECIPE, encoding="utf-8")
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "coco-dalle.toml"  # the shipped recipe
     monkeypatch.chdir(tmp_path)
     cfg = stage_config(path, "train_prior")
     got = {k: getattr(cfg, k) for k in ("arch", "steps", "batch_size", "grad_accum", "optimizer", "weight_decay", "grad_clip", "lr",

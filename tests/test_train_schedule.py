@@ -96,7 +96,7 @@ def test_restarts_are_checked():
     base = dict(image_tokens="a", text_tokens="b", out="c", steps=100, warmup=10)
     bad = [(dict(restarts=[[50, 1e-3]]), "restarts are for lr_schedule=linear"),
            (dict(lr_schedule="linear", restarts=[[50]]), r"restarts are \[step, rate\] pairs"),
-           (dict(lr_schedule="linear", restarts=[[10, 1e-3]]), "after the warmup \\(10 steps\\), a whole number, got 10"),
+           (dict(lr_schedule="linear", restarts=[[10, 1e-3]]), "after the warmup.s first line \\(warmup 10: at least step 11\\), got 10"),
            (dict(lr_schedule="linear", restarts=[[50.5, 1e-3]]), "a whole number, got 50.5"),
            (dict(lr_schedule="linear", restarts=[[50, 0.0]]), "a restart's rate must be > 0, got 0.0 at step 50"),
            (dict(lr_schedule="linear", restarts=[[60, 1e-3], [50, 1e-3]]), r"increasing steps, got steps \[60, 50\]"),
@@ -192,3 +192,18 @@ def test_uint8_images_become_floats_in_0_1_and_floats_pass():
     assert y.dtype == torch.float32 and torch.equal(y.flatten(), torch.tensor([0.0, 51 / 255, 1.0]))
     f = torch.rand(1, 3, 2, 2)
     assert to_float_images(f) is f
+
+
+def test_a_training_split_as_held_out_set_is_warned_and_test_or_val_splits_are_not(caplog):
+    from t2i_models.train_common import warn_if_not_heldout
+
+    for split, train in (("test", "train"), ("val2017", "train2017"), (None, "train")):
+        warn_if_not_heldout("eval_images", "data/x", split, train)
+    assert caplog.records == []
+    warn_if_not_heldout("eval_images", "data/x/train", "train", "train")
+    warn_if_not_heldout("eval_image_tokens", "data/t/train2017", "train2017", "train")
+    warn_if_not_heldout("eval_images", "data/x/extra", "extra", "extra")
+    assert [r.getMessage() for r in caplog.records] == [
+        "eval_images=data/x/train is the train split, a training split; held-out figures need the test or validation split",
+        "eval_image_tokens=data/t/train2017 is the train2017 split, a training split; held-out figures need the test or validation split",
+        "eval_images=data/x/extra is the extra split, a training split; held-out figures need the test or validation split"]

@@ -88,7 +88,7 @@ class Dataset:
 
     @property
     def preprocessed(self) -> bool:
-        """Built by ``t2i preprocess``, with a regime (ae or prior)."""
+        """Built by ``t2i preprocess``, with a regime (ae, prior or center)."""
         return self.loader is not None
 
     @property
