@@ -119,6 +119,11 @@ def test_the_coco_dalle_pipeline_runs_end_to_end_on_stand_ins(realdata, tmp_path
     rows = [json.loads(line) for line in (tmp_path / "runs" / "coco-dalle-g3" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert lrs[:4] == pytest.approx([0.003, 0.003, 0.001, 0.0005])  # warmup 1 to 3e-3, the line from step 1; restart at 2 to 1e-3, halfway at 3
+    # t2i sample takes the published files as --autoencoder: G3 tokens decoded by the dVAE into pixels
+    assert main(["sample", "--prior", str(tmp_path / "runs" / "coco-dalle-g3" / "last.pt"), "--autoencoder", str(dalle / "encoder.pkl"),
+                 "--tokenizer", str(tmp_path / "data" / "tok-bert-base-uncased"), "--prompt", "a cat on a red sofa", "-n", "1",
+                 "--out", str(tmp_path / "samples.png")]) == 0
+    assert Image.open(tmp_path / "samples.png").size[0] >= 128
     # a second run finds every stage done and verified
     assert main(["run", PIPELINE, *TINY, "--dry-run"]) == 0
     out = capsys.readouterr().out
