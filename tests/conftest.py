@@ -9,6 +9,17 @@ from t2i_data.runner import InProcessRunner
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def close_persistent_loader_workers():
+    """After each test, shut down the loader workers a test's streams kept (``stream.loader``'s
+    persistent workers), as trainers do at their end: left to the garbage collector, each stream
+    would stall a later test for 5 s per worker (``stream.close_all_loaders``)."""
+    yield
+    from t2i_data.stream import close_all_loaders
+
+    close_all_loaders()
+
+
 def realdata_dir() -> Path:
     return Path(os.environ.get("T2I_REALDATA", ROOT.parent / "shared" / "realdata"))
 

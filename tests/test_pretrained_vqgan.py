@@ -275,3 +275,45 @@ def test_decode_refuses_ids_outside_the_codebook():
     model = tv.TamingVQGAN(tv.config_from_yaml(model_yaml(1024), "test")).eval()
     with pytest.raises(ValueError, match=r"\[0, 1024\)"):
         model.decode(torch.full((1, 4, 4), 1024))
+
+
+def test_t2i_encode_preview_and_eval_take_last_ckpt(tmp_path):
+    """The published layout through the commands: ``t2i encode`` (manifest names the kind, format,
+    fingerprint and both source files; tokens are the model's on each stored image), ``t2i preview
+    --autoencoder`` and ``t2i eval autoencoder``. No oracle: this module's own random-init weights."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from fixtures_sources import make_coco
+    from t2i_data.preprocess import PreprocessConfig, preprocess
+    from t2i_data.runner import InProcessRunner
+    from t2i_data.tario import iter_samples
+    from t2i_models.checkpoint import load_autoencoder
+    from t2i_models.cli import main
+    from t2i_models.encode import EncodeConfig, encode
+
+    ckpt = published(tmp_path / "vqgan", own_state(1024), 1024)
+    root = make_coco(tmp_path / "coco")
+    preprocess(PreprocessConfig("coco", str(root), regime="center", size=DD["resolution"], shard_size=2), tmp_path / "img", InProcessRunner())
+    split = tmp_path / "img" / "val2017"
+    m = encode(ckpt, split, tmp_path / "tok", EncodeConfig(views=2, seed=3, batch_size=3), InProcessRunner())["val2017"]
+    model, rec = load_autoencoder(ckpt)
+    ae = m["autoencoder"]
+    assert (ae["kind"], ae["format"], ae["fingerprint"], ae["grid"], ae["vocab_size"]) == ("taming_vqgan", "taming-vqgan", rec["fingerprint"], 4, 1024)
+    assert sorted(ae["source"]["files"]) == ["last.ckpt", "model.yaml"]
+    n = 0
+    for shard in sorted(split.glob("*.tar")):
+        for image, tok in zip(iter_samples(shard), iter_samples(m["_out"] / shard.name)):
+            tokens = np.load(io.BytesIO(tok["image_tokens.npy"]))
+            assert tokens.shape == (2, 4, 4) and tokens.dtype == np.uint16
+            x = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image["jpg"])).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+            assert np.array_equal(tokens[0], model.encode(x)[0].numpy())  # view 0 of a center set: the stored image
+            n += 1
+    assert n >= 3
+    assert main(["preview", str(sorted(m["_out"].glob("*.tar"))[0]), "--autoencoder", str(ckpt), "--out", str(tmp_path / "p.png")]) == 0
+    assert main(["eval", "autoencoder", "--autoencoder", str(ckpt), "--images", str(split), "--out", str(tmp_path / "ev"), "--grid", "2"]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["kind"] == "taming_vqgan" and report["fingerprint"] == rec["fingerprint"] and report["images"] == n

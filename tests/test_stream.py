@@ -275,3 +275,26 @@ def test_close_loaders_ends_the_persistent_workers_and_a_later_call_starts_new_o
     assert len(again) == 2 and not again & first
     close_loaders(ds)
     close_loaders(ds)  # nothing left: a no-op
+
+
+def test_close_all_loaders_ends_every_streams_workers_and_an_error_ends_the_failed_loaders_at_once(shards, tmp_path):
+    """``close_all_loaders`` (at interpreter exit, and after each test here) reaches streams the
+    caller never closed; a failed epoch's workers are shut down when the error is raised."""
+    import os
+
+    from t2i_data import stream
+
+    streams = [ShardStream(shards, keys_and_pid, batch_size=4, seed=s, shuffle_buffer=16) for s in (1, 2)]
+    pids = set()
+    for ds in streams:
+        ds.set_epoch(0, 0, 2)
+        pids |= {p for b in loader(ds, 2) for p in b["pid"]}
+    assert len(pids) == 4 and all(os.path.exists(f"/proc/{p}") for p in pids) and set(streams) <= set(stream._WITH_LOADERS)
+    stream.close_all_loaders()
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids) and not list(stream._WITH_LOADERS)
+    d = _copy(shards, tmp_path)
+    (d / "mdmnist-train-000001.tar").write_bytes((d / "mdmnist-train-000001.tar").read_bytes()[:-700])
+    ds = ShardStream(d, keys_and_pid, batch_size=4, seed=5, shuffle_buffer=16)
+    with pytest.raises(T2IError, match="mdmnist-train-000001.tar"):
+        list(loader(ds, 2))
+    assert ds.__dict__.get("_loaders") == {}  # dropped, and its workers were shut down on the way out
