@@ -97,7 +97,7 @@ def test_restarts_are_checked():
     bad = [(dict(restarts=[[50, 1e-3]]), "restarts are for lr_schedule=linear"),
            (dict(lr_schedule="linear", restarts=[[50]]), r"restarts are \[step, rate\] pairs"),
            (dict(lr_schedule="linear", restarts=[[10, 1e-3]]), "after the warmup.s first line \\(warmup 10: at least step 11\\), got 10"),
-           (dict(lr_schedule="linear", restarts=[[50.5, 1e-3]]), "a whole number, got 50.5"),
+           (dict(lr_schedule="linear", restarts=[[50.5, 1e-3]]), "must be a whole optimizer step .*got 50.5"),
            (dict(lr_schedule="linear", restarts=[[50, 0.0]]), "a restart's rate must be > 0, got 0.0 at step 50"),
            (dict(lr_schedule="linear", restarts=[[60, 1e-3], [50, 1e-3]]), r"increasing steps, got steps \[60, 50\]"),
            (dict(lr_schedule="linear", restarts=[[100, 1e-3]]), r"restart at step 100 is not before the run's end \(steps=100\)")]
