@@ -1,7 +1,7 @@
 """``pipelines/coco-dalle.toml`` (the DALL·E reproduction on COCO 2017) through ``t2i run``, end to
 end, on tiny stand-ins of each input it names, laid out where the file expects them:
 
-- COCO: 6 train + 3 val real val2017 JPEGs of ``$T2I_REALDATA`` with their real captions;
+- COCO: 4 train + 2 val real val2017 JPEGs of ``$T2I_REALDATA`` with their real captions;
 - ``pretrained/dall-e/encoder.pkl`` / ``decoder.pkl``: the ``dall-e`` package's own Encoder /
   Decoder (the oracle, installed with ``--no-deps``) at small widths, random init, saved with
   ``torch.save(model)`` as the published files are;
@@ -43,7 +43,7 @@ TINY = ["preprocess.shard_size=4", "encode.batch_size=4",
 def _coco(realdata: Path, root: Path) -> dict[str, list[int]]:
     src = json.loads((realdata / "coco" / "annotations" / "captions_val2017.json").read_text())
     have = sorted(int(p.stem) for p in (realdata / "coco" / "val2017").glob("*.jpg"))
-    chosen = {"train2017": have[:6], "val2017": have[6:9]}
+    chosen = {"train2017": have[:4], "val2017": have[4:6]}
     (root / "annotations").mkdir(parents=True)
     for split, ids in chosen.items():
         (root / split).mkdir()
