@@ -213,3 +213,43 @@ def test_t2i_encode_preview_and_eval_take_encoder_pkl(published, images256, tmp_
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["kind"] == "openai_dvae" and report["fingerprint"] == rec["fingerprint"] and report["images"] >= 1
     assert 0 < report["codes_used"] <= 1 and report["psnr"] > 0
+
+
+def _no_blocks(enc):
+    del enc.blocks
+
+
+def _text_width(enc):
+    enc.n_hid = "32"
+
+
+def _huge_width(enc):
+    enc.n_hid = 10**9
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_no_blocks, r"the pickled dall_e.encoder.Encoder has no blocks Sequential; not a file of the dall_e package"),
+    (_text_width, r"the pickled dall_e.encoder.Encoder has n_hid = '32', not an integer in \[1, 16,384\]"),
+    (_huge_width, r"the pickled dall_e.encoder.Encoder has n_hid = 1000000000, not an integer in \[1, 16,384\]"),
+])
+def test_a_pickle_with_a_damaged_module_tree_or_sizes_stops_with_one_message(tmp_path, damage, message):
+    """The sizes a pickle states are checked before a model of that size is built (no 10^9-wide
+    convolution is attempted), and a module tree without the dall_e layout is named as such."""
+    enc, dec = _oracle()
+    damage(enc)
+    torch.save(enc, tmp_path / "encoder.pkl")
+    torch.save(dec, tmp_path / "decoder.pkl")
+    with pytest.raises(T2IError, match=message):
+        load_autoencoder(tmp_path / "encoder.pkl")
+
+
+def test_a_legacy_format_pickle_and_a_folder_are_refused_naming_why(tmp_path):
+    enc, dec = _oracle()
+    torch.save(enc, tmp_path / "encoder.pkl", _use_new_zipfile_serialization=False)  # stores module source code
+    torch.save(dec, tmp_path / "decoder.pkl")
+    with pytest.raises(T2IError, match=r"encoder.pkl: torch's weights_only unpickler refused it \(Only persistent_load of storage "
+                                       r"is allowed.*save the module again with a current torch"):
+        load_autoencoder(tmp_path / "encoder.pkl")
+    (tmp_path / "model.pkl").mkdir()
+    with pytest.raises(T2IError, match=r"model.pkl: a folder, not a file \(OpenAI dVAE\)"):
+        load_autoencoder(tmp_path / "model.pkl")

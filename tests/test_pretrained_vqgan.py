@@ -317,3 +317,29 @@ def test_t2i_encode_preview_and_eval_take_last_ckpt(tmp_path):
     assert main(["eval", "autoencoder", "--autoencoder", str(ckpt), "--images", str(split), "--out", str(tmp_path / "ev"), "--grid", "2"]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["kind"] == "taming_vqgan" and report["fingerprint"] == rec["fingerprint"] and report["images"] == n
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_embed": 10**12}, r"n_embed must be an integer in \[1, 1,048,576\], got 1000000000000"),
+    ({"ddconfig": dict(DD, ch=33554432)}, r"ch must be an integer in \[1, 4,096\], got 33554432"),
+    ({"ddconfig": dict(DD, dropout="x")}, r"dropout must be a number in \[0, 1\), got 'x'"),
+    ({"ddconfig": dict(DD, attn_resolutions=16)}, r"attn_resolutions must be a list of integers, got 16"),
+    ({"ddconfig": dict(DD, ch_mult="abc")}, r"ch_mult must be a list of integers, got 'abc'"),
+    ({"ddconfig": dict(DD, num_res_blocks=True)}, r"num_res_blocks must be an integer in \[0, 16\], got True"),
+    ({"ddconfig": dict(DD, resamp_with_conv="yes")}, r"resamp_with_conv must be true or false, got 'yes'"),
+])
+def test_yaml_sizes_and_types_are_checked_before_a_model_is_built(tmp_path, change, message):
+    """A YAML of absurd sizes or wrong types stops with one message naming the field; nothing of its
+    size is allocated (the model is built on the meta device only after the checks)."""
+    ckpt = published(tmp_path, own_state(1024), 1024)
+    doc = model_yaml(1024)
+    doc["model"]["params"].update(change)
+    write_yaml(tmp_path / "configs" / "model.yaml", doc)
+    with pytest.raises(T2IError, match=message):
+        tv.load(ckpt)
+
+
+def test_a_folder_given_as_the_checkpoint_is_named_as_one(tmp_path):
+    (tmp_path / "last.ckpt").mkdir()
+    with pytest.raises(T2IError, match=r"last.ckpt: a folder, not a file \(taming VQGAN\)"):
+        tv.load(tmp_path / "last.ckpt")

@@ -237,11 +237,29 @@ def claims(path: Path) -> bool:
     return "encoder.blocks.input.w" in keys or (path.name.startswith(("encoder", "decoder")) and "blocks.input.w" in keys)
 
 
+# Bounds on the sizes a pickle states, far above the published model's (vocab 8192, n_hid 256,
+# n_init 128, 2 blocks per group, 3 channels), so a wrong or hostile file is refused before a
+# model of its size is built.
+LIMITS = {"vocab_size": 1 << 20, "n_hid": 1 << 14, "n_init": 1 << 14, "n_blk_per_group": 64, "input_channels": 64, "output_channels": 64}
+
+
 def _attr(rec: Pickled, name: str, where: Path):
+    """The pickled object's attribute ``name``: an int in [1, ``LIMITS[name]``] for a size."""
     try:
-        return rec.state[name]
+        v = rec.state[name]
     except KeyError:
         raise T2IError(f"{where}: the pickled {rec.cls} has no {name!r}; not a file of the dall_e package") from None
+    if name in LIMITS and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= LIMITS[name]):
+        raise T2IError(f"{where}: the pickled {rec.cls} has {name} = {v!r}, not an integer in [1, {LIMITS[name]:,}]")
+    return v
+
+
+def _groups(rec: Pickled, where: Path) -> list[str]:
+    """The names of the ``group_N`` children of the pickled module's ``blocks`` Sequential."""
+    blocks = rec.children().get("blocks")
+    if not isinstance(blocks, Pickled) or not isinstance(blocks.state.get("_modules"), dict):
+        raise T2IError(f"{where}: the pickled {rec.cls} has no blocks Sequential; not a file of the dall_e package")
+    return [n for n in blocks.children() if n.startswith("group_")]
 
 
 def _from_pickles(enc_path: Path, dec_path: Path) -> tuple[OpenAIDVAEConfig, dict, dict]:
@@ -253,7 +271,7 @@ def _from_pickles(enc_path: Path, dec_path: Path) -> tuple[OpenAIDVAEConfig, dic
             got = rec.cls if isinstance(rec, Pickled) else type(rec).__name__
             raise T2IError(f"{where}: holds a {got}, not a {want}; pass encoder.pkl with decoder.pkl beside it")
     for rec, where in ((enc, enc_path), (dec, dec_path)):
-        groups = [n for n in rec.blocks.children() if n.startswith("group_")]
+        groups = _groups(rec, where)
         if len(groups) != GROUP_COUNT:
             raise T2IError(f"{where}: {len(groups)} groups where the dall_e architecture has {GROUP_COUNT}")
     vocab = _attr(enc, "vocab_size", enc_path)
@@ -261,9 +279,12 @@ def _from_pickles(enc_path: Path, dec_path: Path) -> tuple[OpenAIDVAEConfig, dic
         raise T2IError(f"{enc_path}: encoder has {vocab} codes but {dec_path.name} decodes {dec.vocab_size}; they are not one dVAE")
     if _attr(dec, "n_blk_per_group", dec_path) != _attr(enc, "n_blk_per_group", enc_path):
         raise T2IError(f"{enc_path}: encoder and decoder have different blocks per group; they are not one dVAE")
-    cfg = OpenAIDVAEConfig(vocab_size=vocab, enc_hid=_attr(enc, "n_hid", enc_path), dec_hid=_attr(dec, "n_hid", dec_path),
-                           dec_init=_attr(dec, "n_init", dec_path), n_blk_per_group=enc.n_blk_per_group,
-                           input_channels=_attr(enc, "input_channels", enc_path), output_channels=_attr(dec, "output_channels", dec_path))
+    try:
+        cfg = OpenAIDVAEConfig(vocab_size=vocab, enc_hid=_attr(enc, "n_hid", enc_path), dec_hid=_attr(dec, "n_hid", dec_path),
+                               dec_init=_attr(dec, "n_init", dec_path), n_blk_per_group=enc.n_blk_per_group,
+                               input_channels=_attr(enc, "input_channels", enc_path), output_channels=_attr(dec, "output_channels", dec_path))
+    except ValueError as e:
+        raise T2IError(f"{enc_path}: {e}") from None
     sd = {f"encoder.{k}": v for k, v in state_dict_of(enc).items()} | {f"decoder.{k}": v for k, v in state_dict_of(dec).items()}
     fp16 = {}
     for prefix, rec in (("encoder", enc), ("decoder", dec)):
@@ -296,7 +317,7 @@ def load(path: Path, map_location: str = "cpu"):
     Raises ``T2IError`` for a missing half, a refused global, or weights that do not fit."""
     path = Path(path)
     if not path.is_file():
-        raise T2IError(f"{path}: no such file (OpenAI dVAE)")
+        raise T2IError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} (OpenAI dVAE)")
     fp16 = {}
     if path.suffix == ".pkl":
         other = _partner(path)
@@ -318,8 +339,11 @@ def load(path: Path, map_location: str = "cpu"):
             sd = {f"{half}.{k}": v for half in ("encoder", "decoder") for k, v in halves[half].items()}
             files.append(other)
         cfg = _config_from_state(sd, path)
-    with torch.device("meta"):  # no random init of ~100M parameters that the file's weights replace
-        model = OpenAIDVAE(cfg)
+    try:
+        with torch.device("meta"):  # no random init of ~100M parameters that the file's weights replace
+            model = OpenAIDVAE(cfg)
+    except ValueError as e:  # sizes the architecture cannot take (a block width not a multiple of 4)
+        raise T2IError(f"{path}: {e}; not the OpenAI dVAE architecture") from None
     for name, m in model.named_modules():
         if isinstance(m, Conv2d) and name in fp16:
             m.use_float16 = fp16[name]

@@ -90,7 +90,7 @@ def restricted_load(path: str | Path, classes: tuple[str, ...], what: str, map_l
     that is not a torch pickle."""
     path = Path(path)
     if not path.is_file():
-        raise T2IError(f"{path}: no such file ({what})")
+        raise T2IError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} ({what})")
     allowed = [(_stand_in(c), c) for c in (*classes, *TORCH_MODULES)] + [(v, k) for k, v in _PLAIN.items()]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -101,6 +101,11 @@ def restricted_load(path: str | Path, classes: tuple[str, ...], what: str, map_l
         if m:
             raise T2IError(f"{path}: the pickle names the global {m.group(1)}, which {what} files do not hold; "
                            f"refusing to load it (nothing of it was run)") from None
+        if "WeightsUnpickler error:" in text:  # torch's refusal: keep its reason, not its advice to unpickle without it
+            reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            raise T2IError(f"{path}: torch's weights_only unpickler refused it ({reason[:200]}); this loader reads {what} "
+                           f"files only through it (a file saved by torch.save in its legacy format stores module source "
+                           f"code that it does not read: save the module again with a current torch)") from None
         first = (text.strip().splitlines() or [""])[0]
         raise T2IError(f"{path}: not a readable {what} file ({type(e).__name__}: {first[:300]})") from None
 

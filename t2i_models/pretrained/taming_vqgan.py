@@ -77,6 +77,11 @@ STATE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 TRAINING_PARAMS = {"lossconfig", "ckpt_path", "ignore_keys", "image_key", "monitor", "sane_index_shape"}
 
 
+# Bounds on the YAML's sizes, far above any published VQGAN (f16-16384: n_embed 16384, ch 128, z 256,
+# resolution 256), so a wrong or hostile YAML is refused before a model of its size is built.
+MAX_SIZE = {"vocab_size": 1 << 20, "embed_dim": 1 << 14, "ch": 1 << 12, "resolution": 1 << 14, "z_channels": 1 << 14}
+
+
 @dataclass(frozen=True)
 class TamingVQGANConfig:
     vocab_size: int = 16384  # n_embed
@@ -94,14 +99,22 @@ class TamingVQGANConfig:
     double_z: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        for name in ("ch_mult", "attn_resolutions"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(m, int) and not isinstance(m, bool) for m in v):
+                raise ValueError(f"{name} must be a list of integers, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
         for name in ("vocab_size", "embed_dim", "ch", "resolution", "z_channels"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
-            raise ValueError(f"num_res_blocks must be an integer >= 0, got {self.num_res_blocks!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE[name]:
+                raise ValueError(f"{'n_embed' if name == 'vocab_size' else name} must be an integer in [1, {MAX_SIZE[name]:,}], got {v!r}")
+        if not isinstance(self.num_res_blocks, int) or isinstance(self.num_res_blocks, bool) or not 0 <= self.num_res_blocks <= 16:
+            raise ValueError(f"num_res_blocks must be an integer in [0, 16], got {self.num_res_blocks!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("resamp_with_conv", "double_z"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.in_channels != 3 or self.out_ch != 3:
             raise ValueError(f"in_channels and out_ch must be 3 (RGB images), got {self.in_channels} and {self.out_ch}")
         if self.double_z:
@@ -438,13 +451,14 @@ def load(path: Path, map_location: str = "cpu"):
     not fit the YAML's architecture."""
     path = Path(path)
     if not path.is_file():
-        raise T2IError(f"{path}: no such file (taming VQGAN)")
+        raise T2IError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} (taming VQGAN)")
     yaml_path = find_yaml(path)
     cfg = config_from_yaml(_read_yaml(yaml_path), yaml_path)
     sd = _state_dict(path)
     n_loss = sum(k.startswith("loss.") for k in sd)
     sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
-    model = TamingVQGAN(cfg)
+    with torch.device("meta"):  # shapes only: the file's weights are assigned below, nothing is drawn or allocated first
+        model = TamingVQGAN(cfg)
     want = model.state_dict()
     unexpected, missing = set(sd) - set(want), set(want) - set(sd)
     if unexpected or missing:
@@ -455,7 +469,7 @@ def load(path: Path, map_location: str = "cpu"):
     for name, t in want.items():
         if sd[name].shape != t.shape:
             raise T2IError(f"{path}: {name} has shape {tuple(sd[name].shape)} but {yaml_path.name} gives {tuple(t.shape)}")
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     model = model.to(map_location).eval()
     record = {"format": FORMAT, "kind": KIND, "config": asdict(cfg), "fingerprint": weights_fingerprint(model),
               "source": {"files": {f.name: file_sha256(f) for f in (path, yaml_path)}, "loss_keys_dropped": n_loss}}
