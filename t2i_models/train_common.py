@@ -122,7 +122,8 @@ def check_restarts(cfg) -> None:
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise T2IError(f"restarts must come in increasing steps, got steps {steps}")
     if cfg.steps > 0 and steps[-1] >= cfg.steps:
-        raise T2IError(f"restart at step {steps[-1]} is not before the run's end (steps={cfg.steps})")
+        raise T2IError(f"restarts: the restart at step {steps[-1]} is not before the run's end (steps={cfg.steps}); "
+                       f"a shorter run needs its own restarts (restarts=[] for none)")
 
 
 def normal_restarts(restarts) -> list[list]:

@@ -42,6 +42,8 @@ def WRONG(d):  # (argv, a fragment of the one-line message)
         (["preprocess", "coco", "--config", "pipelines/cub-128.toml", "--root", f"{d}/empty", "--out", f"{d}/o"], "is a cub pipeline"),
         (["tokenizer", "train", "--kind", "bpe", "--images", f"{d}/empty", "--out", f"{d}/t"], "is this a shard set"),
         (["tokenizer", "load", "--kind", "bpe", "--out", f"{d}/t"], "--from PATH is needed"),
+        (["tokenizer", "load", "--kind", "wordpiece", "--from", f"{d}/bert-base-uncased", "--out", f"{d}/t"],
+         "bert-base-uncased: no such file or folder; nothing is downloaded: put the published tokenizer's files there \\(vocab.txt"),
         (["tokenize", "--tokenizer", f"{d}/empty", "--images", f"{d}/empty", "--out", f"{d}/tt", "--length", "8"], "no t2i_tokenizer.json"),
         (["train", "autoencoder"], "are needed"),
         (["train", "autoencoder", "noequals"], "is not key=value"),
@@ -89,10 +91,10 @@ def WRONG(d):  # (argv, a fragment of the one-line message)
     ]
 
 
-@pytest.mark.parametrize("case", range(50))
+@pytest.mark.parametrize("case", range(51))
 def test_every_subcommand_refuses_wrong_use_with_one_line_and_exit_2(junk, case, capsys):
     table = WRONG(junk)
-    assert len(table) == 50
+    assert len(table) == 51
     argv, fragment = table[case]
     assert main(["-q", *argv, *(["--workers", "0"] if argv[0] in ("mdmnist", "preprocess", "tokenize", "encode") else [])]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -251,5 +251,8 @@ def test_a_legacy_format_pickle_and_a_folder_are_refused_naming_why(tmp_path):
                                        r"is allowed.*save the module again with a current torch"):
         load_autoencoder(tmp_path / "encoder.pkl")
     (tmp_path / "model.pkl").mkdir()
-    with pytest.raises(T2IError, match=r"model.pkl: a folder, not a file \(OpenAI dVAE\)"):
+    with pytest.raises(T2IError, match=r"model.pkl: a folder, not a file \(OpenAI dVAE: "):
         load_autoencoder(tmp_path / "model.pkl")
+    with pytest.raises(T2IError, match=r"gone/encoder.pkl: no such file \(OpenAI dVAE: nothing is downloaded; put the published "
+                                       r"encoder.pkl and decoder.pkl there\)"):
+        load_autoencoder(tmp_path / "gone" / "encoder.pkl")

@@ -82,7 +82,8 @@ def load_pretrained(kind: str, path: str | Path | None) -> TextTokenizer:
         raise T2IError(f"--from PATH is needed to load a {kind} tokenizer")
     p = Path(path)
     if not p.exists():
-        raise T2IError(f"--from {p}: no such file or folder")
+        raise T2IError(f"--from {p}: no such file or folder; nothing is downloaded: put the published tokenizer's files there "
+                       f"({'vocab.txt, or a Hugging Face tokenizer folder' if kind == 'wordpiece' else 'tokenizer.json, vocab.json + merges.txt, or CLIP bpe_simple_vocab_16e6.txt.gz' if kind == 'bpe' else 'its files'})")
     if kind == "bpe":
         if p.name.endswith(".txt.gz"):
             return hf.load_clip(p)

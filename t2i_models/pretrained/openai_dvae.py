@@ -317,7 +317,8 @@ def load(path: Path, map_location: str = "cpu"):
     Raises ``T2IError`` for a missing half, a refused global, or weights that do not fit."""
     path = Path(path)
     if not path.is_file():
-        raise T2IError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} (OpenAI dVAE)")
+        raise T2IError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} (OpenAI dVAE: nothing is downloaded; "
+                       f"put the published encoder.pkl and decoder.pkl there)")
     fp16 = {}
     if path.suffix == ".pkl":
         other = _partner(path)
