@@ -43,7 +43,7 @@ def WRONG(d):  # (argv, a fragment of the one-line message)
         (["tokenizer", "train", "--kind", "bpe", "--images", f"{d}/empty", "--out", f"{d}/t"], "is this a shard set"),
         (["tokenizer", "load", "--kind", "bpe", "--out", f"{d}/t"], "--from PATH is needed"),
         (["tokenizer", "load", "--kind", "wordpiece", "--from", f"{d}/bert-base-uncased", "--out", f"{d}/t"],
-         "bert-base-uncased: no such file or folder; nothing is downloaded: put the published tokenizer's files there \\(vocab.txt"),
+         "bert-base-uncased: no such file or folder; nothing is downloaded: put the published tokenizer's files there (vocab.txt"),
         (["tokenize", "--tokenizer", f"{d}/empty", "--images", f"{d}/empty", "--out", f"{d}/tt", "--length", "8"], "no t2i_tokenizer.json"),
         (["train", "autoencoder"], "are needed"),
         (["train", "autoencoder", "noequals"], "is not key=value"),
