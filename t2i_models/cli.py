@@ -227,27 +227,21 @@ def cmd_eval_mdmnist(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from t2i_models.sample import sample_grid
+    from t2i_models.sample import cli_main
 
-    if args.n < 1:
-        raise T2IError(f"-n must be at least 1 (samples per prompt), got {args.n}")
-    if args.temperature < 0 or args.temperature != args.temperature:
-        raise T2IError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise T2IError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 0:
-        raise T2IError(f"--top-k must be 0 (off) or more, got {args.top_k}")
+    return cli_main(args)
 
-    prompts = list(args.prompt or [])
-    if args.prompts:
-        try:
-            prompts += [ln.strip() for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except FileNotFoundError:
-            raise T2IError(f"--prompts {args.prompts}: no such file") from None
-    out = sample_grid(args.prior, args.autoencoder, args.tokenizer, prompts, args.out, n=args.n, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    print(f"wrote {out} ({len(prompts)} prompts x {args.n} samples)")
-    return 0
+
+def cmd_eval_images(args) -> int:
+    from t2i_models.image_metrics import cli_main
+
+    return cli_main(args)
+
+
+def cmd_eval_priors(args) -> int:
+    from t2i_models.eval_priors import cli_main
+
+    return cli_main(args)
 
 
 def cmd_encode(args) -> int:
@@ -484,6 +478,40 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--batch-size", type=int, help="default 64")
     ea.add_argument("--grid", type=int, help="originals over reconstructions in the grid (default 8)")
     ea.set_defaults(func=cmd_eval_autoencoder)
+    ei = ev.add_parser("images", help="FID, KID, IS and CLIP score of image sets (shards, folders or 't2i sample' output) -> report.json + PNG")
+    ei.add_argument("--real", required=True, metavar="SHARDS|DIR", help="the reference images: an image shard set or a folder of PNG/JPEG files")
+    ei.add_argument("--fake", required=True, action="append", metavar="[NAME=]SHARDS|DIR",
+                    help="images to score, e.g. samples from 't2i sample --out DIR' (repeatable: one bar per model)")
+    ei.add_argument("--metrics", default="fid,kid,is", help="comma-separated: fid, kid, is, clipscore (default fid,kid,is)")
+    ei.add_argument("--inception", metavar="PATH", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    ei.add_argument("--clip", metavar="DIR", help="a local CLIP folder (transformers CLIPModel) for clipscore")
+    ei.add_argument("--splits", type=int, default=10, help="IS splits (default 10)")
+    ei.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    ei.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default 1000, capped at the set sizes)")
+    ei.add_argument("--n", type=int, default=0, help="images per set (default 0: all); a set with fewer stops the run")
+    ei.add_argument("--batch-size", type=int, default=50)
+    ei.add_argument("--seed", type=int, default=0, help="which N images with --n, KID subsets")
+    ei.add_argument("--out", required=True, help="folder for report.json and metrics.png")
+    ei.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ei.set_defaults(func=cmd_eval_images)
+    ep = ev.add_parser("priors", help="compare two priors on any captions (CUB, COCO, MD-MNIST) with the evaluation CLIP: CICS, CTRS -> report.json + PNGs")
+    ep.add_argument("--priors", nargs=2, metavar=("CKPT_A", "CKPT_B"), help="the two prior checkpoints to compare")
+    ep.add_argument("--clip", help="a checkpoint from 't2i train clip' (on the same autoencoder's reconstructions)")
+    ep.add_argument("--autoencoder", help="the checkpoint that made the priors' image tokens")
+    ep.add_argument("--tokenizer", help="the tokenizer of the text-token shards")
+    ep.add_argument("--image-tokens", help="the test split's image-token shards")
+    ep.add_argument("--text-tokens", help="the test split's text-token shards")
+    ep.add_argument("--variants", help="how CTRS changes a caption: cub (colour and bird-part words) or mdmnist")
+    ep.add_argument("--out", help="folder for report.json and the figures")
+    ep.add_argument("--config", help="a pipeline file with an [eval_priors] table; flags given here override it")
+    ep.add_argument("--n", type=int, help="test captions for CICS and CTRS (default 1000)")
+    ep.add_argument("--batch-size", type=int, help="captions generated at once (default 100)")
+    ep.add_argument("--seed", type=int, help="caption choice, variants and sampling noise (default 0)")
+    ep.add_argument("--temperature", type=float)
+    ep.add_argument("--top-k", type=int, help="0: off")
+    ep.add_argument("--top-p", type=float, help="1: off")
+    ep.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    ep.set_defaults(func=cmd_eval_priors)
 
     pl = sub.add_parser("plot", help="training and held-out curves of one or more runs, overlaid, as PNG")
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="out folders of 't2i train' runs (with metrics.jsonl)")
@@ -499,18 +527,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "train_prior.g1.model.layers=4 (train_prior.lr=...: every prior)")
     rn.set_defaults(func=cmd_run)
 
-    sm = sub.add_parser("sample", help="images from prompts with a trained prior, as a PNG grid")
+    sm = sub.add_parser("sample", help="images from prompts with a trained prior: a PNG grid, or an image shard set for the metrics")
     sm.add_argument("--prior", required=True)
     sm.add_argument("--autoencoder", required=True, help="the checkpoint that made the prior's image tokens")
     sm.add_argument("--tokenizer", required=True, help="the tokenizer the prior's captions were tokenized with")
     sm.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     sm.add_argument("--prompts", help="a file of prompts, one per line")
-    sm.add_argument("--out", required=True)
-    sm.add_argument("-n", type=int, default=4, help="samples per prompt")
+    sm.add_argument("--prompts-from", metavar="SHARDS", help="an image shard set whose captions are the prompts (keys kept)")
+    sm.add_argument("--caption", type=int, default=0, help="with --prompts-from: which caption of each image (default 0)")
+    sm.add_argument("--limit", type=int, default=0, help="with --prompts-from: the first N keys only (default 0: all)")
+    sm.add_argument("--out", required=True, help="a .png file: a grid; otherwise a folder: an image shard set of the samples")
+    sm.add_argument("-n", "--n", type=int, default=4, help="samples kept per prompt")
+    sm.add_argument("--rerank", type=int, metavar="N", help="draw N per prompt and keep the --keep K that --clip scores highest")
+    sm.add_argument("--keep", type=int, metavar="K", help="with --rerank: samples kept per prompt (default: -n)")
+    sm.add_argument("--clip", metavar="DIR", help="a local CLIP folder (transformers CLIPModel) for --rerank")
+    sm.add_argument("--batch-size", type=int, default=64, help="prompts × samples generated at once")
     sm.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     sm.add_argument("--top-k", type=int)
     sm.add_argument("--top-p", type=float)
     sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sm.set_defaults(func=cmd_sample)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")

@@ -91,3 +91,26 @@ def prompt_sheet(rows: list[list], captions: list[str], cell: int = 128, gap_aft
         for k, ln in enumerate(textwrap.wrap(caption, max(20, n * cell // 7))[:3]):
             draw.text((4, y + cell + 3 + k * line), ln, fill=(0, 0, 0), font=fnt)
     return sheet
+
+
+def cli_main(args) -> int:
+    """``t2i sample``: checks the flags, then writes the PNG grid (``--out X.png``)."""
+    if args.n < 1:
+        raise T2IError(f"-n must be at least 1 (samples per prompt), got {args.n}")
+    if args.temperature < 0 or args.temperature != args.temperature:
+        raise T2IError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise T2IError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise T2IError(f"--top-k must be 0 (off) or more, got {args.top_k}")
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        try:
+            prompts += [ln.strip() for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except FileNotFoundError:
+            raise T2IError(f"--prompts {args.prompts}: no such file") from None
+    out = sample_grid(args.prior, args.autoencoder, args.tokenizer, prompts, args.out, n=args.n, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(f"wrote {out} ({len(prompts)} prompts x {args.n} samples)")
+    return 0
