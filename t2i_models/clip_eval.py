@@ -1,7 +1,9 @@
 """What training CLIP and comparing the priors share on MD-MNIST: the descriptions and their
 variants, CLIP's scores on them, and one pass over a (test) token split. ``train_clip`` reports
 ``clip_accuracy`` at the end of training; ``eval_mdmnist`` builds CICS and CTRS on the same pieces
-and takes the priors' test losses from the same pass. Neither is imported here.
+and takes the priors' test losses from the same pass. Neither is imported here. ``eval_priors``
+(any captions, issue 19) reuses ``variant`` (its mdmnist mode, through ``caption_variants``),
+``ctrs_counts`` (with absent variants), ``counts_summary`` and ``variant_scores``.
 
 Descriptions are pure functions of (seed, index): every attribute of every digit uniform over its
 values. Variant m of a description has exactly m of its 12 symbols changed (m distinct positions;
@@ -92,15 +94,25 @@ def describe(symbols) -> str:
 
 
 # -- CTRS counts -----------------------------------------------------------------------------------
-def ctrs_counts(scores: torch.Tensor) -> dict:
-    """(n, 13) scores, column 0 the true description → picked / true_rank histograms and ties."""
+def ctrs_counts(scores: torch.Tensor, present: torch.Tensor | None = None) -> dict:
+    """(n, 1 + M) scores, column 0 the true description (MD-MNIST: M = 12) → picked / true_rank
+    histograms (M + 1 columns each) and ties. ``present`` (n, 1 + M) bool marks the variants that
+    exist (a caption with fewer swappable words than m has no variant m, ``caption_variants``): an
+    absent one is never picked, never outranks the true caption and ties with nothing. Column 0
+    must be present. Without ``present`` every variant exists (MD-MNIST)."""
+    m_max = scores.shape[1] - 1
+    if present is not None:
+        if present.shape != scores.shape or not bool(present[:, 0].all()):
+            raise ValueError(f"present must be ({tuple(scores.shape)}) with column 0 (the true caption) set, got {tuple(present.shape)}")
+        scores = scores.masked_fill(~present, float("-inf"))
     true = scores[:, :1]
-    rank = (scores[:, 1:] >= true).sum(dim=1)  # ties count against the true description
-    picked = M_MAX - scores.flip(1).argmax(dim=1)  # the highest score; ties → the larger m
-    top = scores.max(dim=1, keepdim=True).values
+    beaten = scores[:, 1:] >= true  # ties count against the true description
+    rank = (beaten if present is None else beaten & present[:, 1:]).sum(dim=1)
+    picked = m_max - scores.flip(1).argmax(dim=1)  # the highest score; ties → the larger m
+    top = scores.max(dim=1, keepdim=True).values  # finite: column 0 is always there
     ties = int(((scores == top).sum(dim=1) > 1).sum())
-    return {"picked": torch.bincount(picked, minlength=M_MAX + 1).tolist(),
-            "true_rank": torch.bincount(rank, minlength=M_MAX + 1).tolist(), "ties": ties}
+    return {"picked": torch.bincount(picked, minlength=m_max + 1).tolist(),
+            "true_rank": torch.bincount(rank, minlength=m_max + 1).tolist(), "ties": ties}
 
 
 def add_counts(total: dict, part: dict) -> dict:
@@ -121,11 +133,12 @@ def counts_summary(c: dict) -> dict:
 # -- CLIP scoring ----------------------------------------------------------------------------------
 @torch.no_grad()
 def variant_scores(clip, images: torch.Tensor, sets: np.ndarray) -> torch.Tensor:
-    """Cosine of each image (n, 3, S, S) with each of its 13 descriptions (n, 13, 12) → (n, 13)."""
+    """Cosine of each image (n, 3, S, S) with each of its k texts, (n, k, 12) MD-MNIST symbols or
+    (n, k, L) text-token rows (the CLIP's own text input, ``clip.clip_text``) → (n, k) float32."""
     dev = images.device
     img = clip.image_features(images)  # (n, E)
-    txt = clip.text_features(torch.from_numpy(sets.reshape(-1, TEXT_LEN)).to(dev)).view(len(sets), sets.shape[1], -1)
-    return torch.einsum("ne,nke->nk", img, txt).cpu()
+    txt = clip.text_features(torch.from_numpy(np.ascontiguousarray(sets).reshape(-1, sets.shape[2])).to(dev))
+    return torch.einsum("ne,nke->nk", img, txt.view(len(sets), sets.shape[1], -1)).cpu()
 
 
 def key_indices(keys: list[str]) -> np.ndarray:
@@ -134,13 +147,18 @@ def key_indices(keys: list[str]) -> np.ndarray:
     return np.array([stream_id("eval-mdmnist", "key", k) for k in keys], dtype=np.uint64)
 
 
-def open_stream(image_tokens, text_tokens, batch_size: int, seed: int, autoencoder_fp: str | None, tokenizer_fp: str | None = None):
-    """A TokenStream over MD-MNIST description tokens made by the given autoencoder."""
+def open_stream(image_tokens, text_tokens, batch_size: int, seed: int, autoencoder_fp: str | None, tokenizer_fp: str | None = None,
+                mdmnist: bool = True):
+    """A TokenStream over text tokens and image tokens made by the given autoencoder; with
+    ``mdmnist`` (the symbol CLIPs), only MD-MNIST descriptions tokenized by the mdmnist tokenizer."""
     ds = TokenStream(image_tokens, text_tokens, batch_size, seed, expect_tokenizer=tokenizer_fp, expect_autoencoder=autoencoder_fp)
+    if not mdmnist:
+        return ds
     kind = ds.txt_m["tokenizer"].get("kind")
     if kind != "mdmnist" or ds.txt_m.get("dataset") != "mdmnist":
         raise T2IError(f"{text_tokens}: {ds.txt_m.get('dataset')} captions tokenized by a {kind} tokenizer; CLIP and this evaluation "
-                       f"read MD-MNIST descriptions tokenized with the mdmnist tokenizer ('t2i tokenizer load --kind mdmnist')")
+                       f"read MD-MNIST descriptions tokenized with the mdmnist tokenizer ('t2i tokenizer load --kind mdmnist'); "
+                       f"for other captions train arch=clip_tokens")
     return ds
 
 

@@ -133,14 +133,22 @@ def cics_ctrs(cfg: EvalConfig, priors, clip, ae, device) -> tuple[dict, dict]:
             ctrs[slot] = add_counts(ctrs[slot], ctrs_counts(scores[-1]))
         a, b = scores[0][:, 0], scores[1][:, 0]
         wins[idx] = torch.stack([a > b, b > a, a == b], dim=1).numpy()
-    per100 = [wins[i : i + 100].sum(0) for i in range(0, cfg.n - 99, 100)]  # complete batches of 100
+    return cics_summary(wins), {"a": counts_summary(ctrs[0]), "b": counts_summary(ctrs[1])}
+
+
+def cics_summary(wins: np.ndarray) -> dict:
+    """(n, 3) 0/1 rows, one per prompt in prompt order: A wins, B wins, tie → the CICS counts, their
+    mean per batch of 100 prompts (100 · wins / n) with the sample standard deviation over the
+    complete batches of 100 (the thesis' Table 9 shape: 546 batches of 100), and the two-sided
+    exact sign test of A's wins against B's (ties left out)."""
+    n = len(wins)
+    per100 = [wins[i : i + 100].sum(0) for i in range(0, n - 99, 100)]  # complete batches of 100
     a_w, b_w, ties = (int(x) for x in wins.sum(0))
     spread = np.std(np.stack(per100), axis=0, ddof=1).round(4).tolist() if len(per100) > 1 else [None] * 3  # sample sd
-    cics = {"n": cfg.n, "a_wins": a_w, "b_wins": b_w, "ties": ties,
-            "per_100": {"a_mean": round(100 * a_w / cfg.n, 4), "b_mean": round(100 * b_w / cfg.n, 4), "ties_mean": round(100 * ties / cfg.n, 4),
+    return {"n": n, "a_wins": a_w, "b_wins": b_w, "ties": ties,
+            "per_100": {"a_mean": round(100 * a_w / n, 4), "b_mean": round(100 * b_w / n, 4), "ties_mean": round(100 * ties / n, 4),
                         "complete_batches": len(per100), "a_std": spread[0], "b_std": spread[1], "ties_std": spread[2]},
             "p_value": sign_test_p(a_w, b_w), "test": "two-sided exact binomial sign test on A's wins among A + B wins (ties left out), H0 p = 1/2"}
-    return cics, {"a": counts_summary(ctrs[0]), "b": counts_summary(ctrs[1])}
 
 
 def loss_summary(values: np.ndarray) -> dict:
@@ -173,6 +181,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     priors = [load_prior_checked(p) for p in cfg.priors]
     clip, clip_ck = load_clip(cfg.clip)
+    if clip.cfg.text_input != "symbols":
+        raise T2IError(f"--clip {cfg.clip} reads text-token rows ({clip_ck['train_config']['arch']}); 't2i eval mdmnist' scores random "
+                       f"descriptions with a symbol CLIP (clip_mdmnist): use 't2i eval priors --variants mdmnist' for this one")
     ae, ae_ck = load_autoencoder(cfg.autoencoder)
     fingerprints = _check_compatible(cfg, priors, clip_ck, ae_ck)
     priors = [(m.to(device).eval(), ck) for m, ck in priors]

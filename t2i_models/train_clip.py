@@ -1,4 +1,6 @@
-"""Train the evaluation CLIP on the autoencoder's reconstructions of MD-MNIST train images.
+"""Train the evaluation CLIP on the autoencoder's reconstructions of the train split's images:
+MD-MNIST (``clip_mdmnist``, ``clip_tiny``: the 12 description symbols) or any captions and any
+tokenizer (``clip_tokens``, ``clip_tokens_tiny``: the text-token rows; issue 19).
 
 Data: the train split's aligned image-token and text-token shards, streamed by ``TokenStream``;
 each batch's tokens are decoded by the autoencoder that made them (``encode.reconstruct``). Of the
@@ -8,7 +10,14 @@ the samples over ranks × workers exactly once per epoch and resumes mid-epoch; 
 decoder runs, not encoder + decoder over decoded PNGs as the image-shard route would need. The
 reconstructions are the very pixels a prior's tokens turn into, so CLIP judges generated images
 and test reconstructions on the same footing. The text is each caption's 12 symbols (the MD-MNIST
-tokenizer's ids 0–19 are the symbols; BOS / EOS / padding are dropped).
+tokenizer's ids 0–19 are the symbols; BOS / EOS / padding are dropped) for the MD-MNIST archs, and
+the stored text-token row for the token archs, whose V, L and pad id come from the text-token
+manifest and whose image size comes from the autoencoder (none of them a ``model.<field>``).
+
+Every checkpoint records what the evaluation must match: ``fingerprints`` (tokenizer, autoencoder),
+``tokens`` (text_vocab, text_len, pad_id, image_size, grid, image_vocab), ``text_config`` (the
+set's length and add_bos / add_eos, as a prior records it) and ``text_input``; ``t2i eval priors``
+refuses a CLIP whose tokenizer, autoencoder or token settings differ from the priors' and the sets'.
 
 Schedule (thesis, Table 8): 30 epochs, batch 64, Adam at 1e-3, × 0.1 from epoch 20 (``lr_schedule =
 "multistep"``, ``milestones = [20]``; the rest of ``train_common``'s settings apply too).
@@ -18,7 +27,9 @@ worker count; a changed stream plan mid-epoch stops the resume naming the settin
 schedule is a warning); unreadable samples are logged, written to ``metrics.jsonl`` and stop the
 run above ``max_lost`` of an epoch. With
 ``eval_image_tokens`` / ``eval_text_tokens`` (the test split) the end of training reports the
-accuracy at picking the true description among it and 12 changed variants.
+accuracy at picking the true description among it and 12 changed variants (MD-MNIST archs; for a
+token arch that check needs the tokenizer to re-tokenize caption variants, and ``t2i eval priors``
+reports it on the test split, so the token archs refuse ``eval_image_tokens``).
 """
 from __future__ import annotations
 
@@ -33,7 +44,7 @@ from t2i_data.errors import T2IError
 from t2i_data.stream import LostSamples, close_loaders, loader
 
 from .checkpoint import load_autoencoder, restore_training, resume_checkpoint, save_clip, training_state
-from .clip import CLIPS, symbols_from_text_tokens
+from .clip import CLIPS, TOKEN_CLIPS, TOKEN_SETTINGS, clip_text
 from .clip_eval import clip_accuracy, open_stream
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
@@ -47,7 +58,7 @@ SCHEDULE = ("epochs", "steps", "optimizer", "lr", "lr_schedule", "milestones", "
 class ClipTrainConfig:
     arch: str = "clip_mdmnist"
     image_tokens: str = ""  # the train split's image-token shards
-    text_tokens: str = ""  # ... and its text-token shards (mdmnist tokenizer)
+    text_tokens: str = ""  # ... and its text-token shards (mdmnist tokenizer for clip_mdmnist / clip_tiny; any for clip_tokens*)
     autoencoder: str = ""  # the checkpoint that made the image tokens; decodes them
     out: str = ""
     epochs: int = 30  # Table 8
@@ -80,6 +91,9 @@ class ClipTrainConfig:
         object.__setattr__(self, "milestones", list(self.milestones))
         if bool(self.eval_image_tokens) != bool(self.eval_text_tokens):
             raise T2IError("eval_image_tokens and eval_text_tokens go together (the test split's two token sets)")
+        if self.eval_image_tokens and self.arch in TOKEN_CLIPS:
+            raise T2IError(f"{self.arch}: eval_image_tokens / eval_text_tokens are for the MD-MNIST CLIPs; a token CLIP's accuracy against "
+                           f"caption variants needs the tokenizer and is reported by 't2i eval priors' on the test split")
 
 
 def train_clip(cfg: ClipTrainConfig) -> dict:
@@ -96,14 +110,24 @@ def _train_clip(cfg: ClipTrainConfig, rank: int, world: int, device: torch.devic
     last = out / "last.pt"
     ae, ae_ck = load_autoencoder(cfg.autoencoder)
     ae = ae.to(device)
-    ds = open_stream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed, ae_ck["fingerprint"])
+    tokens_route = cfg.arch in TOKEN_CLIPS
+    ds = open_stream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed, ae_ck["fingerprint"], mdmnist=not tokens_route)
     if ds.txt_m.get("split") not in ("train", None):
         raise T2IError(f"{cfg.text_tokens} is the {ds.txt_m.get('split')} split; CLIP trains on the train split (the test split evaluates it)")
     if "image_size" in cfg.model:
         raise T2IError("model.image_size comes from the autoencoder and cannot be overridden")
+    fixed = sorted(set(cfg.model) & (set(TOKEN_SETTINGS) | {"text_input"}))
+    if fixed:
+        raise T2IError(f"model.{', model.'.join(fixed)}: set by the arch and the text-token manifest ({cfg.text_tokens}), not overridable")
+    tok = ds.txt_m["tokenizer"]
+    tokens = {"text_vocab": int(tok["vocab_size"]), "text_len": int(tok["length"]), "pad_id": int(tok["pad_id"]),
+              "image_size": int(ae.cfg.image_size), "grid": int(ae.cfg.grid), "image_vocab": int(ds.image_vocab)}
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, without touching the caller's global generator
         torch.manual_seed(cfg.seed)
-        model = CLIPS[cfg.arch](image_size=ae.cfg.image_size, **cfg.model)
+        if tokens_route:
+            model = CLIPS[cfg.arch](**{k: tokens[k] for k in TOKEN_SETTINGS}, **cfg.model)
+        else:
+            model = CLIPS[cfg.arch](image_size=ae.cfg.image_size, **cfg.model)
     model.to(device)
     opt = make_optimizer(cfg, [{"params": list(model.parameters()), "lr": cfg.lr}], device)
     step, epoch, in_epoch, lost_before = 0, 0, 0, 0
@@ -118,14 +142,16 @@ def _train_clip(cfg: ClipTrainConfig, rank: int, world: int, device: torch.devic
     end = min(total, step + cfg.stop_after) if cfg.stop_after > 0 else total
     lost = LostSamples(ds.epoch_samples(cfg.num_workers), cfg.max_lost, world, rank, device, out / "metrics.jsonl")
     lost.start_epoch(epoch, lost_before)
-    fingerprints = {"autoencoder": ae_ck["fingerprint"], "tokenizer": ds.txt_m["tokenizer"]["fingerprint"]}
+    fingerprints = {"autoencoder": ae_ck["fingerprint"], "tokenizer": tok["fingerprint"]}
+    text_config = dict(ds.txt_m["config"])  # length, add_bos, add_eos: how the evaluation tokenizes captions for this CLIP
     progress = Progress(total, step, rank, "train clip")
     t0, seen = time.perf_counter(), 0
 
     def checkpoint(**extra) -> str:
         if rank == 0:
             return save_clip(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), fingerprints=fingerprints,
-                             images_digest=ds.img_m["aligned_to"], **extra)
+                             images_digest=ds.img_m["aligned_to"], tokens=tokens, text_config=text_config,
+                             text_input=model.cfg.text_input, **extra)
         return ""
 
     while step < end:
@@ -134,7 +160,7 @@ def _train_clip(cfg: ClipTrainConfig, rank: int, world: int, device: torch.devic
             lost.add([batch], step + 1)
             n_valid = int(batch["valid"].sum())  # counted on the CPU mask, before the copy: no host-device sync
             ok = batch["valid"].to(device, non_blocking=True)
-            symbols = symbols_from_text_tokens(batch["text"], batch["valid"]).to(device, non_blocking=True)
+            symbols = clip_text(model.cfg, batch["text"], batch["valid"]).to(device, non_blocking=True)  # (B, 12) or (B, L)
             images = reconstruct(ae, batch["image"].to(device, non_blocking=True))  # fp32, as evaluation decodes
             rates = set_lr(opt, cfg, step, epoch, total)
             model.train()
