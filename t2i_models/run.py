@@ -3,7 +3,7 @@ skipped when its outputs verify and were made with the same settings from the sa
 
 A stage is a table of the file (``[mdmnist]``, ``[preprocess]``, ``[tokenizer]``, ``[tokenize]``,
 ``[train_autoencoder]``, ``[encode]``, ``[train_prior]``, ``[train_clip]``, ``[eval_autoencoder]``,
-``[eval_mdmnist]``); ``[preprocess]`` and ``[train_prior]`` may hold named sub-tables
+``[eval_mdmnist]``, ``[eval_priors]``); ``[preprocess]`` and ``[train_prior]`` may hold named sub-tables
 (``[train_prior.g1]``, ``[train_prior.g2]``), one stage each, whose keys go over the parent
 table's (``model`` tables merged key by key). Each stage calls the library function its
 subcommand calls (``t2i mdmnist build``, ``t2i preprocess``, ``t2i tokenizer``, ``t2i tokenize``,
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "t2i-run.json"
 KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "train_autoencoder", "encode", "train_prior", "train_clip",
-         "eval_autoencoder", "eval_mdmnist")  # data-flow order
+         "eval_autoencoder", "eval_mdmnist", "eval_priors")  # data-flow order
 NAMED = ("preprocess", "train_prior")  # tables that may hold named sub-tables, one stage each
 TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip")
 SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode")
@@ -73,6 +73,7 @@ INPUTS = {  # the settings that name what a stage reads
     "train_prior": ("image_tokens", "text_tokens", "eval_image_tokens", "eval_text_tokens"),
     "train_clip": ("image_tokens", "text_tokens", "autoencoder", "eval_image_tokens", "eval_text_tokens"),
     "eval_autoencoder": ("autoencoder", "images"), "eval_mdmnist": ("priors", "clip", "autoencoder", "image_tokens", "text_tokens"),
+    "eval_priors": ("priors", "clip", "autoencoder", "tokenizer", "image_tokens", "text_tokens"),
 }
 
 
@@ -160,6 +161,9 @@ def config_class(kind: str):
     if kind == "eval_mdmnist":
         from .eval_mdmnist import EvalConfig
         return EvalConfig
+    if kind == "eval_priors":
+        from .eval_priors import EvalPriorsConfig
+        return EvalPriorsConfig
     return {"tokenizer": TokenizerConfig, "tokenize": TokenizeStage, "encode": EncodeStage,
             "eval_autoencoder": EvalAutoencoderConfig}[kind]
 
@@ -628,6 +632,12 @@ def execute(s: Stage) -> str:
 
         r = evaluate_autoencoder(cfg.autoencoder, cfg.images, cfg.out, n=cfg.n, batch_size=cfg.batch_size, grid=cfg.grid)
         return "; ".join(f"{key} {r[key]:.4g}" for key in ("mse", "psnr", "bce", "codes_used", "perplexity") if key in r)
+    elif k == "eval_priors":
+        from .eval_priors import evaluate_priors
+
+        r = evaluate_priors(cfg)
+        c = r["cics"]
+        return f"CICS A {c['a_wins']} / B {c['b_wins']} / ties {c['ties']} (p = {c['p_value']:.3g})"
     else:
         from .eval_mdmnist import evaluate
 
