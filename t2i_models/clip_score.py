@@ -94,6 +94,8 @@ def load_clip(path, device="cpu") -> "CLIPScorer":
     that do not fit the config (missing or mis-shaped tensors: transformers would fill those
     with random values and only log it); a folder transformers cannot read."""
     folder = Path(path)
+    if folder.is_file():
+        raise T2IError(f"--clip {folder}: a file, not a folder; --clip takes a transformers CLIP folder, which must hold {HOLDS}")
     if not folder.is_dir():
         raise T2IError(f"--clip {folder}: no such folder; it must hold {HOLDS}")
     try:

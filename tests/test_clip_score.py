@@ -222,6 +222,9 @@ def test_each_wrong_folder_stops_with_one_message(clip_dir, tmp_path):
     holds = "nothing is downloaded"
     with pytest.raises(T2IError, match=f"no such folder; it must hold config.json .*{holds}"):
         load_clip(tmp_path / "nowhere")
+    (tmp_path / "clip.pt").write_bytes(b"a t2i evaluation CLIP checkpoint")
+    with pytest.raises(T2IError, match="clip.pt: a file, not a folder; --clip takes a transformers CLIP folder"):
+        load_clip(tmp_path / "clip.pt")
 
     def copy(name, drop=()):
         d = tmp_path / name
