@@ -271,3 +271,39 @@ def test_t2i_run_runs_an_eval_priors_stage_and_then_finds_it_done(cub, evaluated
     assert (tmp_path / "ev" / "report.json").read_bytes() == (out / "report.json").read_bytes()  # the stage is the subcommand
     assert main(["-q", "run", str(pipeline)]) == 0
     assert "nothing to run: every chosen stage is done" in capsys.readouterr().out
+
+
+def test_eval_priors_on_mdmnist_with_a_symbol_clip_and_the_mdmnist_variants(tmp_path, capsys):
+    """The MD-MNIST route through ``t2i eval priors``: a symbol CLIP (clip_tiny) and --variants
+    mdmnist on test descriptions tokenized with BOS / EOS (L = 14): every caption has all 12
+    variants, each exactly the symbols changed that clip_eval.variant changes."""
+    from t2i_data.mdmnist import SYMBOL_ID, MDMNISTConfig, build
+    from t2i_models.builders import build_autoencoder
+    from t2i_models.checkpoint import save_autoencoder
+    from t2i_models.encode import EncodeConfig, encode
+    from t2i_models.train_prior import PriorTrainConfig, train_prior
+
+    build(MDMNISTConfig(seed=0, train=16, test=8, shard_size=8), tmp_path / "md", InProcessRunner())
+    text.load_pretrained("mdmnist", None).save(tmp_path / "tk")
+    tokenize(tmp_path / "tk", tmp_path / "md", tmp_path / "text", TokenizeConfig(length=14, add_bos=True, add_eos=True), InProcessRunner())
+    torch.manual_seed(0)
+    save_autoencoder(tmp_path / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=16, downsamples=4, vocab_size=16))
+    encode(tmp_path / "ae.pt", tmp_path / "md", tmp_path / "img", EncodeConfig(), InProcessRunner())
+    for arch in ("g1_tiny", "g2_tiny"):
+        train_prior(PriorTrainConfig(arch=arch, image_tokens=str(tmp_path / "img" / "train"), text_tokens=str(tmp_path / "text" / "train"),
+                                     out=str(tmp_path / arch), steps=2, batch_size=8, warmup=1, num_workers=0))
+    assert main(["-q", "train", "clip", "arch=clip_tiny", f"image_tokens={tmp_path / 'img' / 'train'}", f"text_tokens={tmp_path / 'text' / 'train'}",
+                 f"autoencoder={tmp_path / 'ae.pt'}", f"out={tmp_path / 'clip'}", "steps=2", "batch_size=8", "num_workers=0"]) == 0
+    cfg = EvalPriorsConfig(priors=(str(tmp_path / "g1_tiny" / "last.pt"), str(tmp_path / "g2_tiny" / "last.pt")), clip=str(tmp_path / "clip" / "last.pt"),
+                           autoencoder=str(tmp_path / "ae.pt"), tokenizer=str(tmp_path / "tk"), image_tokens=str(tmp_path / "img" / "test"),
+                           text_tokens=str(tmp_path / "text" / "test"), variants="mdmnist", out=str(tmp_path / "ev"), n=4, batch_size=4,
+                           grid_prompts=1, grid_samples=1)
+    r = evaluate_priors(cfg)
+    assert r["variants"]["m_max"] == 12 and r["variants"]["without_variant"] == [0] * 12 and r["eval_set"]["chosen"] == 4
+    assert r["clip"]["arch"] == "clip_tiny" and r["clip"]["test"]["complete_sets"] == 8 and sum(r["clip"]["test"]["picked"]) == 8
+    for s in ("a", "b"):
+        assert r["ctrs"][s]["complete_sets"] == 4 and sum(r["ctrs"][s]["picked"]) == sum(r["ctrs"][s]["true_rank"]) == 4
+    for x in (json.loads(line) for line in (tmp_path / "ev" / "captions.jsonl").read_text().splitlines()):
+        true = np.array([SYMBOL_ID[w] for w in x["text"].split()])
+        assert len(true) == 12 and None not in x["a"] and len(x["a"]) == 13
+        assert [int((np.array([SYMBOL_ID[w] for w in v.split()]) != true).sum()) for v in x["variants"]] == list(range(1, 13))
