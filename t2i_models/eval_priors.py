@@ -129,7 +129,8 @@ class EvalSet:
 def read_test_set(image_tokens: str, text_tokens: str, tok_fp: str, ae_fp: str) -> EvalSet:
     """Every sample of an aligned (image-token, text-token) pair of sets, each shard checked against
     its manifest (size, sha256, count), the sets against the tokenizer and autoencoder fingerprints
-    and each other, every id against its vocabulary."""
+    and each other, every array's shape against the manifests ((C, L) text rows, (views, g, g)
+    image tokens) and every id against its vocabulary; one ``T2IError`` naming the set otherwise."""
     img_m, txt_m = load_manifest(Path(image_tokens) / MANIFEST_NAME), load_manifest(Path(text_tokens) / MANIFEST_NAME)
     if img_m.get("kind") != "image_tokens" or txt_m.get("kind") != "text_tokens":
         raise T2IError(f"--image-tokens / --text-tokens: expected an image_tokens and a text_tokens set, got {img_m.get('kind')} and {txt_m.get('kind')}")
@@ -137,14 +138,20 @@ def read_test_set(image_tokens: str, text_tokens: str, tok_fp: str, ae_fp: str) 
     check_tokenizer(txt_m, tok_fp, "--tokenizer")
     check_autoencoder(img_m, ae_fp, "--autoencoder")
     img_ss, txt_ss = ShardSet(Path(image_tokens), img_m), ShardSet(Path(text_tokens), txt_m)
+    length, grid = int(txt_m["tokenizer"]["length"]), int(img_m["autoencoder"]["grid"])
     keys, text, image = [], [], []
     for a, b in zip(img_m["shards"], txt_m["shards"]):
         for si, st in zip(checked_samples(img_ss, a), checked_samples(txt_ss, b), strict=True):
             if si["__key__"] != st["__key__"]:
                 raise T2IError(f"{a['name']}: key {si['__key__']} meets {st['__key__']} in the text-token set; rebuild them")
             keys.append(si["__key__"])
-            text.append(load_npy(st["text_tokens.npy"], f"{text_tokens}/{b['name']}:{st['__key__']}").astype(np.int64))
-            image.append(load_npy(si["image_tokens.npy"], f"{image_tokens}/{a['name']}:{si['__key__']}")[0].reshape(-1).astype(np.int64))
+            t = load_npy(st["text_tokens.npy"], f"{text_tokens}/{b['name']}:{st['__key__']}")
+            v = load_npy(si["image_tokens.npy"], f"{image_tokens}/{a['name']}:{si['__key__']}")
+            if t.ndim != 2 or t.shape[1] != length or v.ndim != 3 or v.shape[0] < 1 or v.shape[1:] != (grid, grid):
+                raise T2IError(f"{b['name']}: {si['__key__']} holds text rows {t.shape} and image tokens {v.shape}; the manifests say "
+                               f"(captions, {length}) and (views, {grid}, {grid}); rebuild the sets")
+            text.append(t.astype(np.int64))
+            image.append(v[0].reshape(-1).astype(np.int64))
     if not keys:
         raise T2IError(f"{text_tokens}: no samples to evaluate on")
     for what, rows, vocab in (("text token", np.concatenate(text), txt_m["tokenizer"]["vocab_size"]),
