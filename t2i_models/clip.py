@@ -24,7 +24,8 @@ Two text routes (``CLIPConfig.text_input``):
   where the set's ``add_bos`` / ``add_eos`` put them, as ordinary ids the encoder learns, and the
   evaluation re-tokenizes every caption with the same settings (recorded in the checkpoint as
   ``text_config``). Padding is masked: no query attends to a pad position, so a caption's features
-  do not depend on how much padding follows it (``test_padding_is_masked``). The image patch is
+  depend neither on the pad embedding nor on the positions only padding fills
+  (``tests/test_eval_priors.py::test_token_clip_sizes_its_patches_from_the_image_and_masks_padding``). The image patch is
   sized from the image: ``clip_tokens`` cuts a 16 × 16 grid of patches (the thesis' 8 × 8 pixels
   of 128 × 128: 4 at 64, 16 at 256), ``clip_tokens_tiny`` a 4 × 4 grid. The widths are Table 8's
   (the only CLIP sizes the thesis gives; it trained no CUB CLIP): width 128, 8 blocks, 8 heads,
