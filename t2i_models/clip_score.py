@@ -152,8 +152,8 @@ def set_score(similarities) -> float:
 class CLIPScorer:
     """A loaded CLIP: ``score`` / ``similarity`` of images with texts, ``fingerprint`` (sha256 of
     the weights file(s), ``weights_fingerprint``) and ``info`` (architecture, image size, text
-    length, weight file names). ``last_truncated`` / ``truncated``: texts cut to the context by
-    the last call / since loading."""
+    length, weight file names). ``last_truncated`` / ``truncated``: (image, text) pairs whose text
+    was cut to the context in the last ``similarity`` / ``score`` call / since loading."""
 
     def __init__(self, model, tokenizer, processor, files: list[Path]) -> None:
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
@@ -175,6 +175,7 @@ class CLIPScorer:
         }
         self.truncated = 0
         self.last_truncated = 0
+        self._cut = np.zeros(0, dtype=bool)  # per text of the last text_features call: longer than the context
 
     def _check(self, images, texts) -> None:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -195,13 +196,13 @@ class CLIPScorer:
     @torch.inference_mode()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """N texts → (N, D) float32 L2-normalised text embeddings; texts over the context are cut to
-        it, end token kept, and counted (``last_truncated``; a warning names the count)."""
+        it, end token kept, and counted (a warning names the count; ``similarity`` adds them up per pair)."""
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]  # start and end tokens included
-        cut = sum(n > self.context for n in lengths)
+        self._cut = np.array([n > self.context for n in lengths], dtype=bool)
+        cut = int(self._cut.sum())
         self.last_truncated = cut
-        self.truncated += cut
         if cut:
-            log.warning("CLIP score: %d of %d texts are longer than the CLIP's %d-token context (longest %d tokens) and were cut to it",
+            log.warning("CLIP score: %d of %d distinct texts are longer than the CLIP's %d-token context (longest %d tokens) and were cut to it",
                         cut, len(texts), self.context, max(lengths))
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context, return_tensors="pt")
         f = _tensor(self.model.get_text_features(input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)))
@@ -219,10 +220,13 @@ class CLIPScorer:
         out, cut = [], 0
         for i in range(0, len(images), batch_size):
             e_i = self.image_features(images[i : i + batch_size])
-            e_c = self.text_features(texts[i : i + batch_size])
-            cut += self.last_truncated
-            out.append((100 * (e_i * e_c).sum(dim=-1)).double().cpu().numpy())
+            # each distinct text once (reranking scores N draws against one prompt): cut texts counted per pair
+            unique, inverse = np.unique(np.asarray(texts[i : i + batch_size], dtype=object), return_inverse=True)
+            e_c = self.text_features(list(unique))
+            cut += int(self._cut[inverse].sum())
+            out.append((100 * (e_i * e_c[torch.from_numpy(inverse).to(e_c.device)]).sum(dim=-1)).double().cpu().numpy())
         self.last_truncated = cut
+        self.truncated += cut
         return np.concatenate(out) if out else np.zeros(0, np.float64)
 
     def score(self, images: np.ndarray, texts: list[str], batch_size: int = 64) -> np.ndarray:

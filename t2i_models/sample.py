@@ -302,6 +302,7 @@ def produce_shard(sampler: Sampler, prompts: PromptSet, rows: np.ndarray, cfg: S
     yield from prompts.quarantined[index]
     keys, texts = prompts.keys[start:stop], prompts.texts[start:stop]
     st = {"prompts": len(keys), "samples": 0}
+    cut_before = sampler.clip.truncated if sampler.clip is not None else 0
     for p, pixels, draws, kept, every in sampler.samples(keys, rows[start:stop], cfg, texts, where=f"shard {index}"):
         if every is not None:
             _add_scores(st, "draws", every)
@@ -313,6 +314,8 @@ def produce_shard(sampler: Sampler, prompts: PromptSet, rows: np.ndarray, cfg: S
             st["samples"] += 1
             yield {"__key__": sample_key(keys[p], j), "png": encode_png(px, PNG_LEVEL), "json": meta,
                    "__content__": {"png": canonical_pixels(px), "json": meta}}
+    if sampler.clip is not None:
+        st["clip_texts_cut"] = sampler.clip.truncated - cut_before  # draws whose prompt CLIP saw cut to its context
     yield ShardStats(st)
 
 
@@ -517,5 +520,6 @@ def cli_main(args) -> int:
     if "rerank" in m:
         d, k = m["rerank"]["draws"], m["rerank"]["kept"]
         print(f"CLIP 100·cos: all {d['n']:,} draws {d['similarity_mean']:.2f} ± {d['similarity_std']:.2f} (CLIP score {d['score_mean']:.2f}); "
-              f"the {k['n']:,} kept {k['similarity_mean']:.2f} ± {k['similarity_std']:.2f} (CLIP score {k['score_mean']:.2f})")
+              f"the {k['n']:,} kept {k['similarity_mean']:.2f} ± {k['similarity_std']:.2f} (CLIP score {k['score_mean']:.2f}); "
+              f"draws whose prompt was cut to CLIP's {sampler.clip.context} tokens: {m['stats']['clip_texts_cut']:,}")
     return 0

@@ -196,10 +196,13 @@ def test_long_texts_are_cut_to_the_context_with_the_end_token_kept_and_counted(s
     with caplog.at_level(logging.WARNING, logger="t2i_models.clip_score"):
         sim = scorer.similarity(imgs, [fits, over, "a cat"])
     assert scorer.last_truncated == 1 and scorer.truncated == before + 1
-    assert "1 of 3 texts are longer than the CLIP's 77-token context (longest 92 tokens)" in caplog.text
+    assert "1 of 3 distinct texts are longer than the CLIP's 77-token context (longest 92 tokens)" in caplog.text
     # cut to 76 tokens + the end token: exactly the 75-word text's ids, so exactly its score
     assert sim[1] == pytest.approx(float(scorer.similarity(imgs[1:2], [fits])[0]), abs=1e-5)
     assert scorer.last_truncated == 0
+    again = scorer.similarity(imgs, [over, over, "a cat"])  # one text encoded once, counted per pair
+    assert scorer.last_truncated == 2 and scorer.truncated == before + 3
+    assert again[1] == pytest.approx(sim[1], abs=1e-5)
 
 
 def test_fingerprint_info_and_pytorch_bin_weights(scorer, clip_dir, tmp_path):

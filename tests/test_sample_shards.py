@@ -195,6 +195,7 @@ def test_rerank_keeps_the_top_k_by_clip_in_the_shard_set_and_the_grid(chain, tmp
     assert r["draws"]["score_mean"] == pytest.approx(np.maximum(every, 0).mean(), abs=1e-9)
     assert sum(c for _, c in r["draws"]["histogram_5pt"]) == 12
     assert r["kept"]["similarity_mean"] > r["draws"]["similarity_mean"]
+    assert m["stats"]["clip_texts_cut"] == 0  # MD-MNIST descriptions: 12 words, far below 77 CLIP tokens
     assert (m["config"]["rerank"], m["config"]["keep"], m["config"]["n"]) == (4, 2, 2)
     assert m["models"]["clip"]["fingerprint"] == scorer.fingerprint and m["models"]["clip"]["weights"] == ["model.safetensors"]
     # the grid draws the same way: its rows are the kept images
