@@ -13,7 +13,8 @@ shown, and no key having it stops the run).
 Shard set (``--out DIR``): dataset ``samples``, the prompt set's split (``prompts`` for a list).
 Sample j of prompt key K is ``<K>-s<j:05d>``: ``<key>.png`` (lossless RGB, the decoded pixels
 exactly: no JPEG round trip, which would bias FID) and ``<key>.json`` (``captions`` [the prompt],
-``prompt_key``, ``sample`` j, ``draw``, ``split``, ``clip_score``: null without ``--rerank``).
+``prompt_key``, ``sample`` j, ``draw``, ``split``, ``clip_score`` and ``clip_similarity``: null
+without ``--rerank``).
 Output shard i holds the samples of the prompts of prompt shard i (``PROMPTS_PER_SHARD`` prompts
 per shard for a list), prompts in order, samples in order, so each shard is a pure function of
 (config, shard index), written, resumed and reused by ``t2i_data.build.write_shards``.
@@ -33,10 +34,12 @@ Reranking (``--rerank N --keep K``): draw N per prompt, score each decoded image
 prompt with a pretrained CLIP (``clip_score.load_clip``: a local transformers CLIP folder), keep
 the K highest (ties: the lower draw index), as DALL·E does (Ramesh et al. 2021, "Sample
 Generation": candidates reranked by a pretrained contrastive model, CLIP; the thesis,
-seeds/003, §"DALL·E": "drawn samples are reranked according to the pretrained contrastive model
-called CLIP"). Kept sample j is the j-th best; its JSON has its score and draw index; the
-manifest's ``rerank`` summarises all N·P scores and the kept ones (count, mean, std, 5-point
-histogram).
+seeds/003 §2.6: "drawn samples are reranked according to the pretrained contrastive model called
+CLIP"). The ranking key is the unfloored 100·cos (``clip_similarity``): the CLIP score's floor at 0
+would tie every draw below it. Kept sample j is the j-th best; its JSON has ``clip_similarity``,
+``clip_score`` (= max(it, 0)) and ``draw``; the manifest's ``rerank`` summarises all N·P draws and
+the kept ones (count, mean and std of 100·cos, mean CLIP score, 5-point histogram) and
+``stats.clip_texts_cut`` counts draws whose prompt CLIP saw cut to its context.
 """
 from __future__ import annotations
 
@@ -148,6 +151,7 @@ def prompts_from_shards(path, caption: int, limit: int | None) -> PromptSet:
 
 
 def sample_key(prompt_key: str, j: int) -> str:
+    """The key of sample ``j`` (0-based, below 10**KEY_DIGITS) of prompt ``prompt_key``: ``<key>-s<j:05d>``."""
     return f"{prompt_key}-s{j:0{KEY_DIGITS}d}"
 
 
@@ -222,6 +226,9 @@ class Sampler:
 
     @classmethod
     def load(cls, prior_ckpt, autoencoder_ckpt, tokenizer_dir, clip_dir=None, device: str = "cpu") -> "Sampler":
+        """Everything on ``device`` ("cpu" or "cuda"), in eval mode. ``T2IError`` for a checkpoint or
+        folder that does not load, a tokenizer or autoencoder whose fingerprint is not the one the
+        prior records, and a CLIP folder ``clip_score.load_clip`` refuses."""
         prior, ck = load_prior(prior_ckpt)
         tok = load_tokenizer(tokenizer_dir)
         want = ck["fingerprints"]
