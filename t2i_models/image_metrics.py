@@ -338,7 +338,7 @@ def list_image_folder(path: Path) -> list[Path]:
         elif not stat.S_ISREG(st.st_mode):
             bad.append(f"{name} (not a regular file)")
         else:
-            good.append(Path(target))
+            good.append(Path(path) / name)  # its own name (a symlink inside the folder is read through)
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise T2IError(f"{path}: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} not image files: {'; '.join(bad[:5])}{more}; "
@@ -588,14 +588,18 @@ def split_sizes(n: int, splits: int, where: str) -> list[int]:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The settings of one ``t2i eval images`` run (flags of the same names)."""
+    """The settings of one ``t2i eval images`` run (flags of the same names). Defaults: IS over 10
+    splits and KID over 100 subsets of 1000, as torchmetrics, torch-fidelity and the KID paper
+    use. ``batch_size`` 8: on this 2-core CPU the Inception forward ran at 6.3-6.8 images/s with
+    batches of 2-8, 5.7 at 16 and 5.1-5.2 at 50 (``bench/bench_fid.py``, 2 threads); on a GPU
+    pass a larger one. Threads: torch's default (one per core): 2 threads ran 1.7-1.9x 1 thread."""
 
     metrics: tuple[str, ...] = ("fid", "kid", "is")
     splits: int = 10
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     n: int = 0
-    batch_size: int = 50
+    batch_size: int = 8
     seed: int = 0
     device: str = "auto"
 
@@ -634,6 +638,10 @@ def evaluate(real: str, fakes: list[str], out: str | os.PathLike, cfg: EvalConfi
     dup = sorted({x for x in labels if labels.count(x) > 1} | ({"real"} & set(labels)))
     if dup:
         raise T2IError(f"--fake: more than one set is called {dup[0]!r} (or it is 'real'); name each as --fake NAME=PATH")
+    where = Path(out).resolve()
+    for s in [real_set, *fake_sets]:
+        if where == s.path.resolve() or s.path.resolve() in where.parents:
+            raise T2IError(f"--out {out}: inside the input set {s.path}; write the report to a folder of its own")
     chosen = {id(s): choose(s.size, cfg.n, cfg.seed, str(s.path)) for s in [real_set, *fake_sets]}
     for s in [real_set, *fake_sets]:
         verify_chosen(s, chosen[id(s)])

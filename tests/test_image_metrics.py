@@ -143,7 +143,7 @@ def test_cli_end_to_end(weights, sets, features, tmp_path, capsys, caplog):
     out = tmp_path / "eval"
     rc, stdout, err = run_cli(capsys, "--real", sets["shards"], "--fake", f"same={sets['shards']}", "--fake", sets["folder"],
                               "--inception", weights, "--n", 4, "--seed", N_SEED, "--splits", 2, "--kid-subsets", 3, "--out", out,
-                              "--device", "cpu")
+                              "--device", "cpu", "--batch-size", 3)  # batches of 3 and 1; the folder's also end at the size change
     assert rc == 0, err
     r = json.loads((out / "report.json").read_text())
     assert list(r["models"]) == ["pngs", "same"]  # sorted keys; "pngs" is the folder's name
@@ -171,7 +171,7 @@ def test_cli_end_to_end(weights, sets, features, tmp_path, capsys, caplog):
     assert pngs["fingerprint"] == {"sha256_names_and_bytes": h.hexdigest()}
     assert "interpolate_bilinear_2d_like_tensorflow1x" in r["resize_policy"] and "no JPEG re-encoding" in r["resize_policy"]
     assert r["inception"]["published_weights"] is False and "not comparable with papers" in r["warnings"][0]
-    assert (r["seed"], r["n"], r["device"], r["batch_size"]) == (N_SEED, 4, "cpu", 50)
+    assert (r["seed"], r["n"], r["device"], r["batch_size"]) == (N_SEED, 4, "cpu", 3)
     assert "WARNING: random-inception.pth is not the published FID Inception file" in caplog.text  # logged before the passes
     lines = stdout.splitlines()
     assert lines[0].startswith(f"real: {sets['shards']} (4 images), IS ")
@@ -186,9 +186,9 @@ def test_cli_end_to_end(weights, sets, features, tmp_path, capsys, caplog):
 
 @pytest.mark.parametrize("case", ["no-inception", "not-a-pickle", "wrong-tensors", "empty-folder", "non-image", "bad-image",
                                   "n-too-large", "unknown-metric", "damaged-shard", "splits", "clip-without-dir",
-                                  "clip-on-a-folder"])
+                                  "clip-on-a-folder", "out-in-input"])
 def test_wrong_use_stops_with_one_message(case, weights, sets, tmp_path, capsys):
-    real, fake, extra, inception = sets["shards"], sets["folder"], [], weights
+    real, fake, extra, inception, out_dir = sets["shards"], sets["folder"], [], weights, tmp_path / "out"
     if case == "no-inception":
         inception, expect = None, ["--inception PATH needed", "pt_inception-2015-12-05-6726825d.pth", "sha256 6726825d",
                                    "nothing is downloaded"]
@@ -210,7 +210,10 @@ def test_wrong_use_stops_with_one_message(case, weights, sets, tmp_path, capsys)
         shutil.copytree(sets["folder"], fake)
         (fake / "notes.txt").write_text("x")
         (fake / "sub").mkdir()
-        expect = [f"{fake}: 2 entries are not image files: notes.txt (not a .png, .jpg or .jpeg file); sub (a folder: subfolders are not read)"]
+        (fake / "link.png").symlink_to(sets["folder"] / "a0.png")  # a PNG, but outside the folder
+        (fake / "inside.png").symlink_to(fake / "a0.png")  # read through: it stays inside
+        expect = [f"{fake}: 3 entries are not image files: link.png (entry 'link.png' resolves to {(sets['folder'] / 'a0.png').resolve()}, "
+                  f"outside {fake.resolve()}); notes.txt (not a .png, .jpg or .jpeg file); sub (a folder: subfolders are not read); move them out"]
     elif case == "bad-image":  # as the real set, so that it is the first image decoded
         real, fake = tmp_path / "bad", sets["shards"]
         shutil.copytree(sets["folder"], real)
@@ -230,17 +233,20 @@ def test_wrong_use_stops_with_one_message(case, weights, sets, tmp_path, capsys)
         expect = [f"{shard}: sha256 ", "so the checksum does not match the manifest"]
     elif case == "splits":
         extra, expect = ["--splits", 4], [f"{real}: --splits 4 over 6 images: torchmetrics' torch.chunk makes 3 groups, not 4"]
+    elif case == "out-in-input":
+        out_dir = fake / "report"
+        expect = [f"--out {out_dir}: inside the input set {fake}; write the report to a folder of its own"]
     elif case == "clip-without-dir":
         fake, extra, expect = real, ["--metrics", "clipscore"], ["--metrics clipscore needs --clip DIR, a local CLIP folder; nothing is downloaded"]
     else:
         extra, expect = ["--metrics", "fid,clipscore"], [f"{fake}: a folder of images has no captions; clipscore needs an image shard set"]
-    argv = ["--real", real, "--fake", fake, "--out", tmp_path / "out", "--splits", 2, *extra] + (["--inception", inception] if inception else [])
+    argv = ["--real", real, "--fake", fake, "--out", out_dir, "--splits", 2, *extra] + (["--inception", inception] if inception else [])
     rc, out, err = run_cli(capsys, *argv)
     assert rc == 2 and out == ""
     assert err.startswith("t2i: error: ") and err.count("\n") == 1 and "Traceback" not in err
     for text in expect:
         assert text in err
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (out_dir / "report.json").exists() and not (out_dir / "metrics.png").exists()
 
 
 @pytest.mark.slow  # transformers and a 49,408-token CLIP tokenizer: ~15 s
@@ -270,3 +276,16 @@ def test_clipscore_scores_each_fake_image_with_its_first_caption(realdata, sets,
     assert r["clip"]["fingerprint"] == scorer.fingerprint and r["inception"] is None
     assert "images" not in r["real"] and "fid" not in r["models"]["md"]
     assert stdout.splitlines()[1].startswith("md: 6 images, CLIP score ")
+
+
+@pytest.mark.parametrize("missing", ["torch_fidelity", "torchmetrics.image.kid"])
+def test_a_missing_package_is_named_with_its_install_line(missing, sets, weights, tmp_path, capsys, monkeypatch):
+    im.metric_classes()  # imported once; then made to fail as if not installed
+    monkeypatch.setitem(sys.modules, missing, None)
+    rc, out, err = run_cli(capsys, "--real", sets["shards"], "--fake", sets["folder"], "--inception", weights, "--splits", 2,
+                           "--out", tmp_path / "out")
+    assert rc == 2 and "Traceback" not in err
+    if missing == "torch_fidelity":
+        assert "fid, kid and is need torch-fidelity, which is not installed: pip install --no-deps torch-fidelity==0.4.0" in err
+    else:
+        assert "fid, kid and is need torchmetrics, a dependency of t2i-data: pip install 'torchmetrics>=1.9.0'" in err
