@@ -3,7 +3,8 @@ and torch thread counts, the full ``t2i eval images`` path against the forward a
 ``--images`` 128x128 images end to end.
 
 Rerun:  nice python bench/bench_fid.py [--images 10000] [--sample 100] [--batches 25,50,100]
-                                       [--thread-counts 1,2] [--repeats 2] [--device cpu] [--quick]
+                                       [--thread-counts 1,2] [--batch 8] [--threads 2] [--repeats 2]
+                                       [--device cpu] [--quick]
 
 Images: MD-MNIST built here from the embedded MNIST digits (128x128 RGB PNG shards, the project's
 own data): ``--images / 2`` in the train split (the real set) and as many in the test split (the
@@ -15,8 +16,8 @@ Parts, each side's best of ``--repeats`` alternating rounds (``benchkit``):
 1. forward alone: the network on ``--sample`` images decoded before the clock starts, as
    (B, 3, 128, 128) uint8 tensors, for each batch size x thread count (images/s);
 2. the command's pass (``image_metrics.run_pass``: shard sha256 check, tar read, PNG decode,
-   batching, resize to 299, Inception) against the forward alone on the same images, at the
-   default batch and 2 threads: their ratio is what reading and decoding add;
+   batching, resize to 299, Inception) against the forward alone on the same images, at
+   ``--batch`` and ``--threads``: their ratio is what reading and decoding add;
 3. (skipped with ``--images 0``) ``image_metrics.evaluate`` with fid,kid,is on the two splits:
    the wall time, split into loading the weights, the Inception passes, FID (QR factors, then the
    nuclear norm), KID (100 subsets of 1000), IS and the figure.
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=100, help="images of parts 1 and 2")
     ap.add_argument("--batches", default="25,50,100")
     ap.add_argument("--thread-counts", default="1,2")
-    ap.add_argument("--batch", type=int, default=50, help="batch of parts 2 and 3 (t2i eval images' default)")
+    ap.add_argument("--batch", type=int, default=im.EvalConfig().batch_size, help="batch of parts 2 and 3 (default: EvalConfig's)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of parts 2 and 3")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
