@@ -26,7 +26,10 @@ the resize filter and with JPEG round trips: numbers from another resize are not
 VGG16 and DINOv2 extractors, which import torchvision; torchvision 0.29 fails beside torch 2.13
 ("operator torchvision::nms does not exist"), and without it ``import torch_fidelity`` stops with
 "No module named 'torchvision'" (measured here). torchmetrics' fid module imports
-``torch_fidelity.feature_extractor_inceptionv3``, which runs that ``__init__`` first. The Inception
+``torch_fidelity.feature_extractor_inceptionv3``, which runs that ``__init__`` first, and a bare
+``import torchmetrics`` reaches it too (``torchmetrics/__init__`` -> ``image._deprecated`` ->
+``image`` -> ``image.fid``: the same error, measured), so any torchmetrics import in this process
+must come after ``torch_fidelity_inception``. The Inception
 extractor and its helpers (``feature_extractor_base``, ``helpers``, ``defaults``,
 ``deprecations``, ``interpolate_compat_tensorflow``) import only torch and the standard library
 (read from their sources and checked after import: torchvision is not in ``sys.modules``). So
@@ -370,6 +373,8 @@ def choose(total: int, n: int, seed: int, where: str) -> np.ndarray:
 
 
 def _decode_file(path: Path) -> np.ndarray:
+    """A folder's image file -> (H, W, 3) uint8 RGB (``regimes.to_rgb``: alpha onto white), within
+    ``pngio.MAX_SHARD_PIXELS``; one ``T2IError`` naming the file otherwise."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -455,9 +460,12 @@ class SetPass:
 
 
 def run_pass(s: ImageSet, positions: np.ndarray, model, scorer, batch_size: int, device: str) -> SetPass:
-    """Decode the chosen images and run the Inception network (and the CLIP scorer, which needs
+    """Decode the chosen images (``positions``: ascending indices into the set) and run the
+    Inception network (``load_inception``'s, or None) and the CLIP scorer (or None; it needs
     captions) over them in batches of ``batch_size`` images of one size (a batch ends early where
-    the size changes: the network takes one (B, 3, H, W) tensor)."""
+    the size changes: the network takes one (B, 3, H, W) uint8 tensor). Features come back to the
+    CPU as float64. Raises ``iter_images``' ``T2IError`` for a damaged shard, an undecodable image
+    (naming it) or a missing caption; a tqdm bar on a terminal shows the images done."""
     from tqdm.auto import tqdm
 
     keys, pools, logits, clips, sizes, formats, thumbs, batch = [], [], [], [], Counter(), Counter(), [], []
@@ -589,8 +597,8 @@ def split_sizes(n: int, splits: int, where: str) -> list[int]:
 @dataclass(frozen=True)
 class EvalConfig:
     """The settings of one ``t2i eval images`` run (flags of the same names). Defaults: IS over 10
-    splits and KID over 100 subsets of 1000, as torchmetrics, torch-fidelity and the KID paper
-    use. ``batch_size`` 8: on this 2-core CPU the Inception forward ran at 6.3-6.8 images/s with
+    splits and KID over 100 subsets of 1000, the defaults of torchmetrics 1.9.0 and torch-fidelity
+    0.4.0 (``isc_splits``, ``kid_subsets``, ``kid_subset_size``). ``batch_size`` 8: on this 2-core CPU the Inception forward ran at 6.3-6.8 images/s with
     batches of 2-8, 5.7 at 16 and 5.1-5.2 at 50 (``bench/bench_fid.py``, 2 threads); on a GPU
     pass a larger one. Threads: torch's default (one per core): 2 threads ran 1.7-1.9x 1 thread."""
 
