@@ -819,7 +819,8 @@ def cli_main(args) -> int:
     """``t2i eval images`` (flags: t2i_models/cli.py): prints one line per model and the paths."""
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     cfg = EvalConfig(metrics=metrics, splits=args.splits, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                     n=args.n, batch_size=args.batch_size, seed=args.seed, device=args.device)
+                     n=args.n, seed=args.seed, device=args.device,
+                     **({} if args.batch_size is None else {"batch_size": args.batch_size}))
     r = evaluate(args.real, args.fake, args.out, cfg, inception=args.inception, clip=args.clip)
     if "images" in r["real"]:
         print(f"real: {r['real']['path']} ({r['real']['images']} images)" + (f", IS {r['real']['is']['mean']:.4f}" if "is" in r["real"] else ""))
