@@ -77,3 +77,9 @@ def md_tokens(tmp_path_factory):
     save_autoencoder(root / "ae.pt", build_autoencoder("dvae_tiny", image_size=128, hidden=8, vocab_size=16))
     encode(root / "ae.pt", root / "md" / "train", root / "img", EncodeConfig(), InProcessRunner())
     return root
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n auto: one torch thread per worker, so the workers do not oversubscribe the cores
+    import torch
+
+    torch.set_num_threads(1)
