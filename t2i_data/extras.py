@@ -19,6 +19,7 @@ EXTRAS = {  # top-level module -> the extra of pyproject.toml that installs it
     "transformers": "hf",
     "datasets": "interop",
     "webdataset": "interop",
+    "sklearn": "tsne",
 }
 
 

@@ -73,6 +73,9 @@ def test_counts_keys_captions_and_source_fields(built):
         file = "train-images-idx3-ubyte.gz" if split == "train" else "t10k-images-idx3-ubyte"
         # one fingerprint of the build: every IDX file read
         assert sorted(m["sources"]["fashion_mnist"]["files"]) == sorted([f"{s}.gz" for s in STEMS["train"]] + list(STEMS["test"]))
+        # the class names, in label order as the Fashion-MNIST README lists them, travel in the manifest
+        assert m["sources"]["fashion_mnist"]["classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                                            "Sneaker", "Bag", "Ankle boot"]
         for i, (s, label) in enumerate(zip(got, labels)):
             meta = json.loads(s["json"])
             assert (meta["image_id"], meta["class_id"], meta["file"], meta["split"]) == (i, label, file, split)

@@ -59,7 +59,9 @@ def load(cfg) -> tuple[dict[str, list[ImageRecord]], dict]:
     """The preprocess loader: one record per image of the splits ``cfg.splits`` (both when
     empty) under ``cfg.root``, in IDX order, and the sha256 of the IDX files read. ``T2IError``
     naming the file when one is missing, is not a readable IDX file of 28×28 images or of labels
-    (a truncated one included), or when images and labels do not pair up or a label is over 9."""
+    (a truncated one included), or when images and labels do not pair up or a label is over 9.
+    The fingerprint (the manifest's ``sources.fashion_mnist``) also names the ten classes in
+    label order (``classes``), so the manifest alone maps a ``class_id`` to its name."""
     root = Path(cfg.root)
     by_split, files = {}, {}
     for split in cfg.splits or SPLITS:
@@ -73,7 +75,8 @@ def load(cfg) -> tuple[dict[str, list[ImageRecord]], dict]:
         ]
         for path in (img_path, lab_path):
             files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return by_split, {"kind": "idx", "files": files}
+    # the class names travel with the data: a manifest reader maps class_id to its name without this module
+    return by_split, {"kind": "idx", "files": files, "classes": list(CLASSES)}
 
 
 @lru_cache(maxsize=2)
