@@ -307,6 +307,20 @@ def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
     return sets
 
 
+def open_one_split(path: str | os.PathLike, kind: str, what: str, reads: str) -> ShardSet:
+    """The one split of kind ``kind`` at ``path`` (``open_shard_sets``'s checks first). ``what``
+    starts each message (a flag such as ``"--prompts-from "``, or ``""``) and ``reads`` says
+    what the command reads. ``T2IError`` for a build folder of several splits (naming them and
+    the first split's folder to give instead) or a set of another kind."""
+    sets = open_shard_sets(path)
+    if len(sets) != 1:
+        raise T2IError(f"{what}{path}: {len(sets)} splits ({', '.join(s.split for s in sets)}); give one split's folder, "
+                       f"e.g. {sets[0].dir}")
+    if sets[0].kind != kind:
+        raise T2IError(f"{what}{sets[0].dir}: a {sets[0].kind} shard set; {reads}")
+    return sets[0]
+
+
 def check_shard_file(path: Path, record: dict, data=None) -> str:
     """Check one shard file against its manifest record: size first, then sha256 of the bytes
     (``data``: the file's bytes or its mapping when the caller has them, so hashing faults in the

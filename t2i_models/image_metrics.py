@@ -78,7 +78,7 @@ from PIL import Image, ImageDraw
 from t2i_data.digest import IMAGE_EXTS, file_sha256
 from t2i_data.errors import T2IError
 from t2i_data.figures import SERIES_COLORS, TEXT, font
-from t2i_data.manifest import MANIFEST_NAME, ShardSet, atomic_write, checked_samples, checked_shard_path, open_shard_sets
+from t2i_data.manifest import MANIFEST_NAME, ShardSet, atomic_write, checked_samples, checked_shard_path, open_one_split
 from t2i_data.pngio import MAX_SHARD_PIXELS, load_image
 from t2i_data.regimes import to_rgb
 from t2i_data.sources.records import confiner
@@ -300,12 +300,7 @@ def open_image_set(path: str | os.PathLike, label: str | None = None) -> ImageSe
                        f"{MANIFEST_NAME}) or a folder of .png/.jpg/.jpeg images")
     label = label or p.resolve().name
     if (p / MANIFEST_NAME).is_file() or any(p.glob(f"*/{MANIFEST_NAME}")):
-        sets = open_shard_sets(p)
-        if len(sets) != 1:
-            raise T2IError(f"{p}: {len(sets)} splits ({', '.join(s.split for s in sets)}); give one split's folder, e.g. {sets[0].dir}")
-        ss = sets[0]
-        if ss.kind != "images":
-            raise T2IError(f"{ss.dir}: a {ss.kind} shard set; eval images reads image shard sets (kind images) or image folders")
+        ss = open_one_split(p, "images", "", "eval images reads image shard sets (kind images) or image folders")
         total = ss.manifest["totals"]["samples"]
         fp = {"manifest_digest": ss.manifest["digest"], "dataset": ss.manifest["dataset"], "split": ss.split}
         s = ImageSet(label, ss.dir, "shards", total, fp, shard_set=ss)

@@ -62,7 +62,7 @@ from t2i_data.card import CARD_NAME, LICENCE_FILE
 from t2i_data.digest import canonical_json, canonical_pixels
 from t2i_data.errors import T2IError
 from t2i_data.figures import font
-from t2i_data.manifest import MANIFEST_NAME, checked_samples, load_manifest, open_shard_sets
+from t2i_data.manifest import MANIFEST_NAME, checked_samples, load_manifest, open_one_split
 from t2i_data.pngio import encode_png, encoder_id
 from t2i_data.quarantine import Quarantined
 from t2i_data.rng import stream_id
@@ -116,12 +116,7 @@ def prompts_from_shards(path, caption: int, limit: int | None) -> PromptSet:
     set's key order, the first ``limit`` keys only (None: all), every shard checked against its
     manifest as it is read. A key with fewer captions is quarantined (``no-caption: ...``).
     ``T2IError`` for several splits, a set that is not an image set, or no key with that caption."""
-    sets = open_shard_sets(path)
-    if len(sets) != 1:
-        raise T2IError(f"--prompts-from {path}: {len(sets)} splits ({', '.join(s.split for s in sets)}); give one split's folder")
-    ss = sets[0]
-    if ss.kind != "images":
-        raise T2IError(f"--prompts-from {path}: a {ss.kind} set; prompts come from an image shard set's captions")
+    ss = open_one_split(path, "images", "--prompts-from ", "prompts come from an image shard set's captions")
     keys, texts, shards, quarantined, read, most, repaired = [], [], [], [], 0, 0, 0
     for shard in ss.manifest["shards"]:
         if limit is not None and read >= limit:

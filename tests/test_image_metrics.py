@@ -186,7 +186,7 @@ def test_cli_end_to_end(weights, sets, features, tmp_path, capsys, caplog):
 
 @pytest.mark.parametrize("case", ["no-inception", "not-a-pickle", "wrong-tensors", "empty-folder", "non-image", "bad-image",
                                   "n-too-large", "unknown-metric", "damaged-shard", "splits", "clip-without-dir",
-                                  "clip-on-a-folder", "out-in-input"])
+                                  "clip-on-a-folder", "out-in-input", "build-folder", "token-set"])
 def test_wrong_use_stops_with_one_message(case, weights, sets, tmp_path, capsys):
     real, fake, extra, inception, out_dir = sets["shards"], sets["folder"], [], weights, tmp_path / "out"
     if case == "no-inception":
@@ -233,6 +233,19 @@ def test_wrong_use_stops_with_one_message(case, weights, sets, tmp_path, capsys)
         expect = [f"{shard}: sha256 ", "so the checksum does not match the manifest"]
     elif case == "splits":
         extra, expect = ["--splits", 4], [f"{real}: --splits 4 over 6 images: torchmetrics' torch.chunk makes 3 groups, not 4"]
+    elif case == "build-folder":  # a build of two splits: which one is meant is not guessed
+        fake = tmp_path / "two"
+        shutil.copytree(sets["shards"], fake / "train")
+        shutil.copytree(sets["shards"], fake / "test")
+        expect = [f"{fake}: 2 splits (train, train); give one split's folder, e.g. {fake / 'test'}"]
+    elif case == "token-set":
+        from t2i_data.text import load_pretrained
+        from t2i_data.tokenize import TokenizeConfig, tokenize
+
+        load_pretrained("mdmnist", None).save(tmp_path / "tk")
+        tokenize(tmp_path / "tk", sets["shards"], tmp_path / "text", TokenizeConfig(length=12), InProcessRunner())
+        fake = tmp_path / "text"
+        expect = [f"{fake}: a text_tokens shard set; eval images reads image shard sets (kind images) or image folders"]
     elif case == "out-in-input":
         out_dir = fake / "report"
         expect = [f"--out {out_dir}: inside the input set {fake}; write the report to a folder of its own"]

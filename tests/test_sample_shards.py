@@ -275,13 +275,17 @@ def wrong_uses(chain, tmp_path):
         (["--out", f"{tmp_path}/o"], "no prompts given: --prompt TEXT, --prompts FILE (one per line) or --prompts-from SHARDS"),
         (["--prompt", "x", "--rerank", "2", "--keep", "1", "--clip", f"{tmp_path}/no-clip", "--out", f"{tmp_path}/o"],
          "--clip " + f"{tmp_path}/no-clip: no such folder; it must hold config.json"),
+        (["--prompts-from", str(chain / "md"), "--out", f"{tmp_path}/o"],
+         f"--prompts-from {chain / 'md'}: 2 splits (test, train); give one split's folder, e.g. {chain / 'md' / 'test'}"),
+        (["--prompts-from", str(chain / "text"), "--out", f"{tmp_path}/o"],
+         f"--prompts-from {chain / 'text'}: a text_tokens shard set; prompts come from an image shard set's captions"),
     ]
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(19))
 def test_each_wrong_use_stops_with_one_line_and_exit_2(chain, tmp_path, capsys, case):
     table = wrong_uses(chain, tmp_path)
-    assert len(table) == 17
+    assert len(table) == 19
     argv, fragment = table[case]
     assert main(base(chain) + argv) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
