@@ -8,6 +8,7 @@ from t2i_data.errors import T2IError
 
 from .dvae import DVAE, DVAEConfig
 from .vqvae import VQVAE, VQVAEConfig
+from .vqvae2 import VQVAE2, VQVAE2Config
 
 # The thesis' configurations: MD-MNIST dVAE V=256, H=256, 2 downsamples, N_RD=4, N_RB=4;
 # CUB-64/128 dVAE V=512, H=512, 2 downsamples, N_RD=6, N_RB=4. VQ-VAEs share the stacks.
@@ -24,6 +25,12 @@ CONFIGS = {
     "dvae_tiny": DVAEConfig(vocab_size=32, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, tau_start=1.0, tau_end=0.5, tau_steps=200,
                             kl_steps=50, kl_weight=0.01),
     "vqvae_tiny": VQVAEConfig(vocab_size=32, dim=16, hidden=32, downsamples=2, n_rd=1, n_rb=1, image_size=32, decay=0.9, restart_threshold=0.05),
+    # VQ-VAE-2 (vqvae2.py). The COCO study (seeds/000) names VQ-VAE-2 but gives no size: Razavi et al.
+    # 2019's ImageNet 256x256 model (Table 4: bottom 64x64, top 32x32, 512 codes of dim 64 per level,
+    # hidden 128, residual 64, 2 residual blocks, beta 0.25) is VQVAE2Config's defaults.
+    "vqvae2_coco256": VQVAE2Config(),
+    "vqvae2_tiny": VQVAE2Config(image_size=32, hidden=32, res_hidden=16, n_res=1, dim=16, vocab_top=32, vocab_bottom=32, decay=0.9,
+                                restart_threshold=0.05),
 }
 
 
@@ -56,6 +63,6 @@ def build_autoencoder(name_or_cfg, **overrides):
         cfg, what = name_or_cfg, type(name_or_cfg).__name__
     cfg = config_with(type(cfg), dataclasses.asdict(cfg), overrides, what)
     try:
-        return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE(cfg)
+        return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE2(cfg) if isinstance(cfg, VQVAE2Config) else VQVAE(cfg)
     except ValueError as e:  # an architecture that cannot be built (e.g. more downsamples than the image allows)
         raise T2IError(f"{what}: {e}") from None

@@ -33,13 +33,14 @@ from .dvae import DVAE, DVAEConfig
 from .pretrained import known_layouts, load_pretrained
 from .prior_builders import PRIORS, prior_from_config
 from .vqvae import VQVAE, VQVAEConfig
+from .vqvae2 import VQVAE2, VQVAE2Config
 from .weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
 AUTOENCODER_FORMAT = "t2i-autoencoder/1"
 PRIOR_FORMAT = "t2i-prior/1"
 CLIP_FORMAT = "t2i-clip/1"
-KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig)}
+KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig), "vqvae2": (VQVAE2, VQVAE2Config)}
 
 
 def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:
