@@ -39,7 +39,7 @@ from .digest import canonical_json
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, atomic_write, load_manifest
 from .quarantine import quarantine_counts
-from .schema import declared, feature_list, schema_of, yaml_lines
+from .schema import declared, feature_list, levels_of, schema_of, yaml_lines
 from .sources import registry
 
 CARD_NAME = "README.md"
@@ -235,6 +235,12 @@ def _what(m: dict) -> list[str]:
         t = m.get("tokenizer", {})
         out.append(f"Each sample is `<key>.text_tokens.npy`: {t.get('dtype')}, shape (captions, {t.get('length')}), every caption "
                    f"of the image tokenized and right-padded with id {t.get('pad_id')}.")
+    elif kind == "image_tokens" and levels_of(m):  # VQ-VAE-2: one member per token level
+        a, k = m.get("autoencoder", {}), (m.get("config") or {}).get("views")
+        per = "; ".join(f"`<key>.image_tokens.{lv}.npy`: {a.get('dtype')}, shape ({k}, {d['grid']}, {d['grid']}), {d['vocab_size']} codes"
+                        for lv, d in levels_of(m).items())
+        out.append(f"Each sample holds one token grid per level of a {a.get('kind')}, coarse to fine: {per}; one grid per view and level "
+                   "(view 0 the identity), and `<key>.json` with each view's parameters.")
     elif kind == "image_tokens":
         a = m.get("autoencoder", {})
         k = (m.get("config") or {}).get("views")
@@ -287,7 +293,10 @@ def _counts(m: dict) -> list[str]:
         out += [f"Captions: {st.get('captions', 0):,}; truncated to L: {st.get('truncated', 0):,} ({st.get('truncated', 0) / cap:.2%}); "
                 f"empty: {st.get('empty', 0):,}; control characters removed in {st.get('control', 0):,}; repaired UTF-8 in "
                 f"{st.get('repaired', 0):,} samples.", ""]
-    if m["kind"] == "image_tokens" and st:
+    if m["kind"] == "image_tokens" and st and levels_of(m):
+        used = "; ".join(f"{lv} level {len(st.get('code_usage', {}).get(lv, {})):,} of {d['vocab_size']}" for lv, d in levels_of(m).items())
+        out += [f"Views: {st.get('views', 0):,}; codes used: {used}.", ""]
+    elif m["kind"] == "image_tokens" and st:
         used, vocab = len(st.get("code_usage", {})), m.get("autoencoder", {}).get("vocab_size")
         out += [f"Views: {st.get('views', 0):,}; codes used: {used:,} of {vocab}.", ""]
     return out
@@ -353,6 +362,8 @@ def _loading(m: dict) -> list[str]:
     decode = {"images": '.decode("pil")', "text_tokens": ".decode()", "image_tokens": ".decode()"}[m["kind"]]
     fields = {"images": f'"{_image_ext(m)}", "json"', "text_tokens": '"text_tokens.npy"',
               "image_tokens": '"image_tokens.npy", "json"'}[m["kind"]]
+    if m["kind"] == "image_tokens" and levels_of(m):
+        fields = ", ".join(f'"image_tokens.{lv}.npy"' for lv in levels_of(m)) + ', "json"'
     out = ["## Loading", "", "`DIR` is this folder.", "", "webdataset:", "", "```python", "import webdataset as wds", "",
            f'ds = wds.WebDataset(DIR + "/{pattern}", shardshuffle=False){decode}',
            f"for sample in ds:  # keys __key__, {fields}", "    ...", "```", "",

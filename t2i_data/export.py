@@ -29,7 +29,7 @@ from .errors import T2IError
 from .extras import require
 from .manifest import KINDS, ShardSet, checked_samples, open_shard_sets
 from .npyio import load_npy
-from .schema import SCHEMAS, check_meta
+from .schema import SCHEMAS, check_meta, levels_of
 from .sources import registry
 from .text.captions import check_captions
 
@@ -106,34 +106,53 @@ class _TextTokens:
 
 
 class _ImageTokens:
-    """image_tokens: (views, h, w) as nested fixed-size lists; views: each view's parameters."""
+    """image_tokens: (views, h, w) as nested fixed-size lists; views: each view's parameters. A
+    multi-level set (VQ-VAE-2, ``schema.levels_of``) has one column per level instead,
+    ``image_tokens_<level>`` (views, g, g) from ``<key>.image_tokens.<level>.npy``, coarse to fine."""
 
     def __init__(self, ss: ShardSet) -> None:
-        grid = ss.field("autoencoder", "grid")
-        self.shape = (ss.field("config", "views"), grid, grid)
+        views = ss.field("config", "views")
+        levels = levels_of(ss.manifest)
+        if levels:
+            self.members = {f"image_tokens.{lv}.npy": (f"image_tokens_{lv}", (views, d["grid"], d["grid"])) for lv, d in levels.items()}
+        else:
+            grid = ss.field("autoencoder", "grid")
+            self.members = {"image_tokens.npy": ("image_tokens", (views, grid, grid))}
         self.dtype = np.dtype(ss.field("autoencoder", "dtype"))
-        t = pa.from_numpy_dtype(self.dtype)
-        for n in self.shape[::-1]:
-            t = pa.list_(t, n)
-        self.fields = [pa.field("image_tokens", t), pa.field("views", pa.list_(_VIEW))]
+        self.fields = []
+        for column, shape in self.members.values():
+            t = pa.from_numpy_dtype(self.dtype)
+            for n in shape[::-1]:
+                t = pa.list_(t, n)
+            self.fields.append(pa.field(column, t))
+        self.fields.append(pa.field("views", pa.list_(_VIEW)))
 
     def row(self, sample: dict, where: str) -> tuple[list, int]:
-        arr = load_npy(sample["image_tokens.npy"], f"{where}: {sample['__key__']}")
-        if arr.shape != self.shape or arr.dtype != self.dtype:
-            raise T2IError(f"{where}: {sample['__key__']} image tokens are {arr.dtype} {arr.shape}, the manifest says "
-                           f"{self.dtype} {self.shape}; rebuild the set")
+        arrs = []
+        for member, (_, shape) in self.members.items():
+            if member not in sample:
+                raise T2IError(f"{where}: {sample['__key__']} has no {member}, which its manifest's token levels name; rebuild the set")
+            arr = load_npy(sample[member], f"{where}: {sample['__key__']}")
+            if arr.shape != shape or arr.dtype != self.dtype:
+                what = "image tokens" if member == "image_tokens.npy" else member
+                raise T2IError(f"{where}: {sample['__key__']} {what} are {arr.dtype} {arr.shape}, the manifest says "
+                               f"{self.dtype} {shape}; rebuild the set")
+            arrs.append(arr)
         try:
             views = json.loads(sample["json"])["views"]
         except (KeyError, TypeError, ValueError) as e:  # no json, not an object, no views, not JSON
             raise T2IError(f"{where}: {sample['__key__']} has no readable views in its JSON ({type(e).__name__}: {e}); rebuild the set") from None
-        return [arr, views], arr.nbytes
+        return [*arrs, views], sum(a.nbytes for a in arrs)
 
-    def arrays(self, tokens: list[np.ndarray], views: list) -> list[pa.Array]:
-        flat = np.stack(tokens).ravel() if tokens else np.zeros(0, self.dtype)
-        arr = pa.array(flat)
-        for n in self.shape[::-1]:
-            arr = pa.FixedSizeListArray.from_arrays(arr, n)
-        return [arr, pa.array(views, type=self.fields[1].type)]
+    def arrays(self, *cols: list) -> list[pa.Array]:
+        out = []
+        for tokens, (_, shape) in zip(cols, self.members.values()):
+            flat = np.stack(tokens).ravel() if tokens else np.zeros(0, self.dtype)
+            arr = pa.array(flat)
+            for n in shape[::-1]:
+                arr = pa.FixedSizeListArray.from_arrays(arr, n)
+            out.append(arr)
+        return out + [pa.array(cols[-1], type=self.fields[-1].type)]
 
 
 _COLUMNS = {"images": _Images, "text_tokens": _TextTokens, "image_tokens": _ImageTokens}

@@ -6,7 +6,7 @@ another split (``leakage``), the captions dropped, the images whose annotated si
 their pixels and those turned upright by EXIF, and the truncation count the tokenizer recorded. From the shards, each
 checked against its sha256 before it is read: captions per image and caption length in words
 (image sets), token lengths and the padding rate (text-token sets), code usage (image-token
-sets). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
+sets; one histogram per token level for a VQ-VAE-2 set, ``code_usage_<level>``). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .manifest import ShardSet, checked_samples, open_shard_sets
 from .npyio import load_npy
 from .figures import histogram_png
 from .quarantine import quarantine_counts
+from .schema import levels_of
 from .text.captions import sample_captions
 
 REPORT_NAME = "inspect.json"
@@ -113,20 +114,27 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         rep["rates"] = {"padding": pads / cells if cells else 0.0, "full_rows": full / rows if rows else 0.0,
                         "truncation": truncated / captions if captions else 0.0}
     else:
-        vocab = ss.field("autoencoder", "vocab_size")
-        usage = np.zeros(vocab, np.int64)
+        # one histogram per token level (VQ-VAE-2: "code_usage_top", ...; schema.levels_of), or the one grid's "code_usage"
+        levels = levels_of(m)
+        specs = ({lv: (f"image_tokens.{lv}.npy", d["vocab_size"], f"_{lv}", f"the {lv} level's") for lv, d in levels.items()} if levels
+                 else {None: ("image_tokens.npy", ss.field("autoencoder", "vocab_size"), "", "the autoencoder's")})
+        usages = {lv: np.zeros(spec[1], np.int64) for lv, spec in specs.items()}
         for shard in m["shards"]:
             for sample in checked_samples(ss, shard):
-                arr = _tokens(ss, shard, sample, "image_tokens.npy", 3)
-                if arr.size and (arr.min() < 0 or arr.max() >= vocab):  # never clipped: a code outside V is bad data
-                    raise T2IError(f"{ss.dir / shard['name']}: {sample['__key__']} holds code {int(arr.max()) if arr.max() >= vocab else int(arr.min())}, "
-                                   f"outside the autoencoder's {vocab} codes; rebuild the set")
-                usage += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)
+                for lv, (member, vocab, _, whose) in specs.items():
+                    arr = _tokens(ss, shard, sample, member, 3)
+                    if arr.size and (arr.min() < 0 or arr.max() >= vocab):  # never clipped: a code outside V is bad data
+                        raise T2IError(f"{ss.dir / shard['name']}: {sample['__key__']} holds code {int(arr.max()) if arr.max() >= vocab else int(arr.min())}, "
+                                       f"outside {whose} {vocab} codes; rebuild the set")
+                    usages[lv] += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)
                 if progress is not None:
                     progress.update(1)
-        hists["code_usage"] = usage.tolist()
-        p = usage[usage > 0] / max(int(usage.sum()), 1)
-        rep["rates"] = {"codes_used": int((usage > 0).sum()) / vocab, "perplexity": float(math.exp(-(p * np.log(p)).sum())) if p.size else 0.0}
+        for lv, (_, vocab, suffix, _) in specs.items():
+            usage = usages[lv]
+            hists["code_usage" + suffix] = usage.tolist()
+            p = usage[usage > 0] / max(int(usage.sum()), 1)
+            rep["rates"].update({"codes_used" + suffix: int((usage > 0).sum()) / vocab,
+                                 "perplexity" + suffix: float(math.exp(-(p * np.log(p)).sum())) if p.size else 0.0})
     return rep
 
 
@@ -138,10 +146,18 @@ FIGURES = {  # histogram -> (file suffix, title, x label, y label)
 }
 
 
+def _figure(name: str) -> tuple[str, str, str, str]:
+    """FIGURES' entry, or a token level's code usage (``code_usage_<level>``)."""
+    if name in FIGURES:
+        return FIGURES[name]
+    level = name.removeprefix("code_usage_")
+    return (f"code-usage-{level}", f"code usage of the {level} level over all views", "code id", "tokens")
+
+
 def write_figures(rep: dict, out: Path) -> list[Path]:
     paths = []
     for name, hist in rep["histograms"].items():
-        suffix, what, xlabel, ylabel = FIGURES[name]
+        suffix, what, xlabel, ylabel = _figure(name)
         stem = f"{rep['dataset']}-{rep['split']}-{rep['kind']}-{suffix}"
         path, n = out / f"{stem}.png", 1
         while path.exists():  # two inputs with the same dataset, split and kind
@@ -175,7 +191,7 @@ def format_reports(reports: list[dict]) -> str:
             lines.append(f"  {'turned upright by EXIF orientation':<44} {c['exif_rotated']:,}")
             lines.append(f"  {'captions dropped (not text, or blank)':<44} {c['captions_dropped']:,}")
         for name, hist in r["histograms"].items():
-            if name == "code_usage":
+            if name.startswith("code_usage"):
                 continue
             s = hist_summary(hist)
             label = FIGURES[name][1]
@@ -187,9 +203,13 @@ def format_reports(reports: list[dict]) -> str:
             lines.append(f"  {'truncated to L (as tokenized)':<44} {rates['truncation']:.2%} of captions")
             lines.append(f"  {'rows with no padding':<44} {rates['full_rows']:.2%} of captions")
         if r["kind"] == "image_tokens":
-            usage = r["histograms"]["code_usage"]
-            lines.append(f"  {'codes used':<44} {sum(1 for u in usage if u):,} of {len(usage):,} ({rates['codes_used']:.1%}), "
-                         f"perplexity {rates['perplexity']:.1f}")
+            for name, usage in r["histograms"].items():  # "code_usage", or one "code_usage_<level>" per token level
+                if not name.startswith("code_usage"):
+                    continue
+                suffix = name.removeprefix("code_usage")
+                label = "codes used" + (f" ({suffix[1:]} level)" if suffix else "")
+                lines.append(f"  {label:<44} {sum(1 for u in usage if u):,} of {len(usage):,} ({rates['codes_used' + suffix]:.1%}), "
+                             f"perplexity {rates['perplexity' + suffix]:.1f}")
     return "\n".join(lines)
 
 

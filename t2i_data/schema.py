@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -60,13 +61,21 @@ def _schemas() -> dict[tuple[str, str], dict[str, Type]]:
 SCHEMAS: dict[tuple[str, str], dict[str, Type]] = _schemas()  # (kind, dataset) → {tar member: type}, in member order
 
 
-def schema_for(kind: str, dataset: str, dtype: str | None = None) -> dict[str, Type]:
-    """The schema of a (kind, dataset) set; ``dtype`` fills its arrays' element type."""
+def schema_for(kind: str, dataset: str, dtype: str | None = None, levels: list[str] | None = None) -> dict[str, Type]:
+    """The schema of a (kind, dataset) set; ``dtype`` fills its arrays' element type. ``levels``
+    (an image-token set of a multi-level autoencoder, VQ-VAE-2: ``levels_of``) puts one
+    ``image_tokens.<level>.npy`` member per level, in the order given, where a single-grid set
+    has ``image_tokens.npy``."""
     try:
         schema = SCHEMAS[(kind, dataset)]
     except KeyError:
         known = ", ".join(f"{k}/{d}" for k, d in SCHEMAS)
         raise ValueError(f"no sample schema is declared for {kind}/{dataset}; declared: {known}") from None
+    if levels:
+        if kind != "image_tokens":
+            raise ValueError(f"token levels belong to image-token sets, not {kind}")
+        schema = {**{f"image_tokens.{lv}.npy": schema["image_tokens.npy"] for lv in levels},
+                  **{m: t for m, t in schema.items() if m != "image_tokens.npy"}}
     if any(t.kind == "array" for t in schema.values()):
         if dtype not in ARRAY_DTYPES:
             raise ValueError(f"{kind}/{dataset}: array dtype must be one of {', '.join(ARRAY_DTYPES)}, got {dtype!r}")
@@ -75,9 +84,34 @@ def schema_for(kind: str, dataset: str, dtype: str | None = None) -> dict[str, T
 
 
 def schema_of(manifest: dict) -> dict[str, Type]:
-    """The schema of the set a manifest describes (array dtype from its tokenizer or autoencoder)."""
+    """The schema of the set a manifest describes (array dtype from its tokenizer or autoencoder;
+    one member per token level for a multi-level image-token set, ``levels_of``)."""
     dtype = (manifest.get("tokenizer") or manifest.get("autoencoder") or {}).get("dtype")
-    return schema_for(manifest["kind"], manifest["dataset"], dtype)
+    levels = list(levels_of(manifest)) if manifest.get("kind") == "image_tokens" else None
+    return schema_for(manifest["kind"], manifest["dataset"], dtype, levels)
+
+
+LEVEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # part of a tar member name and of figure file names
+
+
+def levels_of(manifest: dict) -> dict[str, dict]:
+    """The token levels of an image-token set made by a multi-level autoencoder (VQ-VAE-2;
+    ``t2i_models.encode``): ``{level: {"grid", "vocab_size"}}`` coarse to fine (by grid), from its
+    manifest's ``autoencoder.levels``; ``{}`` for a single-grid set. ``T2IError`` for a record that
+    is not such a map (a level name that is not a short lower-case word, a grid or vocabulary that
+    is not a positive integer)."""
+    from .errors import T2IError
+
+    lv = (manifest.get("autoencoder") or {}).get("levels")
+    if lv is None:
+        return {}
+    ok = isinstance(lv, dict) and lv and all(
+        isinstance(k, str) and LEVEL_NAME.fullmatch(k) and isinstance(v, dict) and set(v) == {"grid", "vocab_size"}
+        and all(type(v[f]) is int and 1 <= v[f] <= (1 << 24) for f in ("grid", "vocab_size")) for k, v in lv.items())
+    if not ok:
+        raise T2IError(f"{manifest.get('dataset')}/{manifest.get('split')}: its manifest's autoencoder.levels is {str(lv)[:80]}, not a map "
+                       f"of level names to {{grid, vocab_size}}; rebuild the set")
+    return {k: dict(lv[k]) for k in sorted(lv, key=lambda k: (lv[k]["grid"], k))}
 
 
 def declared(manifest: dict) -> bool:

@@ -50,6 +50,7 @@ from .manifest import MANIFEST_NAME, load_manifest
 from .npyio import npy_meta
 from .plan import PlannedStream, plan_exact
 from .rng import key_ids, keyed_u64, stream_id
+from .schema import levels_of
 from .stream import check_shard_cached, dataloader_worker, guarded
 from .tario import member_table
 
@@ -67,13 +68,20 @@ class TokenStream(PlannedStream, IterableDataset):
     text-token pair (the module docstring has the layout and the checks). Epoch, resume and plan:
     ``plan.PlannedStream`` with ``plan_exact`` (every sample once, padded batches). Raises
     ``T2IError`` when the sets are not such a pair, belong to other image sets, or were made by
-    a tokenizer / autoencoder other than ``expect_tokenizer`` / ``expect_autoencoder``."""
+    a tokenizer / autoencoder other than ``expect_tokenizer`` / ``expect_autoencoder``.
+
+    ``level`` names the token level of a multi-level image-token set (VQ-VAE-2: "top" or
+    "bottom", ``schema.levels_of``): its ``<key>.image_tokens.<level>.npy`` rows, its grid and its
+    vocabulary. Such a set without a level, a level it does not have, or a level for a single-grid
+    set stops with one ``T2IError`` naming the levels there. The view of a sample is drawn from
+    (seed, epoch, key) whatever the level, so two streams of one set with the same seed pair the
+    top and bottom grids of the same view."""
 
     planner = staticmethod(plan_exact)
 
     def __init__(self, image_tokens: str | Path, text_tokens: str | Path, batch_size: int, seed: int = 0, shuffle_buffer: int = 1024,
                  rank: int | None = None, world_size: int | None = None, expect_tokenizer: str | None = None,
-                 expect_autoencoder: str | None = None) -> None:
+                 expect_autoencoder: str | None = None, level: str | None = None) -> None:
         self.img_dir, self.txt_dir = Path(image_tokens), Path(text_tokens)
         self.img_m = load_manifest(self.img_dir / MANIFEST_NAME)
         self.txt_m = load_manifest(self.txt_dir / MANIFEST_NAME)
@@ -94,7 +102,16 @@ class TokenStream(PlannedStream, IterableDataset):
                            f"without them token ids cannot be checked; rebuild the sets with this t2i")
         self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab_size"])
         grid = ae["grid"]
-        self.hw = grid * grid
+        self.level, self.member, self.whose = level, ".image_tokens.npy", "the autoencoder's"
+        levels = levels_of(self.img_m)
+        if level is not None or levels:  # a multi-level set (VQ-VAE-2): one named level's grid, ids and member
+            if level not in levels:
+                have = f"its levels are {', '.join(levels)}" if levels else "it is a single-grid set (image_tokens.npy, no levels)"
+                fix = "name one with level=" if levels else "drop level"
+                raise T2IError(f"{self.img_dir}: {'level=' + repr(level) if level is not None else 'no level named'}, but {have}; {fix}")
+            self.image_vocab, grid = int(levels[level]["vocab_size"]), levels[level]["grid"]
+            self.member, self.whose = f".image_tokens.{level}.npy", f"the {level} level's"
+        self.grid, self.hw = grid, grid * grid
         super().__init__([s["samples"] for s in self.img_m["shards"]], [self.img_m["digest"], self.txt_m["digest"]],
                          batch_size, seed, shuffle_buffer, rank, world_size)
 
@@ -182,7 +199,7 @@ class TokenStream(PlannedStream, IterableDataset):
         name = self.names[shard]
         try:
             img, txt = opened.result()
-            keys, imgs, kh = self._rows(self.img_dir / name, img, ".image_tokens.npy", a, b, self.img_rec[shard], self.hw, "view")
+            keys, imgs, kh = self._rows(self.img_dir / name, img, self.member, a, b, self.img_rec[shard], self.hw, "view")
             tkeys, txts, _ = self._rows(self.txt_dir / name, txt, ".text_tokens.npy", a, b, self.txt_rec[shard], self.L, "caption",
                                         kh, self.pad_id)
         except OSError as e:  # gone or unreadable since the run started: report, count, go on
@@ -193,7 +210,7 @@ class TokenStream(PlannedStream, IterableDataset):
         if keys != tkeys:
             raise T2IError(f"{name}: the image-token and text-token shards hold different keys; derive both from the same image set")
         _check_ids(txts, self.text_vocab, keys, f"{self.txt_dir / name}", "text token", "the tokenizer's")
-        _check_ids(imgs, self.image_vocab, keys, f"{self.img_dir / name}", "image token", "the autoencoder's")
+        _check_ids(imgs, self.image_vocab, keys, f"{self.img_dir / name}", "image token", self.whose)
         return (txts, imgs, np.array(keys, dtype=object)), 0
 
     def __iter__(self):

@@ -5,6 +5,13 @@ The prompt is tokenized exactly as the training captions were (same tokenizer, w
 must equal the checkpoint's, same L and BOS/EOS settings); the autoencoder must be the one that
 made the training image tokens (fingerprint checked too).
 
+A prior of a VQ-VAE-2's top level (``t2i train prior ... level=top``) samples the top grid; there
+is no bottom prior, so the bottom codes come from the top ones by the rule
+``vqvae2.VQVAE2.bottom_from_top`` states (the bottom quantizer's pick with the bottom encoder's
+features at zero, then one round of re-encoding the decoded image with the top held), and the
+pixels are ``decode_levels`` of the two. The manifest's ``models.prior`` names the level and the
+rule. A prior of the bottom level is refused: it needs top codes that nothing here samples.
+
 Prompts come from ``--prompt`` / ``--prompts`` (keys ``prompt-000000``, ... in list order) or from
 an image shard set (``--prompts-from``: ``captions[--caption]`` of each key, in the set's key order,
 the first ``--limit`` keys; a key without that caption is quarantined with its reason, counted and
@@ -232,6 +239,9 @@ class Sampler:
         ae, ae_ck = load_autoencoder(autoencoder_ckpt)
         if ae_ck["fingerprint"] != want["autoencoder"]:
             raise T2IError(f"autoencoder {ae_ck['fingerprint'][:16]} did not make the prior's image tokens ({want['autoencoder'][:16]}); pass that checkpoint")
+        if ck.get("level") is not None and ck["level"] != "top":  # a VQ-VAE-2 level prior: the top one decodes alone (module docstring)
+            raise T2IError(f"{prior_ckpt} models the {ck['level']} level of a vqvae2's tokens, which decodes only with the levels above it, "
+                           "and no prior here samples those; sample from a prior trained with level=top")
         clip = None
         if clip_dir is not None:
             from .clip_score import load_clip
@@ -242,7 +252,8 @@ class Sampler:
 
     def record(self, cfg: SampleConfig) -> dict:
         """The manifest's ``models``: what made the samples, by fingerprint."""
-        out = {"prior": {"kind": self.ck["kind"], "fingerprint": self.ck["fingerprint"], "tokens": self.ck["tokens"]},
+        out = {"prior": {"kind": self.ck["kind"], "fingerprint": self.ck["fingerprint"], "tokens": self.ck["tokens"]}
+               | ({"level": self.ck["level"], "bottom_codes": "vqvae2.bottom_from_top (refine 1)"} if self.ck.get("level") else {}),
                "autoencoder": {"kind": self.ae_ck["kind"], "fingerprint": self.ae_ck["fingerprint"]},
                "tokenizer": {"kind": self.tok.kind, "fingerprint": self.tok.fingerprint, **asdict(prompt_config(self.ck))}}
         if self.clip is not None:
@@ -280,7 +291,10 @@ class Sampler:
             gen = torch.Generator(device=self.device).manual_seed(batch_seed(cfg.seed, keys[batch[0][0]], batch[0][1]))
             text = torch.from_numpy(rows[[row for row, _ in batch]]).to(self.device)  # (B, L)
             tokens = self.prior.generate(text, temperature=cfg.temperature, top_k=top_k, top_p=cfg.top_p, generator=gen)  # (B, g·g)
-            pending += list(decode_tokens(self.ae, tokens.view(-1, g, g)))  # B × (S, S, 3) uint8
+            grids = tokens.view(-1, g, g)
+            if self.ck.get("level") == "top":  # VQ-VAE-2: the bottom codes by the rule of vqvae2.bottom_from_top
+                grids = {"top": grids, "bottom": self.ae.bottom_from_top(grids)}
+            pending += list(decode_tokens(self.ae, grids))  # B × (S, S, 3) uint8
             done += len(batch)
             log.info("%sdraws %d/%d (%.1f draws/s)", f"{where}: " if where else "", done, len(order), done / (time.perf_counter() - t0))
             while len(pending) >= d_n:

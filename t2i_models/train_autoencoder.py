@@ -1,4 +1,4 @@
-"""Train a dVAE or VQ-VAE on a streaming image shard set (regime ae, random part online).
+"""Train a dVAE, VQ-VAE or VQ-VAE-2 on a streaming image shard set (regime ae, random part online).
 
 The same command runs on CPU, one GPU, or several through ``torchrun`` (DistributedDataParallel,
 NCCL on GPUs, gloo on CPU). On GPU: bf16 autocast and channels_last. ``out/last.pt`` is written
@@ -153,6 +153,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         _check_eval_images(cfg, size)
     torch.manual_seed(cfg.seed)  # the weights' initialisation; everything after draws from (seed, step)
     model = build_autoencoder(cfg.arch, **cfg.model)
+    if cfg.eval_images and hasattr(model, "encode_levels"):  # before any step, not after the last
+        raise T2IError(f"eval_images: the held-out figures read one token grid; {cfg.arch} is a VQ-VAE-2 with levels "
+                       f"{', '.join(model.cfg.levels)}: drop eval_images (its train rows log rec, commit and perplexity per level)")
     if size != model.cfg.image_size:
         what = f"{regime.name}-{size}" if regime else f"{size}x{size}"
         raise T2IError(f"{cfg.images} holds {what} images; {cfg.arch} takes {model.cfg.image_size}x{model.cfg.image_size}")

@@ -15,7 +15,9 @@ and count are read on logging steps only). With ``eval_image_tokens`` / ``eval_t
 test split) rank 0 writes ``{"step", "split": "test", "test_loss"}`` rows (image-token
 cross-entropy in nats per token) every ``eval_every`` steps and at the end. ``out/last.pt`` holds the config, weights, optimizer, step, the
 stream's state with its plan (batch size, world size, workers, seed, shuffle buffer, the sets'
-digests) and the tokenizer and autoencoder fingerprints; a rerun resumes at the exact next batch,
+digests) and the tokenizer and autoencoder fingerprints (and ``level``, the token level of a
+VQ-VAE-2 set it models: ``level=top`` gives G1 the top grid with the text, DALL·E-style; a resume
+with another level is refused); a rerun resumes at the exact next batch,
 for any number of dataloader workers. A rerun that would change the plan mid-epoch stops naming
 the setting (``plan.check_plan``); one that changes the schedule (``SCHEDULE``: steps, epochs,
 lr, its schedule, warmup, weight decay, grad_accum...) says so in a warning. Samples the stream could not read are logged, written
@@ -79,6 +81,7 @@ class PriorTrainConfig:
     stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
     max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)
+    level: str = ""  # a multi-level image-token set's level to model (VQ-VAE-2: "top" or "bottom"); "" = a single-grid set
 
     def __post_init__(self) -> None:
         check_train_config(self, PRIORS, ("image_tokens", "text_tokens", "out"),
@@ -177,17 +180,21 @@ def _train_prior(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
     last = out / "last.pt"
     resume = resume_checkpoint(last, cfg.arch)
     expect = (resume or {}).get("fingerprints", {})
+    was = ((resume or {}).get("train_config") or {}).get("level", "")
+    if resume is not None and was != cfg.level:
+        raise T2IError(f"{last} models image-token level {was or '(single grid)'!s}; level={cfg.level!r} is another grid: resume with "
+                       f"level={was!r}, or start fresh with another out=")
     ds = TokenStream(cfg.image_tokens, cfg.text_tokens, cfg.batch_size, cfg.seed,
-                     expect_tokenizer=expect.get("tokenizer"), expect_autoencoder=expect.get("autoencoder"))
+                     expect_tokenizer=expect.get("tokenizer"), expect_autoencoder=expect.get("autoencoder"), level=cfg.level or None)
     tok, ae = ds.txt_m["tokenizer"], ds.img_m["autoencoder"]
-    tokens = dict(text_vocab=tok["vocab_size"], text_len=tok["length"], pad_id=tok["pad_id"], image_vocab=ae["vocab_size"], grid=ae["grid"])
+    tokens = dict(text_vocab=tok["vocab_size"], text_len=tok["length"], pad_id=tok["pad_id"], image_vocab=ds.image_vocab, grid=ds.grid)
     clash = sorted(set(tokens) & set(cfg.model))
     if clash:
         raise T2IError(f"model.{', model.'.join(clash)} come from the token shards' manifests and cannot be overridden")
     heldout = None
     if cfg.eval_image_tokens and rank == 0:  # the same tokenizer and autoencoder as the train split, checked by fingerprint
         heldout = TokenStream(cfg.eval_image_tokens, cfg.eval_text_tokens, cfg.batch_size, cfg.seed,
-                              expect_tokenizer=tok["fingerprint"], expect_autoencoder=ae["fingerprint"])
+                              expect_tokenizer=tok["fingerprint"], expect_autoencoder=ae["fingerprint"], level=cfg.level or None)
         warn_if_not_heldout("eval_image_tokens", cfg.eval_image_tokens, heldout.img_m.get("split"), ds.img_m.get("split"))
     torch.manual_seed(cfg.seed)
     model = build_prior(cfg, tokens, resume, last).to(device)
@@ -212,7 +219,7 @@ def _train_prior(cfg: PriorTrainConfig, rank: int, world: int, device: torch.dev
     def checkpoint() -> None:
         if rank == 0:
             save_prior(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), fingerprints=fingerprints,
-                       tokens=tokens, text_config=ds.txt_m["config"])
+                       tokens=tokens, text_config=ds.txt_m["config"], **({"level": cfg.level} if cfg.level else {}))
 
     def evaluate() -> None:
         nonlocal evaluated
