@@ -190,3 +190,52 @@ def value_histogram(series: list[tuple[str, list[float]]], bins: int, title: str
     img = bar_chart([(label, c) for (label, _), c in zip(series, counts)], cats, title, xlabel, "samples", log_y=log_y,
                     label_every=max(1, bins // 8))
     return img, edges, counts
+
+
+CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # matplotlib's tab10
+
+
+def scatter_chart(points: np.ndarray, groups: Sequence[int], names: Sequence[str], title: str, xlabel: str, ylabel: str,
+                  size: tuple[int, int] = (900, 640)) -> Image.Image:
+    """Points (N, 2) as dots coloured by group (``groups[i]`` indexes ``names``; colours cycle
+    through ``CLASS_COLORS``), with round ticks on both axes and a legend of ``names`` on the right
+    (the latent-space figures of ``t2i train cvae``). Later points are drawn over earlier ones."""
+    width, height_px = size
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    big, small = font(16), font(12)
+    legend_w = int(max([d.textlength(n, font=small) for n in names] + [0])) + 40
+    x0, x1, y0, y1 = LEFT, width - RIGHT - legend_w, height_px - BOTTOM, TOP
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    lo = pts.min(0) if len(pts) else np.zeros(2)
+    hi = pts.max(0) if len(pts) else np.ones(2)
+    hi = np.where(hi > lo, hi, lo + 1)
+    pad = (hi - lo) * 0.04
+    lo, hi = lo - pad, hi + pad
+    px = lambda v: x0 + (v - lo[0]) / (hi[0] - lo[0]) * (x1 - x0)  # noqa: E731
+    py = lambda v: y0 - (v - lo[1]) / (hi[1] - lo[1]) * (y0 - y1)  # noqa: E731
+    for axis in (0, 1):
+        step = nice_step(hi[axis] - lo[axis], 6)
+        v = math.ceil(lo[axis] / step) * step
+        while v <= hi[axis]:
+            text = _fmt(v) if abs(v) >= 1 or v == 0 else f"{v:.2g}"
+            if axis == 0:
+                d.line([(px(v), y0), (px(v), y1)], fill=GRID)
+                d.text((px(v) - d.textlength(text, font=small) / 2, y0 + 6), text, fill=TEXT, font=small)
+            else:
+                d.line([(x0, py(v)), (x1, py(v))], fill=GRID)
+                d.text((x0 - 8 - d.textlength(text, font=small), py(v) - 7), text, fill=TEXT, font=small)
+            v += step
+    for (x, y), g in zip(pts, groups):
+        c = CLASS_COLORS[int(g) % len(CLASS_COLORS)]
+        d.ellipse([px(x) - 2.5, py(y) - 2.5, px(x) + 2.5, py(y) + 2.5], fill=c)
+    d.rectangle([x0, y1, x1, y0], outline=TEXT, width=1)
+    d.text(((x0 + x1 - d.textlength(xlabel, font=big)) / 2, height_px - 30), xlabel, fill=TEXT, font=big)
+    _vertical_label(img, ylabel, big, 6, (y0 + y1) // 2)
+    d.text(((width - d.textlength(title, font=big)) / 2, 12), title, fill=TEXT, font=big)
+    for i, name in enumerate(names):
+        y = y1 + 4 + i * 20
+        d.rectangle([x1 + 16, y + 2, x1 + 28, y + 14], fill=CLASS_COLORS[i % len(CLASS_COLORS)])
+        d.text((x1 + 34, y), name, fill=TEXT, font=small)
+    return img

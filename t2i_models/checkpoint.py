@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 AUTOENCODER_FORMAT = "t2i-autoencoder/1"
 PRIOR_FORMAT = "t2i-prior/1"
 CLIP_FORMAT = "t2i-clip/1"
+CVAE_FORMAT = "t2i-cvae/1"
 KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig), "vqvae2": (VQVAE2, VQVAE2Config)}
 
 
@@ -230,3 +231,26 @@ def load_clip(path: str | Path, map_location: str = "cpu"):
     if ck["format"] != CLIP_FORMAT:
         raise T2IError(f"--clip {path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CLIP; train one with 't2i train clip'")
     return restore_weights(CLIP(CLIPConfig(**ck["config"])), ck, f"--clip {path}").to(map_location), ck
+
+
+def save_cvae(path: str | Path, model, **state) -> str:
+    """Write a CVAE (``cvae.MLPCVAE`` / ``ConvCVAE``) atomically; ``state`` holds its training state. Returns the fingerprint."""
+    return save_checkpoint(path, model, CVAE_FORMAT, **state)
+
+
+def load_cvae(path: str | Path, map_location: str = "cpu", what: str = ""):
+    """(CVAE in eval mode, checkpoint dict), weights-only; ``T2IError`` for another kind of
+    checkpoint, or a config with fields this version does not know."""
+    from .cvae import MODELS
+
+    ck = load_checkpoint_dict(path, what, map_location=map_location)
+    if ck["format"] != CVAE_FORMAT or ck.get("kind") not in MODELS:
+        raise T2IError(f"{what + ' ' if what else ''}{path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CVAE; "
+                       f"train one with 't2i train cvae'")
+    model_cls, cfg_cls = MODELS[ck["kind"]]
+    known = {f.name for f in fields(cfg_cls)}
+    unknown = sorted(set(ck["config"]) - known)
+    if unknown:
+        raise T2IError(f"{path}: its {ck['kind']} config has field(s) {', '.join(unknown)} that this t2i does not know; "
+                       f"it was saved by another version")
+    return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)).to(map_location), ck

@@ -189,6 +189,19 @@ def cmd_train_prior(args) -> int:
     return 0
 
 
+def cmd_train_cvae(args) -> int:
+    from t2i_models.train_cvae import train_cvae
+
+    cfg = _train_config(args, "train_cvae")
+    log.info("train cvae: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    r = train_cvae(cfg)
+    print(f"trained {cfg.arch} to step {r['step']} (epoch {r['epoch']}) on {r['kept']:,} of {r['total']:,} train samples "
+          f"(fraction {cfg.fraction:g}, seed {cfg.seed}); weights {r['fingerprint'][:16]} -> {r['checkpoint']}")
+    for path in r["figures"]:
+        print(f"figure: {path}")
+    return 0
+
+
 def cmd_train_clip(args) -> int:
     from t2i_models.train_clip import train_clip
 
@@ -448,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     tcl.add_argument("overrides", nargs="*", help="key=value settings (arch, image_tokens, text_tokens, autoencoder, out, epochs, "
                      "batch_size, lr, milestones, eval_image_tokens, eval_text_tokens, ...) and model.<field>=value")
     tcl.set_defaults(func=cmd_train_clip)
+
+    tcv = trn.add_parser("cvae", help="the CVAE study's MLP (Fashion-MNIST classes) or conv CVAE (COCO 64x64 + text embeddings)")
+    tcv.add_argument("--config", help="a pipeline file with a [train_cvae] table")
+    tcv.add_argument("overrides", nargs="*", help="key=value settings (arch, images, text_emb, out, eval_images, eval_text_emb, "
+                     "fraction, epochs, steps, batch_size, lr, ...) and model.<field>=value")
+    tcv.set_defaults(func=cmd_train_cvae)
 
     ev = sub.add_parser("eval", help="evaluate trained models").add_subparsers(dest="what", required=True, metavar="DATASET")
     em = ev.add_parser("mdmnist", help="compare two priors on MD-MNIST: CLIP accuracy, CICS, CTRS, test losses -> report.json + PNGs")

@@ -59,10 +59,10 @@ from t2i_data.errors import T2IError
 log = logging.getLogger(__name__)
 
 STATE_NAME = "t2i-run.json"
-KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "train_autoencoder", "encode", "train_prior", "train_clip",
+KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "train_autoencoder", "encode", "train_prior", "train_clip", "train_cvae",
          "eval_autoencoder", "eval_mdmnist", "eval_priors")  # data-flow order
 NAMED = ("preprocess", "train_prior")  # tables that may hold named sub-tables, one stage each
-TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip")
+TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip", "train_cvae")
 SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode")
 RUN_KEYS = {"mdmnist": ("out", "workers"), "preprocess": ("out", "workers"), "tokenize": ("workers",), "encode": ("workers",)}
 NOT_IDENTITY = ("log_every", "ckpt_every", "grid_every", "stop_after", "workers", "device")
@@ -72,6 +72,7 @@ INPUTS = {  # the settings that name what a stage reads
     "tokenize": ("tokenizer", "images"), "train_autoencoder": ("images", "eval_images"), "encode": ("autoencoder", "images"),
     "train_prior": ("image_tokens", "text_tokens", "eval_image_tokens", "eval_text_tokens"),
     "train_clip": ("image_tokens", "text_tokens", "autoencoder", "eval_image_tokens", "eval_text_tokens"),
+    "train_cvae": ("images", "text_emb", "eval_images", "eval_text_emb"),
     "eval_autoencoder": ("autoencoder", "images"), "eval_mdmnist": ("priors", "clip", "autoencoder", "image_tokens", "text_tokens"),
     "eval_priors": ("priors", "clip", "autoencoder", "tokenizer", "image_tokens", "text_tokens"),
 }
@@ -158,6 +159,9 @@ def config_class(kind: str):
     if kind == "train_clip":
         from .train_clip import ClipTrainConfig
         return ClipTrainConfig
+    if kind == "train_cvae":
+        from .train_cvae import CVAETrainConfig
+        return CVAETrainConfig
     if kind == "eval_mdmnist":
         from .eval_mdmnist import EvalConfig
         return EvalConfig
@@ -267,6 +271,15 @@ def check_model_settings(kind: str, arch: str, model: dict, where: str = "") -> 
     from .clip import CLIPConfig
     from .prior_builders import KINDS as PRIOR_KINDS
 
+    if kind == "train_cvae":
+        from .cvae import CONFIGS as CVAE_CONFIGS
+
+        base = CVAE_CONFIGS[arch]
+        try:
+            config_with(type(base), dataclasses.asdict(base), model, arch)
+        except T2IError as e:
+            raise T2IError(f"{where}{e}") from None
+        return
     if kind == "train_autoencoder":
         base = CONFIGS[arch]
         try:
@@ -627,6 +640,10 @@ def execute(s: Stage) -> str:
         from .train_clip import train_clip
 
         r = train_clip(cfg)
+    elif k == "train_cvae":
+        from .train_cvae import train_cvae
+
+        r = train_cvae(cfg)
     elif k == "eval_autoencoder":
         from .eval_autoencoder import evaluate_autoencoder
 
