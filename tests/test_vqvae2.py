@@ -305,3 +305,30 @@ def test_train_autoencoder_cli_trains_vqvae2_tiny_and_refuses_eval_images(sets, 
     err = capsys.readouterr().err.strip()
     assert "eval_images: the held-out figures read one token grid; vqvae2_tiny is a VQ-VAE-2 with levels top, bottom" in err
     assert not (tmp_path / "e" / "last.pt").exists()
+
+
+def test_the_pipeline_file_plans_and_its_settings_build(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from t2i_models.builders import CONFIGS, config_with
+    from t2i_models.g1 import G1Config
+    from t2i_models.train_prior import PriorTrainConfig
+
+    path = Path(__file__).resolve().parent.parent / "pipelines" / "vqvae2-coco256.toml"
+    doc = tomllib.loads(path.read_text())
+    ae = CONFIGS[doc["train_autoencoder"]["arch"]]
+    assert ae.image_size == doc["preprocess"]["size"] == 256 and ae.levels == {"top": (32, 512), "bottom": (64, 512)}
+    prior = {k: v for k, v in doc["train_prior"].items() if k != "model"}
+    assert PriorTrainConfig(**prior, model=doc["train_prior"]["model"]).level == "top"
+    g1 = config_with(G1Config, dict(text_vocab=1000, text_len=64, pad_id=0, image_vocab=512, grid=32), doc["train_prior"]["model"], "g1")
+    assert (g1.layers, g1.width, g1.heads, g1.mlp, g1.pad, g1.text_loss_weight) == (12, 768, 12, 3072, "learned", 0.125)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "7 stages" in out and "train_prior        to run (after tokenize, encode)" in out
+    assert not any(tmp_path.iterdir())  # a dry run touches nothing
