@@ -49,6 +49,15 @@ def iter_previews(shards: list[str | Path], decode_tokens=None):
                     raise T2IError(f"{shard}: sample {key} image tokens have shape {tokens.shape}, expected (views, h, w)")
                 view = views[0] if isinstance(views, list) and views else {}
                 yield key, decode_tokens(tokens[:1])[0], "view 0 decoded: " + json.dumps(view, sort_keys=True)
+            elif any(m.startswith("image_tokens.") and m.endswith(".npy") for m in sample):  # one grid per level (VQ-VAE-2)
+                if decode_tokens is None:
+                    raise T2IError(f"{shard}: image-token shards need --autoencoder CKPT to be decoded for a preview")
+                levels = {m[len("image_tokens."):-len(".npy")]: load_npy(sample[m], f"{shard}: {key}.{m}") for m in sample
+                          if m.startswith("image_tokens.") and m.endswith(".npy")}
+                if any(t.ndim != 3 or not t.shape[0] for t in levels.values()):
+                    raise T2IError(f"{shard}: sample {key} image tokens have shapes "
+                                   f"{ {k: t.shape for k, t in levels.items()} }, expected (views, g, g) per level")
+                yield key, decode_tokens({k: t[:1] for k, t in levels.items()})[0], f"view 0 decoded from levels {', '.join(levels)}"
             else:
                 raise T2IError(f"{shard}: sample {key} has no image field ({', '.join(IMAGE_EXTS)}) and no image tokens")
 

@@ -270,6 +270,8 @@ def decode_tokens(model, tokens) -> np.ndarray:
     """(B, h, w) tokens (an array or a tensor) → (B, S, S, 3) uint8 images. For a multi-level
     autoencoder (VQ-VAE-2) ``tokens`` is ``{level: (B, g, g)}``, decoded with ``decode_levels``."""
     if isinstance(tokens, dict):
+        if not hasattr(model, "decode_levels"):
+            raise T2IError(f"token levels {', '.join(tokens)} need a multi-level autoencoder (vqvae2); this one decodes one grid")
         t = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v, dtype=np.int64))).long() for k, v in tokens.items()}
         with torch.no_grad():
             x = (model.decode_levels(t).float().clamp(0, 1) * 255 + 0.5).floor() / 255  # as ``reconstruct`` rounds

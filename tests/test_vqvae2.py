@@ -208,6 +208,23 @@ def test_verify_inspect_and_export_read_the_levels(sets, tmp_path, capsys):
         assert f"codes used ({level} level)" in out and f"{(want > 0).sum()} of 32" in out
         assert (tmp_path / "ins" / f"coco-val2017-image_tokens-code-usage-{level}.png").is_file()
     assert "code_usage" not in rep["histograms"]
+    # preview decodes view 0 of both levels: the decoder's output rounded to 8 bits, computed here from the stored codes
+    from t2i_data.preview import iter_previews
+    from t2i_models.encode import decode_tokens
+
+    model, _ = load_autoencoder(sets["ckpt"])
+    shards = [str(p) for p in sorted(sets["tok"].glob("*.tar"))]
+    shown = list(iter_previews(shards, lambda t: decode_tokens(model, t)))
+    assert [k for k, _, _ in shown] == sorted(stored) and shown[0][2] == "view 0 decoded from levels top, bottom"
+    for key, px, _ in shown:
+        with torch.no_grad():
+            y = model.decode_levels({lv: torch.from_numpy(stored[key][f"image_tokens.{lv}.npy"][:1].astype(np.int64)) for lv in ("top", "bottom")})
+        assert np.array_equal(px, torch.floor(y[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy())
+    assert main(["preview", str(sets["tok"]), "--autoencoder", str(sets["ckpt"]), "--out", str(tmp_path / "p.png")]) == 0
+    torch.manual_seed(0)
+    save_autoencoder(tmp_path / "vq.pt", build_autoencoder("vqvae_tiny"))
+    with pytest.raises(T2IError, match="need a multi-level autoencoder"):
+        list(iter_previews(shards, lambda t: decode_tokens(load_autoencoder(tmp_path / "vq.pt")[0], t)))
     pa = pytest.importorskip("pyarrow")
     assert main(["export", str(sets["tok"]), "--out", str(tmp_path / "ex")]) == 0
     with pa.memory_map(str(tmp_path / "ex" / "val2017" / "data-00000-of-00001.arrow")) as f:
