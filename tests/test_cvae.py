@@ -246,3 +246,109 @@ def test_a_set_stored_for_random_crops_or_without_classes_is_refused(fmnist, tmp
     assert main(base + [f"images={tmp_path / 'md' / 'train'}", "model.image_size=64", "model.channels=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "names no classes" in err
+
+
+def test_a_checkpoint_of_other_model_settings_is_not_resumed(fmnist, tmp_path, capsys):
+    base = ["-q", "train", "cvae", "arch=cvae_mlp_tiny", f"images={fmnist / 'shards' / 'train'}", f"out={tmp_path / 'r'}", "steps=1",
+            "num_workers=0", "batch_size=8", "latent_n=0"]
+    assert main(base) == 0
+    assert main(base[:-4] + ["steps=2", "num_workers=0", "batch_size=8", "latent_n=0", "model.hidden=16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a cvae_mlp_tiny with other settings (hidden 32 -> 16)" in err
+
+
+def test_conv_cvae_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    m = build_cvae("cvae_conv_tiny")
+    x = torch.zeros(4, 3, 16, 16)
+    for i in range(4):  # binary pixels (the BCE can go to 0): image i bright in its top 4(i+1) rows
+        x[i, :, : 4 * (i + 1)] = 1
+    e = torch.randn(4, 32)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        res = m(x, e, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        res["loss"].backward()
+        opt.step()
+        losses.append(float(res["loss"].detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert m.sample(e, torch.Generator().manual_seed(0)).shape == (4, 3, 16, 16)
+
+
+def test_coco_pipeline_carries_the_studys_settings(capsys):
+    from t2i_models.run import load_stages
+
+    stages = {s.name: s for s in load_stages(ROOT / "pipelines" / "cvae-coco64.toml", [])}
+    cfg = stages["train_cvae"].cfg
+    assert (cfg.arch, cfg.lr, cfg.epochs, cfg.fraction, cfg.optimizer) == ("cvae_conv_coco64", 1e-4, 20, 0.3, "adam")
+    assert cfg.model == {"latent": 128, "base": 64, "levels": 4, "recon": "bce"}
+    pre = stages["preprocess"].cfg
+    assert (pre.dataset, pre.regime, pre.size) == ("coco", "center", 64)
+    fm = {s.name: s for s in load_stages(PIPELINE, [])}["train_cvae"].cfg
+    assert (fm.arch, fm.lr, fm.epochs, fm.batch_size, fm.model) == ("cvae_mlp_fmnist", 1e-3, 50, 128,
+                                                                    {"hidden": 400, "latent": 20, "recon": "bce"})
+
+
+def coco_like(root: Path, n_train: int = 24, n_val: int = 6) -> Path:
+    """A COCO layout with n_train + n_val 24x20 JPEGs of flat colours and two captions each."""
+    import io
+
+    (root / "annotations").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, ids in {"train2017": range(1, n_train + 1), "val2017": range(1000, 1000 + n_val)}.items():
+        (root / split).mkdir()
+        images, anns = [], []
+        for image_id in ids:
+            name = f"{image_id:012d}.jpg"
+            arr = np.zeros((20, 24, 3), np.uint8) + rng.integers(0, 256, 3).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, "JPEG", quality=95)
+            (root / split / name).write_bytes(buf.getvalue())
+            images.append({"id": image_id, "file_name": name, "width": 24, "height": 20, "license": 1})
+            for j in range(2):
+                anns.append({"image_id": image_id, "id": len(anns) + 1 + 10_000 * (split == "val2017"),
+                             "caption": f"a flat picture number {image_id}, caption {j}"})
+        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"info": {}, "licenses": [], "images": images,
+                                                                                 "annotations": anns}))
+    return root
+
+
+def _split_dir(folder: Path, split: str) -> Path:
+    return next(p.parent for p in folder.rglob("manifest.json") if load_manifest(p)["split"] == split)
+
+
+def test_conv_cvae_trains_on_coco_like_images_with_text_embeddings(tmp_path, capsys):
+    embed_mod = pytest.importorskip("t2i_models.embed")
+    fixtures = pytest.importorskip("fixtures_text_encoders")
+    from t2i_data.runner import InProcessRunner
+
+    src = coco_like(tmp_path / "coco")
+    assert main(["-q", "preprocess", "coco", "--root", str(src), "--out", str(tmp_path / "shards"), "--regime", "center",
+                 "--size", "16", "--workers", "0"]) == 0
+    enc = fixtures.tiny_bert(tmp_path / "bert")
+    for split in ("train2017", "val2017"):
+        embed_mod.embed(enc, tmp_path / "shards" / split, tmp_path / "emb", embed_mod.EmbedConfig(), InProcessRunner())
+    train_emb, val_emb = _split_dir(tmp_path / "emb", "train2017"), _split_dir(tmp_path / "emb", "val2017")
+    dim = load_manifest(train_emb / "manifest.json")["text_encoder"]["dim"]
+    args = ["-q", "train", "cvae", "arch=cvae_conv_tiny", f"images={tmp_path / 'shards' / 'train2017'}", f"text_emb={train_emb}",
+            f"eval_images={tmp_path / 'shards' / 'val2017'}", f"eval_text_emb={val_emb}", f"out={tmp_path / 'run'}", "steps=12",
+            "batch_size=4", "num_workers=0", "log_every=1", "grid_rows=3", "grid_cols=4", "fraction=0.75"]
+    assert main(args) == 0
+    model, ck = load_cvae(tmp_path / "run" / "last.pt")
+    assert model.cfg.text_dim == dim and ck["subset"]["total"] == 24 and 0 < ck["subset"]["kept"] < 24
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"]
+    assert len(train) == 12 and np.mean([r["loss"] for r in train[-3:]]) < np.mean([r["loss"] for r in train[:3]])
+    grid = Image.open(tmp_path / "run" / "samples.png")
+    caps = json.loads(grid.text["Legend"])
+    assert len(caps) == 3 and all(c.startswith("a flat picture number 10") for c in caps)  # held-out (val) captions
+    assert np.asarray(grid.convert("L")).std() > 10
+    capsys.readouterr()
+    wrong = [(f"text_emb={val_emb}", "re-derive it from this image set"), ("model.text_dim=7", f"holds {dim}-d embeddings"),
+             (f"text_emb={tmp_path / 'shards' / 'val2017'}", "not a text-embedding set")]
+    for arg, message in wrong:
+        keep = [a for a in args if a.split("=")[0] not in (arg.split("=")[0], "out")]
+        assert main(keep + [arg, f"out={tmp_path / 'w'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (arg, err)
