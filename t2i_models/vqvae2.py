@@ -15,9 +15,10 @@ sigmoid (this project's images are in [0, 1], as the dVAE's and the VQ-VAE's dec
 output bias starts at the data's mean pixel (``init_output_bias``).
 
 Codebooks: one per level, the project's ``vqvae.EMACodebook`` (EMA updates γ, Laplace smoothing ε,
-optional dead-code restarts, start from the first batch's latents). Loss (paper Eq. 2 with EMA
-codebooks, §2.1): ‖x − x̂‖² + β (‖z_t − sg[e_t]‖² + ‖z_b − sg[e_b]‖²), both commitment terms means
-over their grid, straight-through gradients at both quantizers.
+optional dead-code restarts, start from the first batch's latents). Loss (the VQ-VAE objective of
+the paper's §2.1 with the codebook term replaced by the EMA updates, as its §2.1 and rosinality do):
+‖x − x̂‖² + β (‖z_t − sg[e_t]‖² + ‖z_b − sg[e_b]‖²), both commitment terms means over their grid,
+straight-through gradients at both quantizers (rosinality: ``recon_loss + 0.25 * latent_loss``).
 
 API. Levels are named, coarse to fine, ``LEVELS = ("top", "bottom")``: ``encode_levels(x)`` →
 ``{"top": (B, S/8, S/8), "bottom": (B, S/4, S/4)}`` int64; ``decode_levels(dict)`` → (B, 3, S, S);
