@@ -9,6 +9,7 @@ from t2i_data.errors import T2IError
 from .dvae import DVAE, DVAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 from .vqvae2 import VQVAE2, VQVAE2Config
+from .vqvae_study import VQVAEStudy, VQVAEStudyConfig
 
 # The thesis' configurations: MD-MNIST dVAE V=256, H=256, 2 downsamples, N_RD=4, N_RB=4;
 # CUB-64/128 dVAE V=512, H=512, 2 downsamples, N_RD=6, N_RB=4. VQ-VAEs share the stacks.
@@ -31,6 +32,10 @@ CONFIGS = {
     "vqvae2_coco256": VQVAE2Config(),
     "vqvae2_tiny": VQVAE2Config(image_size=32, hidden=32, res_hidden=16, n_res=1, dim=16, vocab_top=32, vocab_bottom=32, decay=0.9,
                                 restart_threshold=0.05),
+    # The 128x128 VQ-VAE study (seeds/001, vqvae_study.py): 7x7 stem, 6 BatchNorm residual blocks, 3 downsamplings to
+    # 16x16, 256 filters, 512 codes (VQVAEStudyConfig's defaults, each with its source there).
+    "vqvae_study128": VQVAEStudyConfig(),
+    "vqvae_study_tiny": VQVAEStudyConfig(image_size=32, hidden=16, dim=8, vocab_size=32, blocks=2, downsamples=2, decay=0.9),
 }
 
 
@@ -63,6 +68,8 @@ def build_autoencoder(name_or_cfg, **overrides):
         cfg, what = name_or_cfg, type(name_or_cfg).__name__
     cfg = config_with(type(cfg), dataclasses.asdict(cfg), overrides, what)
     try:
+        if isinstance(cfg, VQVAEStudyConfig):
+            return VQVAEStudy(cfg)
         return DVAE(cfg) if isinstance(cfg, DVAEConfig) else VQVAE2(cfg) if isinstance(cfg, VQVAE2Config) else VQVAE(cfg)
     except ValueError as e:  # an architecture that cannot be built (e.g. more downsamples than the image allows)
         raise T2IError(f"{what}: {e}") from None

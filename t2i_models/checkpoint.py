@@ -34,6 +34,7 @@ from .pretrained import known_layouts, load_pretrained
 from .prior_builders import PRIORS, prior_from_config
 from .vqvae import VQVAE, VQVAEConfig
 from .vqvae2 import VQVAE2, VQVAE2Config
+from .vqvae_study import VQVAEStudy, VQVAEStudyConfig
 from .weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ PRIOR_FORMAT = "t2i-prior/1"
 CLIP_FORMAT = "t2i-clip/1"
 CVAE_FORMAT = "t2i-cvae/1"
 KINDS = {"dvae": (DVAE, DVAEConfig), "vqvae": (VQVAE, VQVAEConfig), "vqvae2": (VQVAE2, VQVAE2Config)}
+KINDS["vqvae_study"] = (VQVAEStudy, VQVAEStudyConfig)  # the 128x128 VQ-VAE study (seeds/001)
 
 
 def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:

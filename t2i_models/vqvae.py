@@ -200,10 +200,12 @@ class VQVAE(Autoencoder):
         q = self.codebook.codebook[tokens.long()].permute(0, 3, 1, 2)  # (B, D, h, w)
         return self.decoder(q)
 
-    def forward(self, x: torch.Tensor, step: int = 0, generator: torch.Generator | None = None) -> dict:
+    def forward(self, x: torch.Tensor, step: int = 0, generator: torch.Generator | None = None, rec_loss=None) -> dict:
         """One training pass: {"loss", "rec" (MSE), "commit" (‖z − sg[e]‖², mean), "recon"
         (B, 3, S, S), "perplexity", "used"} and, for ``codebook = "loss"``, "codebook_loss"
-        (‖sg[z] − e‖², mean). Scalars are 0-dim tensors; nothing is read back to the host."""
+        (‖sg[z] − e‖², mean). Scalars are 0-dim tensors; nothing is read back to the host.
+        ``rec_loss``: a callable (recon, x) → 0-dim loss used as "rec" instead of the pixel MSE
+        (``perceptual.PerceptualLoss``); the pixel MSE is then reported as "mse"."""
         z = self.latents(x)  # (B, D, h, w)
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B·h·w, D)
@@ -220,8 +222,11 @@ class VQVAE(Autoencoder):
         recon = self.decoder(q_st)
         with torch.autocast(device_type=x.device.type, enabled=False):
             rec = F.mse_loss(recon.float(), x.float())
-        loss = rec + self.cfg.beta * commit
         extra = {}
+        if rec_loss is not None:
+            extra["mse"] = rec.detach()
+            rec = rec_loss(recon, x)
+        loss = rec + self.cfg.beta * commit
         if book is not None:
             loss = loss + book
             extra["codebook_loss"] = book.detach()
