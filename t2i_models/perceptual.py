@@ -105,3 +105,30 @@ def perceptual_from_file(path: str | Path, layers: dict | None = None, device="c
     net, sha = load_resnet18(path)
     loss = PerceptualLoss(net, layers).to(device)
     return loss, {"loss": "perceptual", "layers": dict(loss.layers), "resnet18_sha256": sha, "resnet18_file": Path(path).name}
+
+
+def training_rec_loss(cfg, model, device) -> tuple[PerceptualLoss | None, dict]:
+    """The trainer's reconstruction loss for its config ``cfg`` (``loss``, ``perceptual_weights``,
+    ``perceptual_layers``): (None, {"loss": "mse"}) for the pixel MSE, else (PerceptualLoss,
+    ``perceptual_from_file``'s record), which the checkpoint stores as ``rec_loss``. ``T2IError``
+    for a perceptual loss on a model whose forward has no ``rec_loss`` (only the VQ-VAEs have one)."""
+    from .vqvae import VQVAE
+
+    if cfg.loss == "mse":
+        return None, {"loss": "mse"}
+    if not isinstance(model, VQVAE):
+        raise T2IError(f"loss=perceptual: {cfg.arch} is a {model.kind}; the perceptual loss replaces the pixel MSE of a "
+                       f"VQ-VAE (vqvae_study128, vqvae_study_tiny, vqvae_*): use one of those, or loss=mse")
+    return perceptual_from_file(cfg.perceptual_weights, cfg.perceptual_layers, device)
+
+
+def check_resumed_rec_loss(ck: dict, record: dict, where) -> None:
+    """``T2IError`` when a resumed checkpoint ``ck`` was trained with another reconstruction loss
+    (kind, layers and weights, or ResNet-18 file by sha256) than ``record``; checkpoints from
+    before the record was kept were trained with the pixel MSE."""
+    was = ck.get("rec_loss", {"loss": "mse"})
+    keys = ("loss", "layers", "resnet18_sha256")
+    if any(was.get(k) != record.get(k) for k in keys):
+        show = lambda r: ", ".join(f"{k}={r[k]}" for k in keys if k in r)  # noqa: E731
+        raise T2IError(f"{where} was trained with {show(was)}; this run asks for {show(record)}: resume with the same loss "
+                       f"settings, or start fresh with another out=")

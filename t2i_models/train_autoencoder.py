@@ -18,6 +18,11 @@ on the device (a quarter of the bytes through the loader and the host-device cop
 the run above ``max_lost`` of an epoch; a batch that holds padding for them trains on its valid
 images only (an all-padding batch takes a zero-weighted step, so DDP's ranks stay in step).
 
+``loss = "perceptual"`` (VQ-VAEs only) trains on ``perceptual.PerceptualLoss`` instead of the pixel MSE: a frozen
+ResNet-18 from ``perceptual_weights`` (a local state dict), its ``perceptual_layers`` weighted; the checkpoint's
+``rec_loss`` records the loss, the layers and the ResNet file's sha256, a resume with other ones is refused, and
+train rows add the pixel MSE as "mse".
+
 Known limit: under DDP the VQ-VAE's EMA buffers are broadcast from rank 0 each step, so the
 codebook follows rank 0's batches only (an all-reduce of the EMA statistics is the fix).
 """
@@ -41,6 +46,7 @@ from t2i_data.stream import LostSamples, close_loaders, ShardStream, decode_and_
 from .builders import CONFIGS, build_autoencoder
 from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
+from .perceptual import DEFAULT_LAYERS, check_loss_settings, check_resumed_rec_loss, training_rec_loss
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
@@ -80,6 +86,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
     max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
+    loss: str = "mse"  # a VQ-VAE's reconstruction loss: "mse" (pixels) | "perceptual" (ResNet-18 features, perceptual.py)
+    perceptual_weights: str = ""  # loss=perceptual: a local torchvision ResNet-18 state dict (resnet18-f37072fd.pth)
+    perceptual_layers: dict = field(default_factory=lambda: dict(DEFAULT_LAYERS))  # loss=perceptual: {ResNet-18 layer: weight}
 
     def __post_init__(self) -> None:
         check_train_config(self, CONFIGS, ("images", "out"),
@@ -90,6 +99,7 @@ class TrainConfig:
             raise T2IError(f"codebook_lr must be >= 0 (0 = the codebook trains at lr), got {self.codebook_lr}")
         if self.eval_n < 0:
             raise T2IError(f"eval_n must be >= 0 (0 = the whole held-out split), got {self.eval_n}")
+        check_loss_settings(self.loss, self.perceptual_weights, self.perceptual_layers)
 
 
 def _step_generator(seed: int, step: int, device) -> torch.Generator:
@@ -161,6 +171,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         raise T2IError(f"{cfg.images} holds {what} images; {cfg.arch} takes {model.cfg.image_size}x{model.cfg.image_size}")
     if regime is not None and regime.name != "ae":
         log.warning("training an autoencoder on %s-regime shards; the thesis uses regime ae", regime.name)
+    rec_loss, rec_record = training_rec_loss(cfg, model, device)  # (None, {"loss": "mse"}) for the pixel MSE
+    rec_kw = {} if rec_loss is None else {"rec_loss": rec_loss}
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
@@ -177,6 +189,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         if (was > 0) != (cfg.codebook_lr > 0):
             raise T2IError(f"{last} was trained with codebook_lr={was}; codebook_lr={cfg.codebook_lr} changes the optimizer's "
                            f"parameter groups: resume with codebook_lr={was}, or start fresh with another out=")
+        check_resumed_rec_loss(ck, rec_record, last)
         step, epoch, in_epoch, lost_before = restore_training(ck, last, ds, cfg, model, opt, SCHEDULE)
         after_restore(opt, device)
         log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)
@@ -190,7 +203,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
 
     def checkpoint() -> None:
         if rank == 0:
-            save_autoencoder(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), images_digest=base["digest"])
+            save_autoencoder(last, model, **training_state(opt, step, epoch, in_epoch, ds, cfg, lost.total), images_digest=base["digest"],
+                             rec_loss=rec_record)
 
     def evaluate() -> None:
         nonlocal evaluated
@@ -224,7 +238,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
             rates = set_lr(opt, cfg, step, epoch, total)
             model.train()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                res = forward(x, step=step, generator=_step_generator(cfg.seed, step, device))
+                res = forward(x, step=step, generator=_step_generator(cfg.seed, step, device), **rec_kw)
             opt.zero_grad(set_to_none=True)
             (res["loss"] * weight).backward()
             grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
@@ -263,4 +277,4 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         _grid(x, res["recon"].detach(), out / "grid-last.png")
     close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
-    return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last)}
+    return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last), "rec_loss": rec_record}
