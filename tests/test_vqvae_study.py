@@ -428,3 +428,19 @@ def test_wrong_uses_exit_2_with_one_line(ae_images, resnet_file, trained, tmp_pa
     assert main(base + ["arch=vqvae_study_tiny", "steps=4", "batch_size=2", f"out={trained}"]) == 2
     err = capsys.readouterr().err
     assert "was trained with loss=perceptual, layers={'layer2': 1.0}" in err and "this run asks for loss=mse" in err
+
+
+def test_the_study_pipeline_carries_the_full_settings_and_plans(tmp_path, monkeypatch, capsys):
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "pipelines" / "vqvae-study-128.toml"
+    doc = tomllib.loads(path.read_text())
+    cfg = TrainConfig(**doc["train_autoencoder"])
+    arch = CONFIGS[cfg.arch]
+    assert (arch.image_size, arch.grid, arch.hidden, arch.vocab_size, doc["preprocess"]["size"]) == (128, 16, 256, 512, 128)
+    assert (cfg.loss, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.steps) == ("mse", "adam", 2e-4, 128, 250_000)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "run", str(path), "--dry-run"]) == 0
+    assert "5 stages" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # a dry run touches nothing
