@@ -154,7 +154,8 @@ def reconstructed_command(m: dict) -> list[str] | None:
         if m["kind"] == "images":
             cmd = ["t2i", "preprocess", m["dataset"], "--root", f"{m['dataset'].upper()}_ROOT", "--out", "OUT", "--regime", c["regime"],
                    "--size", str(c["size"]), *(["--split", ",".join(c["splits"])] if c["splits"] else []), "--shard-size", str(c["shard_size"]),
-                   "--jpeg-quality", str(c["jpeg_quality"]), "--seed", str(c["seed"])]
+                   *(["--jpeg-quality", str(c["jpeg_quality"])] if "jpeg_quality" in c else []),  # absent: a PNG dataset
+                   "--seed", str(c["seed"])]
             for flag, key in ds.flags if ds else ():  # the dataset's own settings (cub: --cub-split)
                 cmd += [flag, str(c[key])]
             for flag, key in (("--scale", "scale"), ("--bbox-crop", "bbox_crop"), ("--limit", "limit"), ("--max-aspect", "max_aspect"),
@@ -219,7 +220,10 @@ def _what(m: dict) -> list[str]:
     kind = m["kind"]
     if kind == "images":
         ext, extra = _image_ext(m), ds.fields if ds else "the source id"
-        out.append(f"Each sample is `<key>.{ext}` (RGB) and `<key>.json`: `captions` (every caption of the image, in source order), "
+        stored = "RGB"
+        if ext == "png" and ds and ds.preprocessed:  # preprocess.stored_png (mdmnist's PNGs are RGB)
+            stored = "lossless PNG, 1-channel grayscale where the source is grayscale, else RGB"
+        out.append(f"Each sample is `<key>.{ext}` ({stored}) and `<key>.json`: `captions` (every caption of the image, in source order), "
                    f"`split`, {extra}.")
         if m.get("regime") == "ae":
             out.append(f"Regime ae-{m['size']}: the shorter side is resized to {m['size'] + 10}; a training stream adds rotation "

@@ -8,9 +8,12 @@ Per image: read the file once (its sha256 is the sample's ``source_sha256``), ch
 it (``decode.py``: bounds from the header, a strict decode at the DCT scale the output needs,
 EXIF orientation, transparency onto white, optionally AttnGAN's bounding-box crop), apply the
 regime's deterministic part (``Regime.prepare``: box reduce then LANCZOS for ae and prior; for
-center an exact area average to N×N of the centre crop), and store as JPEG
-(quality 95 by default, 4:4:4 chroma). Every step, JPEG encoding included, runs inside the
-quarantine: a problem with an input becomes a ``Quarantined`` record with its reason (or stops the
+center an exact area average to N×N of the centre crop), and store it as the dataset declares
+its image member (``Dataset.image_member``): ``jpg``, JPEG (quality 95 by default, 4:4:4 chroma),
+or ``png``, a lossless PNG (``pngio.encode_png`` at ``PNG_LEVEL``; Fashion-MNIST, whose 8-bit
+pixels must reach a model exactly), 1-channel L for a grayscale source. ``--jpeg-quality`` is
+refused for a PNG dataset and not recorded in its config. Every step, encoding included, runs inside
+the quarantine: a problem with an input becomes a ``Quarantined`` record with its reason (or stops the
 run with ``strict``), and the shard's other samples are written. After all shards are written,
 ``dedup.py`` quarantines duplicate images and lists images shared between splits.
 
@@ -32,14 +35,16 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import xxhash
 from PIL import Image
 
 from .card import write_build_card
 from .decode import ImageLimits, decode_source
 from .dedup import deduplicate
-from .digest import canonical_json
+from .digest import canonical_json, canonical_pixels
 from .errors import T2IError
+from .pngio import encode_png, encoder_id
 from .regimes import REGIMES, Regime
 from .schema import SCHEMAS, check_meta
 from .quarantine import Quarantine, Quarantined
@@ -49,6 +54,10 @@ from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID
 
 log = logging.getLogger(__name__)
+JPEG_QUALITY = 95  # --jpeg-quality of a JPEG dataset when none is given
+# zlib level of a PNG dataset's members (MD-MNIST's default). With filter 0 and Z_RLE the level
+# barely matters: 257.5 bytes per MNIST test image at 1, 6 and 9 alike (README, "Lossless members").
+PNG_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class PreprocessConfig:
     size: int = 128
     splits: tuple[str, ...] = ()  # empty: every split the source has
     shard_size: int = 1000
-    jpeg_quality: int = 95
+    jpeg_quality: int | None = None  # JPEG datasets: None means JPEG_QUALITY; PNG datasets: must stay None
     scale: int = 1  # stored pixels per output pixel: 2 stores at 2x and rotates there (<= 2/255 from the thesis order; regimes.py)
     seed: int = 0  # for the random part applied downstream; recorded so consumers agree
     cub_split: str = "official"
@@ -81,7 +90,11 @@ class PreprocessConfig:
             raise T2IError(f"--size must be a positive N, got {self.size}")
         if self.shard_size < 1:
             raise T2IError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if not 1 <= self.jpeg_quality <= 100:
+        if self.image_member == "png" and self.jpeg_quality is not None:  # recorded, it would change nothing
+            raise T2IError(f"--jpeg-quality / jpeg_quality does not apply to {self.dataset}: its images are stored as lossless PNG; drop it")
+        if self.image_member == "jpg" and self.jpeg_quality is None:
+            object.__setattr__(self, "jpeg_quality", JPEG_QUALITY)
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise T2IError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.scale not in (1, 2):
             raise T2IError(f"--scale must be 1 (store at the output resolution) or 2 (store at twice it), got {self.scale}")
@@ -107,6 +120,11 @@ class PreprocessConfig:
             raise T2IError(f"--max-aspect / --max-decoded-pixels / --max-target-pixels: {e}") from None
         object.__setattr__(self, "splits", tuple(self.splits))
 
+    @property
+    def image_member(self) -> str:
+        """The tar member the dataset declares for its images: ``jpg`` or ``png``."""
+        return registry.lookup(self.dataset).image_member
+
     def limits(self) -> ImageLimits:
         return ImageLimits(self.max_aspect, self.max_decoded_pixels, self.max_target_pixels)
 
@@ -117,6 +135,8 @@ class PreprocessConfig:
             d.pop(k)
         if self.scale == 1:  # absent at 1: sets built before the setting existed keep their digest (same bytes)
             d.pop("scale")
+        if self.jpeg_quality is None:  # a PNG dataset: no JPEG is written
+            d.pop("jpeg_quality")
         d["splits"] = list(self.splits)
         return d
 
@@ -182,6 +202,19 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def stored_png(image: Image.Image, source_mode: str) -> tuple[bytes, bytes]:
+    """(PNG bytes, canonical pixels for the content digest) of a prepared RGB image: 1-channel
+    (colour type 0) when the source was grayscale (``source_mode`` "L"), whose three channels the
+    regime leaves equal, else RGB. An L source whose channels differ here is a bug: ``ValueError``
+    (it becomes ``encode-failed`` in the quarantine, and stops a ``--strict`` run)."""
+    arr = np.asarray(image)
+    if source_mode == "L":
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise ValueError("a grayscale source came out of the regime with unequal R, G, B")
+        arr = np.ascontiguousarray(arr[..., 0])
+    return encode_png(arr, PNG_LEVEL), canonical_pixels(arr)
+
+
 def pixel_digest(image: Image.Image) -> str:
     """XXH3-128 of an RGB image's canonical pixels (``digest.canonical_pixels``: shape, then RGB
     bytes), streamed from ``tobytes()``: one copy instead of three (27 µs against 43 µs for a
@@ -233,8 +266,12 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
         raise Quarantine("empty-image", f"{rec.image} is 0 bytes")
     dec = decode_source(data, regime, cfg.limits(), rec.bbox, cfg.bbox_crop)
     image = regime.prepare(dec.image, dec.box, dec.scale)
+    member, content = cfg.image_member, {}
     try:
-        jpg = encode_jpeg(image, cfg.jpeg_quality)
+        if member == "png":
+            stored, content[member] = stored_png(image, dec.info["source_mode"])
+        else:
+            stored = encode_jpeg(image, cfg.jpeg_quality)
     except Exception as e:  # Pillow raises OSError / ValueError from the encoder
         raise Quarantine("encode-failed", f"{type(e).__name__}: {e}") from None
     upright = dec.info["source_size"][::-1] if dec.info["exif_orientation"] in (5, 6, 7, 8) else dec.info["source_size"]
@@ -248,8 +285,11 @@ def _process(cfg: PreprocessConfig, regime: Regime, root: Path, rec: ImageRecord
         meta_json = canonical_json(meta)
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800", valid JSON) in a source string
         raise Quarantine("bad-metadata", f"a text field holds a character UTF-8 cannot encode ({e.reason} at {e.start})") from None
-    return {"__key__": rec.key, "jpg": jpg, "json": meta_json, "__stats__": sample_stats(meta),
-            "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
+    out = {"__key__": rec.key, member: stored, "json": meta_json, "__stats__": sample_stats(meta),
+           "__digests__": {"file": meta["source_sha256"], "pixels": meta["pixel_digest"]}}
+    if content:  # the PNG's pixels are known: the content digest need not decode it again (as mdmnist.py does)
+        out["__content__"] = dict(content, json=meta_json)
+    return out
 
 
 def produce_shard(cfg: PreprocessConfig, records: list[ImageRecord]) -> Iterator[dict | Quarantined]:
@@ -291,6 +331,13 @@ def load_records(cfg: PreprocessConfig) -> tuple[dict[str, list[ImageRecord]], d
     return by_split, source
 
 
+def encoder_record(cfg: PreprocessConfig) -> dict:
+    """The manifest's ``encoder``: what the stored bytes depend on besides the pixels."""
+    if cfg.image_member == "png":
+        return {"png": encoder_id(PNG_LEVEL), "tar": WRITER_ID}
+    return {"jpeg": f"pillow-{Image.__version__} quality={cfg.jpeg_quality} subsampling=4:4:4", "tar": WRITER_ID}
+
+
 @locks_out
 def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | None = None) -> dict[str, dict]:
     """Every split's shards, then the duplicate check over all of them, then the manifests.
@@ -312,7 +359,7 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
             "seed": cfg.seed,
             "sources": {cfg.dataset: source},
             "aligned_to": None,
-            "encoder": {"jpeg": f"pillow-{Image.__version__} quality={cfg.jpeg_quality} subsampling=4:4:4", "tar": WRITER_ID},
+            "encoder": encoder_record(cfg),
         }
         dirs[split] = Path(out) / split
         written[split] = write_shards(

@@ -188,3 +188,34 @@ def test_scale_2_stores_twice_the_size_views_at_n_and_keeps_scale_1_digests(cub_
     assert reg.apply_view(stored, reg.draw(0, b[0]["__key__"], 0, stored.size, online=True)).size == (16, 16)
     cmd = reconstructed_command(m)
     assert cmd[cmd.index("--scale") + 1] == "2" and "--scale" not in reconstructed_command(load_manifest(tmp_path / "one" / "train" / "manifest.json"))
+
+
+def test_image_member_follows_the_declaration_and_jpeg_quality_only_jpeg_datasets():
+    """cub / coco store JPEG at quality 95 unless told (recorded, as before); fashion_mnist stores a
+    lossless PNG, records no jpeg_quality and refuses one, the JPEG default included."""
+    from PIL import Image
+
+    from t2i_data.pngio import encoder_id
+    from t2i_data.preprocess import encoder_record
+    from t2i_data.schema import SCHEMAS
+    from t2i_data.sources.schema_types import preprocessed_schema
+    from t2i_data.tario import WRITER_ID
+
+    for ds in ("cub", "coco"):
+        cfg = PreprocessConfig(ds, "/nonexistent")
+        assert (cfg.image_member, cfg.jpeg_quality, cfg.identity()["jpeg_quality"]) == ("jpg", 95, 95)
+        assert list(SCHEMAS[("images", ds)])[:1] == ["jpg"]
+        assert encoder_record(PreprocessConfig(ds, "/nonexistent", jpeg_quality=80)) == {
+            "jpeg": f"pillow-{Image.__version__} quality=80 subsampling=4:4:4", "tar": WRITER_ID}
+    cfg = PreprocessConfig("fashion_mnist", "/nonexistent", regime="center", size=28)
+    assert (cfg.image_member, cfg.jpeg_quality) == ("png", None) and "jpeg_quality" not in cfg.identity()
+    assert list(SCHEMAS[("images", "fashion_mnist")])[:1] == ["png"]
+    assert encoder_record(cfg) == {"png": encoder_id(1), "tar": WRITER_ID}
+    for q in (95, 100, 1):
+        with pytest.raises(T2IError, match=r"^--jpeg-quality / jpeg_quality does not apply to fashion_mnist: its images are stored as "
+                                           r"lossless PNG; drop it$"):
+            PreprocessConfig("fashion_mnist", "/nonexistent", jpeg_quality=q)
+    with pytest.raises(T2IError, match=r"--jpeg-quality must be in 1\.\.100, got 0"):
+        PreprocessConfig("coco", "/nonexistent", jpeg_quality=0)
+    with pytest.raises(ValueError, match="image must be one of jpg, png, got 'gif'"):
+        preprocessed_schema({}, image="gif")

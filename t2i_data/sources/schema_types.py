@@ -70,7 +70,16 @@ PREPROCESSED_FIELDS: dict[str, Type] = {  # preprocess.produce_shard, for every 
 }
 
 
-def preprocessed_schema(source_fields: Mapping[str, Type]) -> dict[str, Type]:
-    """The image-set schema of a dataset built by ``t2i preprocess``: ``<key>.jpg`` and a JSON of
-    ``PREPROCESSED_FIELDS`` plus the fields its source puts into ``ImageRecord.meta``."""
-    return {"jpg": IMAGE, "json": struct(PREPROCESSED_FIELDS | dict(source_fields))}
+PREPROCESSED_IMAGE_MEMBERS = ("jpg", "png")  # preprocess.py writes one of these; jpg: --jpeg-quality, png: lossless
+
+
+def preprocessed_schema(source_fields: Mapping[str, Type], image: str = "jpg") -> dict[str, Type]:
+    """The image-set schema of a dataset built by ``t2i preprocess``: ``<key>.<image>`` and a JSON
+    of ``PREPROCESSED_FIELDS`` plus the fields its source puts into ``ImageRecord.meta``.
+
+    ``image``: ``"jpg"`` (JPEG at ``--jpeg-quality``; for photos) or ``"png"`` (lossless, for a
+    source whose pixels must be kept exactly: Fashion-MNIST's 8-bit IDX bytes). ``ValueError`` for
+    another member."""
+    if image not in PREPROCESSED_IMAGE_MEMBERS:
+        raise ValueError(f"preprocessed_schema: image must be one of {', '.join(PREPROCESSED_IMAGE_MEMBERS)}, got {image!r}")
+    return {image: IMAGE, "json": struct(PREPROCESSED_FIELDS | dict(source_fields))}
