@@ -147,7 +147,7 @@ def loss_figure(out: Path, rec_key: str) -> Path | None:
 def write_figures(model, cfg, facts: dict, device, metrics_path: Path, step: int, epoch: int) -> list[str]:
     """Every figure of the module docstring for a finished run, and the held-out row; returns the paths."""
     from .sample import prompt_sheet
-    from .train_cvae import class_decode, image_decode, stored_size
+    from .cvae_data import class_decode, image_decode, stored_size
 
     out = Path(cfg.out)
     mlp = model.kind == "cvae_mlp"
