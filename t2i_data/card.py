@@ -55,6 +55,7 @@ KINDS = {
     "images": "image shards",
     "text_tokens": "text-token shards",
     "image_tokens": "image-token shards",
+    "text_emb": "text-embedding shards",
 }
 
 
@@ -166,6 +167,9 @@ def reconstructed_command(m: dict) -> list[str] | None:
         if m["kind"] == "text_tokens":
             return (["t2i", "tokenize", "--tokenizer", "TOKENIZER_DIR", "--images", "IMAGES_DIR", "--out", "OUT", "--length", str(c["length"])]
                     + (["--bos"] if c.get("add_bos") else []) + (["--eos"] if c.get("add_eos") else []))
+        if m["kind"] == "text_emb":  # t2i_models/embed.py
+            return ["t2i", "embed", "--encoder", "ENCODER_DIR", "--images", "IMAGES_DIR", "--out", "OUT", "--pool", c["pool"],
+                    "--layers", *map(str, c["layers"]), "--max-length", str(c["max_length"])]
         if m["kind"] == "image_tokens":
             return ["t2i", "encode", "--autoencoder", "CHECKPOINT", "--images", "IMAGES_DIR", "--out", "OUT",
                     "--views", str(c["views"]), "--seed", str(m["seed"])]
@@ -239,6 +243,11 @@ def _what(m: dict) -> list[str]:
         t = m.get("tokenizer", {})
         out.append(f"Each sample is `<key>.text_tokens.npy`: {t.get('dtype')}, shape (captions, {t.get('length')}), every caption "
                    f"of the image tokenized and right-padded with id {t.get('pad_id')}.")
+    elif kind == "text_emb":
+        t = m.get("text_encoder", {})
+        out.append(f"Each sample is `<key>.text_emb.npy`: {t.get('dtype')}, shape (captions, {t.get('dim')}), every caption of the "
+                   f"image embedded by the {t.get('family')} encoder {t.get('name')} ({t.get('pool')} pooling of hidden states "
+                   f"{t.get('layers')}, fp32, then float16), in source order; (0, {t.get('dim')}) for an image without captions.")
     elif kind == "image_tokens" and levels_of(m):  # VQ-VAE-2: one member per token level
         a, k = m.get("autoencoder", {}), (m.get("config") or {}).get("views")
         per = "; ".join(f"`<key>.image_tokens.{lv}.npy`: {a.get('dtype')}, shape ({k}, {d['grid']}, {d['grid']}), {d['vocab_size']} codes"
@@ -297,6 +306,9 @@ def _counts(m: dict) -> list[str]:
         out += [f"Captions: {st.get('captions', 0):,}; truncated to L: {st.get('truncated', 0):,} ({st.get('truncated', 0) / cap:.2%}); "
                 f"empty: {st.get('empty', 0):,}; control characters removed in {st.get('control', 0):,}; repaired UTF-8 in "
                 f"{st.get('repaired', 0):,} samples.", ""]
+    if m["kind"] == "text_emb" and st:
+        out += [f"Captions: {st.get('captions', 0):,}; truncated to the max length: {st.get('truncated', 0):,}; control characters "
+                f"removed in {st.get('control', 0):,}; repaired UTF-8 in {st.get('repaired', 0):,} samples.", ""]
     if m["kind"] == "image_tokens" and st and levels_of(m):
         used = "; ".join(f"{lv} level {len(st.get('code_usage', {}).get(lv, {})):,} of {d['vocab_size']}" for lv, d in levels_of(m).items())
         out += [f"Views: {st.get('views', 0):,}; codes used: {used}.", ""]
@@ -317,6 +329,8 @@ def placeholders(m: dict) -> list[str]:
         out["MNIST_IDX_DIR"] = "the folder of the official MNIST IDX files (sha256 under Sources)"
     if "tokenizer" in m:
         out["TOKENIZER_DIR"] = f"the saved tokenizer with fingerprint `{m['tokenizer'].get('fingerprint')}`"
+    if "text_encoder" in m:
+        out["ENCODER_DIR"] = f"the text encoder folder with fingerprint `{m['text_encoder'].get('fingerprint')}`"
     if "autoencoder" in m:
         out["CHECKPOINT"] = f"the autoencoder checkpoint with weights fingerprint `{m['autoencoder'].get('fingerprint')}`"
     if src:
@@ -351,7 +365,7 @@ def _sources(m: dict) -> list[str]:
 
 
 def _model(m: dict) -> list[str]:
-    for key, label in (("tokenizer", "Tokenizer"), ("autoencoder", "Autoencoder")):
+    for key, label in (("tokenizer", "Tokenizer"), ("autoencoder", "Autoencoder"), ("text_encoder", "Text encoder")):
         if key in m:
             fields = {k: v for k, v in sorted(m[key].items()) if not isinstance(v, (dict, list))}
             return [f"## {label}", "", "| field | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in fields.items()] + [""]
@@ -363,9 +377,9 @@ def _loading(m: dict) -> list[str]:
     n = len(shards)
     prefix = shards[0]["name"].rsplit("-", 1)[0] if shards else f"{m['dataset']}-{m['split']}"
     pattern = f"{prefix}-{{000000..{n - 1:06d}}}.tar" if n > 1 else (shards[0]["name"] if shards else f"{prefix}-000000.tar")
-    decode = {"images": '.decode("pil")', "text_tokens": ".decode()", "image_tokens": ".decode()"}[m["kind"]]
+    decode = {"images": '.decode("pil")', "text_tokens": ".decode()", "image_tokens": ".decode()", "text_emb": ".decode()"}[m["kind"]]
     fields = {"images": f'"{_image_ext(m)}", "json"', "text_tokens": '"text_tokens.npy"',
-              "image_tokens": '"image_tokens.npy", "json"'}[m["kind"]]
+              "image_tokens": '"image_tokens.npy", "json"', "text_emb": '"text_emb.npy"'}[m["kind"]]
     if m["kind"] == "image_tokens" and levels_of(m):
         fields = ", ".join(f'"image_tokens.{lv}.npy"' for lv in levels_of(m)) + ', "json"'
     out = ["## Loading", "", "`DIR` is this folder.", "", "webdataset:", "", "```python", "import webdataset as wds", "",

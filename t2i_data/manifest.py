@@ -40,7 +40,7 @@ from .tario import iter_samples
 FORMAT_VERSION = 2  # what this t2i writes; 2: "rejected" became "quarantined", autoencoder.vocab became vocab_size
 READABLE_VERSIONS = (1, 2)  # format 1 is read through _upgrade_v1, its digest kept
 MANIFEST_NAME = "manifest.json"
-KINDS = ("images", "text_tokens", "image_tokens")
+KINDS = ("images", "text_tokens", "image_tokens", "text_emb")
 _BYTE_LEVEL_SHARD_FIELDS = ("sha256", "bytes")
 # dataset, split and regime: they become file names (shards, indexes, figures) and keys
 TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -50,9 +50,12 @@ MAX_SHARD_BYTES = 1 << 40  # 1 TiB; this project's shards are tens to hundreds o
 MIN_SAMPLE_BYTES = 512  # one ustar header: a sample has at least one member
 # bounds on fields that size arrays in readers (inspect's code usage, export's fixed-size lists)
 _FIELD_BOUNDS = {("tokenizer", "length"): (1, 1 << 16), ("tokenizer", "pad_id"): (0, 1 << 31), ("tokenizer", "vocab_size"): (1, 1 << 31),
-                 ("autoencoder", "vocab_size"): (1, 1 << 24), ("autoencoder", "grid"): (1, 1 << 12), ("config", "views"): (1, 1 << 12)}
+                 ("autoencoder", "vocab_size"): (1, 1 << 24), ("autoencoder", "grid"): (1, 1 << 12), ("config", "views"): (1, 1 << 12),
+                 ("text_encoder", "dim"): (1, 1 << 20)}
 _DTYPES = ("uint16", "int32")
-_REQUIRED = {"text_tokens": {"tokenizer": ("length", "pad_id")}, "image_tokens": {"autoencoder": ("grid",)}}
+_REQUIRED = {"text_tokens": {"tokenizer": ("length", "pad_id")}, "image_tokens": {"autoencoder": ("grid",)},
+             "text_emb": {"text_encoder": ("dim", "dtype", "fingerprint")}}
+_EMB_DTYPES = ("float16",)  # text_emb sets (t2i_models/embed.py)
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -166,6 +169,9 @@ def check_manifest(manifest, where: str) -> None:
         sec = manifest.get(section) or {}
         if "dtype" in sec and sec["dtype"] not in _DTYPES:
             bad(f"{section}.dtype", sec["dtype"], f"not one of {', '.join(_DTYPES)}")
+    sec = manifest.get("text_encoder") or {}
+    if "dtype" in sec and sec["dtype"] not in _EMB_DTYPES:
+        bad("text_encoder.dtype", sec["dtype"], f"not one of {', '.join(_EMB_DTYPES)}")
 
 
 def shard_path(folder: str | os.PathLike, name: str, where: str | None = None) -> Path:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .align import check_aligned, merge_aligned
+from .align import check_aligned, check_same_image_set, image_set_of, merge_aligned
 from .errors import T2IError
 from .manifest import MANIFEST_NAME, check_shard_file, load_manifest
 from .plan import PlannedStream, plan_epoch
@@ -265,6 +265,9 @@ class LostSamples:
 
 class ShardStream(PlannedStream, IterableDataset):
     """Batches from one shard set, or from aligned sets zipped by key (the first is the base).
+    With an image set first, every other set must be derived from it (``align.check_aligned``);
+    with a derived set first (image tokens + text embeddings, say: no pixels read), all must be
+    derived from one image set (``align.check_same_image_set``).
 
     ``decode(sample, epoch)`` turns a merged sample dict into a dict of tensors (or arrays);
     batches stack them along a new first dimension and add ``valid`` (B,) bool, ``lost`` and
@@ -279,8 +282,15 @@ class ShardStream(PlannedStream, IterableDataset):
                  rank: int | None = None, world_size: int | None = None) -> None:
         self.dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
         self.manifests = [load_manifest(d / MANIFEST_NAME) for d in self.dirs]
-        for d, m in zip(self.dirs[1:], self.manifests[1:]):
-            check_aligned(self.manifests[0], m, str(d))
+        if self.manifests[0].get("kind") == "images":  # an image set and sets derived from it
+            for d, m in zip(self.dirs[1:], self.manifests[1:]):
+                check_aligned(self.manifests[0], m, str(d))
+        elif len(self.dirs) > 1:  # derived sets only (e.g. image tokens + text embeddings): all of one image set, no pixels read
+            for d, m in zip(self.dirs, self.manifests):
+                if image_set_of(m) is None:
+                    raise T2IError(f"{d}: a {m.get('kind')} set whose manifest names no image set (aligned_to); rebuild it")
+            for d, m in zip(self.dirs[1:], self.manifests[1:]):
+                check_same_image_set(self.manifests[0], m, str(self.dirs[0]), str(d))
         self.decode = decode
         self.names = [s["name"] for s in self.manifests[0]["shards"]]
         self.records = [{s["name"]: s for s in m["shards"]} for m in self.manifests]
