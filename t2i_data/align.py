@@ -2,7 +2,7 @@
 order (DESIGN.md). Joining is a zip with a key check; these checks guard every consumer: a
 derived set against its image set (``check_aligned``), two sets against each other
 (``check_same_image_set``), token sets against the tokenizer / autoencoder a model expects
-(``check_tokenizer``, ``check_autoencoder``), and each zipped sample's keys (``merge_aligned``)."""
+(``check_tokenizer``, ``check_autoencoder``, ``check_text_encoder``), and each zipped sample's keys (``merge_aligned``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,6 +64,13 @@ def check_autoencoder(manifest: dict, expected_fingerprint: str, what: str = "th
     """Refuse an image-token set made by another autoencoder than the one ``what`` expects
     (``T2IError`` naming both fingerprints)."""
     _check_maker(manifest, "autoencoder", "image tokens", "encode", expected_fingerprint, what)
+
+
+def check_text_encoder(manifest: dict, expected_fingerprint: str, what: str = "the model") -> None:
+    """Refuse a text-embedding set made by another text encoder than the one ``what`` expects
+    (``T2IError`` naming both fingerprints; ``t2i_models/embed.py`` records it as
+    ``text_encoder.fingerprint``)."""
+    _check_maker(manifest, "text_encoder", "text embeddings", "embed", expected_fingerprint, what)
 
 
 def same_key(parts: tuple[dict, ...] | list[dict], where: str) -> str:

@@ -4,7 +4,7 @@ Reading starts from the manifest through the checked-reading API of ``manifest.p
 (``open_shard_sets``, ``checked_samples``), which stops with one ``T2IError`` on a folder with no
 manifest, a missing shard or a shard whose sha256 differs from the manifest's. ``export`` writes one table per split, one row per sample in
 shard order: the key, the split, and per input set its typed columns (captions, image bytes,
-source attributes and the full JSON for image sets; fixed-size integer lists for token sets).
+source attributes and the full JSON for image sets; fixed-size integer lists for token sets, of float16 for text-embedding sets).
 Aligned sets given together (an image set and its text- and image-token sets) become one table,
 zipped by key. Arrow output is an uncompressed IPC stream, so it memory-maps with no copy and
 ``datasets`` opens it in place (``Dataset.from_file``, ``load_from_disk``); Parquet output is
@@ -105,6 +105,23 @@ class _TextTokens:
         return [pa.ListArray.from_arrays(pa.array(offsets), inner, type=self.fields[0].type)]
 
 
+class _TextEmb(_TextTokens):
+    """text_emb: list (captions) of fixed-size lists of D float16 values (``t2i embed``)."""
+
+    def __init__(self, ss: ShardSet) -> None:
+        self.length, self.dtype = ss.field("text_encoder", "dim"), np.dtype(ss.field("text_encoder", "dtype"))
+        self.fields = [pa.field("text_emb", pa.list_(pa.list_(pa.from_numpy_dtype(self.dtype), self.length)))]
+
+    def row(self, sample: dict, where: str) -> tuple[list, int]:
+        if "text_emb.npy" not in sample:
+            raise T2IError(f"{where}: {sample['__key__']} has no text_emb.npy; not a text-embedding set")
+        arr = load_npy(sample["text_emb.npy"], f"{where}: {sample['__key__']}")
+        if arr.ndim != 2 or arr.shape[1] != self.length or arr.dtype != self.dtype:
+            raise T2IError(f"{where}: {sample['__key__']} text embeddings are {arr.dtype} {arr.shape}, the manifest says "
+                           f"{self.dtype} (captions, {self.length}); rebuild the set")
+        return [arr], arr.nbytes
+
+
 class _ImageTokens:
     """image_tokens: (views, h, w) as nested fixed-size lists; views: each view's parameters. A
     multi-level set (VQ-VAE-2, ``schema.levels_of``) has one column per level instead,
@@ -155,7 +172,7 @@ class _ImageTokens:
         return out + [pa.array(cols[-1], type=self.fields[-1].type)]
 
 
-_COLUMNS = {"images": _Images, "text_tokens": _TextTokens, "image_tokens": _ImageTokens}
+_COLUMNS = {"images": _Images, "text_tokens": _TextTokens, "image_tokens": _ImageTokens, "text_emb": _TextEmb}
 
 
 def _group_by_split(inputs: list[list[ShardSet]]) -> dict[str, list[ShardSet]]:

@@ -5,7 +5,7 @@ quarantined inputs by reason (duplicate images among them), for image sets the s
 another split (``leakage``), the captions dropped, the images whose annotated size differs from
 their pixels and those turned upright by EXIF, and the truncation count the tokenizer recorded. From the shards, each
 checked against its sha256 before it is read: captions per image and caption length in words
-(image sets), token lengths and the padding rate (text-token sets), code usage (image-token
+(image sets), token lengths and the padding rate (text-token sets), embeddings per sample, D and the rows' L2 norms (text-embedding sets), code usage (image-token
 sets; one histogram per token level for a VQ-VAE-2 set, ``code_usage_<level>``). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
 """
 from __future__ import annotations
@@ -113,6 +113,8 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         truncated, captions = _count(ss, st, "truncated"), _count(ss, st, "captions")
         rep["rates"] = {"padding": pads / cells if cells else 0.0, "full_rows": full / rows if rows else 0.0,
                         "truncation": truncated / captions if captions else 0.0}
+    elif ss.kind == "text_emb":
+        _inspect_text_emb(ss, rep, progress)
     else:
         # one histogram per token level (VQ-VAE-2: "code_usage_top", ...; schema.levels_of), or the one grid's "code_usage"
         levels = levels_of(m)
@@ -138,10 +140,35 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
     return rep
 
 
+def _inspect_text_emb(ss: ShardSet, rep: dict, progress=None) -> None:
+    """A text-embedding set (``t2i embed``): embeddings per sample, D, and the rows' L2 norms
+    (min, mean, max over every stored row, computed in float32 from the float16 rows)."""
+    dim = ss.field("text_encoder", "dim")
+    per_sample, count, lo, hi, total = {}, 0, math.inf, -math.inf, 0.0
+    for shard in ss.manifest["shards"]:
+        for sample in checked_samples(ss, shard):
+            where = f"{ss.dir / shard['name']}: {sample['__key__']}.text_emb.npy"
+            if "text_emb.npy" not in sample:
+                raise T2IError(f"{where} is missing; not a text_emb shard set")
+            arr = load_npy(sample["text_emb.npy"], where)
+            if arr.dtype != np.float16 or arr.ndim != 2 or arr.shape[1] != dim:
+                raise T2IError(f"{where}: {arr.dtype} array of shape {arr.shape}, the manifest says float16 (captions, {dim}); rebuild the set")
+            _add(per_sample, [len(arr)])
+            if len(arr):
+                norms = np.linalg.norm(arr.astype(np.float32), axis=1)
+                count, total = count + len(arr), total + float(norms.sum(dtype=np.float64))
+                lo, hi = min(lo, float(norms.min())), max(hi, float(norms.max()))
+            if progress is not None:
+                progress.update(1)
+    rep["histograms"]["embeddings_per_sample"] = per_sample
+    rep["embeddings"] = {"count": count, "dim": dim, "norm": {"min": lo, "mean": total / count, "max": hi} if count else None}
+
+
 FIGURES = {  # histogram -> (file suffix, title, x label, y label)
     "captions_per_sample": ("captions-per-sample", "captions per image", "captions", "images"),
     "caption_words": ("caption-length", "caption length in words", "words per caption", "captions"),
     "token_length": ("token-length", "token length (non-pad tokens per caption)", "tokens", "captions"),
+    "embeddings_per_sample": ("embeddings-per-sample", "embeddings (captions) per image", "embeddings", "images"),
     "code_usage": ("code-usage", "code usage over all views", "code id", "tokens"),
 }
 
@@ -202,6 +229,10 @@ def format_reports(reports: list[dict]) -> str:
             lines.append(f"  {'padding':<44} {rates['padding']:.2%} of token slots")
             lines.append(f"  {'truncated to L (as tokenized)':<44} {rates['truncation']:.2%} of captions")
             lines.append(f"  {'rows with no padding':<44} {rates['full_rows']:.2%} of captions")
+        if r["kind"] == "text_emb":
+            e, nm = r["embeddings"], r["embeddings"]["norm"]
+            lines.append(f"  {'embeddings':<44} {e['count']:,} of dimension {e['dim']:,}" + (
+                f", L2 norm min {nm['min']:.3f}  mean {nm['mean']:.3f}  max {nm['max']:.3f}" if nm else ""))
         if r["kind"] == "image_tokens":
             for name, usage in r["histograms"].items():  # "code_usage", or one "code_usage_<level>" per token level
                 if not name.startswith("code_usage"):

@@ -36,6 +36,7 @@ from .sources import registry
 from .sources.schema_types import BOOL, FLOAT, IMAGE, INT, STR, Type, array, list_of, nullable, struct  # noqa: F401 (re-exported)
 
 ARRAY_DTYPES = ("uint16", "int32")  # what tokenize.py and encode.py write
+KIND_DTYPES = {"text_emb": ("float16",)}  # kinds whose arrays hold other dtypes: t2i_models/embed.py writes float16
 
 
 # --- the declarations ------------------------------------------------------------------------
@@ -54,6 +55,7 @@ def _schemas() -> dict[tuple[str, str], dict[str, Type]]:
     for name, ds in registry.datasets().items():
         out[("images", name)] = dict(ds.schema)
         out[("text_tokens", name)] = {"text_tokens.npy": array(2)}
+        out[("text_emb", name)] = {"text_emb.npy": array(2)}  # float16 (captions, D)
         out[("image_tokens", name)] = {"image_tokens.npy": array(3), "json": REGIME_VIEWS_JSON if ds.preprocessed else IDENTITY_VIEWS_JSON}
     return out
 
@@ -77,16 +79,17 @@ def schema_for(kind: str, dataset: str, dtype: str | None = None, levels: list[s
         schema = {**{f"image_tokens.{lv}.npy": schema["image_tokens.npy"] for lv in levels},
                   **{m: t for m, t in schema.items() if m != "image_tokens.npy"}}
     if any(t.kind == "array" for t in schema.values()):
-        if dtype not in ARRAY_DTYPES:
-            raise ValueError(f"{kind}/{dataset}: array dtype must be one of {', '.join(ARRAY_DTYPES)}, got {dtype!r}")
+        allowed = KIND_DTYPES.get(kind, ARRAY_DTYPES)
+        if dtype not in allowed:
+            raise ValueError(f"{kind}/{dataset}: array dtype must be one of {', '.join(allowed)}, got {dtype!r}")
         schema = {m: replace(t, dtype=dtype) if t.kind == "array" else t for m, t in schema.items()}
     return schema
 
 
 def schema_of(manifest: dict) -> dict[str, Type]:
-    """The schema of the set a manifest describes (array dtype from its tokenizer or autoencoder;
+    """The schema of the set a manifest describes (array dtype from its tokenizer, autoencoder or text encoder;
     one member per token level for a multi-level image-token set, ``levels_of``)."""
-    dtype = (manifest.get("tokenizer") or manifest.get("autoencoder") or {}).get("dtype")
+    dtype = (manifest.get("tokenizer") or manifest.get("autoencoder") or manifest.get("text_encoder") or {}).get("dtype")
     levels = list(levels_of(manifest)) if manifest.get("kind") == "image_tokens" else None
     return schema_for(manifest["kind"], manifest["dataset"], dtype, levels)
 

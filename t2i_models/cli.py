@@ -159,6 +159,23 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from t2i_data.runner import make_runner
+    from t2i_models.embed import embed
+
+    flags = {f: getattr(args, f) for f in ("encoder", "images", "out", "pool", "max_length", "batch_size", "device", "workers")}
+    flags["layers"] = tuple(args.layers) if args.layers is not None else None
+    st, extra = _resolve("embed", args, flags)
+    with make_runner(extra.get("workers"), args.scheduler) as runner:
+        manifests = embed(st.encoder, st.images, st.out, st.embed_config(), runner)
+    for split, m in manifests.items():
+        s, t = m["stats"], m["text_encoder"]
+        print(f"{split}: {s['samples']} samples, {s['captions']} captions -> {t['dim']}-d float16 embeddings ({t['pool']} of hidden "
+              f"states {', '.join(map(str, t['layers']))} of {t['family']} {t['name']}, {t['fingerprint'][:16]}); truncated to "
+              f"{t['max_length']} tokens: {s['truncated']}; aligned to {m['aligned_to'][:16]}")
+    return 0
+
+
 def _train_config(args, section: str, cls=None):
     """A trainer's config: defaults, the ``[section]`` table of --config (``[section.NAME]`` with
     --table NAME), then the key=value overrides, resolved as ``t2i run`` resolves it."""
@@ -441,6 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
     tz.add_argument("--eos", action="store_true", help="end each caption with the tokenizer's EOS")
     _add_runner_args(tz)
     tz.set_defaults(func=cmd_tokenize)
+
+    emb = sub.add_parser("embed", help="captions of an image shard set -> aligned text-embedding shards from a local BERT / Sentence-BERT")
+    emb.add_argument("--encoder", help="a local BERT-family folder (save_pretrained: config.json, model.safetensors, tokenizer) or a "
+                     "sentence-transformers folder; nothing is downloaded")
+    emb.add_argument("--images", help="an image shard set: a split folder, or a build folder of splits")
+    emb.add_argument("--out")
+    emb.add_argument("--config", help="a pipeline file with an [embed] table; flags given here override it")
+    emb.add_argument("--pool", help="mean (default; a Sentence-BERT folder's own pooling when not given), cls, or last4-concat "
+                     "(four layers mean-pooled and concatenated: 4 x hidden)")
+    emb.add_argument("--layers", type=int, nargs="+", help="hidden-state indexes: 0 the embedding output, -1 the last layer "
+                     "(mean: averaged; cls: one; last4-concat: four, default -4 -3 -2 -1)")
+    emb.add_argument("--max-length", type=int, help="tokens per caption with [CLS] and [SEP]; longer ones are cut (default 512)")
+    emb.add_argument("--batch-size", type=int, help="captions per forward; does not change the bytes (default 64)")
+    emb.add_argument("--device", help="cpu (default) or cuda")
+    _add_runner_args(emb)
+    emb.set_defaults(func=cmd_embed)
 
     trn = sub.add_parser("train", help="train a model on streaming shards").add_subparsers(dest="what", required=True, metavar="MODEL")
     ta = trn.add_parser("autoencoder", help="dVAE / VQ-VAE on ae-regime image shards (torchrun for several GPUs)")

@@ -270,14 +270,17 @@ def cached_text_encoder(folder: str):
 # ---- pooling --------------------------------------------------------------------------------------------------------
 
 def resolve_pooling(cfg: EmbedConfig, record: dict) -> dict:
-    """{"pool", "layers" (non-negative, as used), "dim", "normalize", "pool_source"} for ``cfg`` on the
+    """{"pool", "layers" (non-negative, as used), "dim", "normalize", and for a sentence-transformers
+    folder "pool_source" (its Pooling config, or "given" when ``cfg.pool`` overrides it)} for ``cfg`` on the
     encoder of ``record``; ``T2IError`` (one line) for a layer out of range, a layer given twice,
     cls over several layers, last4-concat over other than four layers, and a max length past the
     encoder's positions."""
     n, hidden = record["num_layers"], record["hidden_size"]
     pool, source = cfg.pool, "given"
     if pool is None:
-        pool, source = (record["folder_pool"], "sentence-transformers Pooling config") if record["folder_pool"] else ("mean", "default")
+        pool, source = (record["folder_pool"], "sentence-transformers Pooling config") if record["folder_pool"] else ("mean", None)
+    if not record["folder_pool"]:
+        source = None  # a plain folder has no pooling of its own: mean given or by default is the same data
     layers = cfg.layers
     if layers is not None:
         bad = [i for i in layers if not -(n + 1) <= i <= n]
@@ -300,7 +303,7 @@ def resolve_pooling(cfg: EmbedConfig, record: dict) -> dict:
     if cfg.max_length > record["max_positions"]:
         raise T2IError(f"--max-length {cfg.max_length}: {record['name']} has {record['max_positions']} positions; give at most that")
     dim = hidden * (len(layers) if pool == "last4-concat" else 1)
-    return {"pool": pool, "layers": list(layers), "dim": dim, "normalize": record["normalize"], "pool_source": source}
+    return {"pool": pool, "layers": list(layers), "dim": dim, "normalize": record["normalize"]} | ({"pool_source": source} if source else {})
 
 
 def pool_states(hidden_states, mask: torch.Tensor, spec: dict) -> torch.Tensor:
@@ -416,16 +419,21 @@ def produce_shard(encoder_dir: str, cfg: EmbedConfig, spec: dict, shard: tuple[s
 def embed(encoder_dir: str | Path, images: str | Path, out: str | Path, cfg: EmbedConfig, runner) -> dict[str, dict]:
     """Text-embedding sets aligned with each split of ``images``, under ``out``
     (``t2i_data.derived.build_derived_sets``: {split: manifest}, with ``_images`` / ``_out``
-    folders). ``T2IError`` for an encoder folder that does not load (``load_text_encoder``), a pool
-    or layers that do not fit it (``resolve_pooling``), and whatever ``build_derived_sets`` refuses
-    (not an image set, output inside the input)."""
+    folders). ``T2IError`` for ``out`` at or inside ``images``, an encoder folder that does not load
+    (``load_text_encoder``), a pool or layers that do not fit it (``resolve_pooling``), and whatever
+    ``build_derived_sets`` refuses (not an image set, shards missing)."""
     tf = require("transformers", "t2i embed (a BERT or Sentence-BERT text encoder)")
+    src = Path(images).resolve()
+    src = src.parent if src.is_file() else src
+    if Path(out).resolve() == src or src in Path(out).resolve().parents:
+        raise T2IError(f"--out {out}: inside the input {images}, whose readers would then find the output's manifests among its "
+                       f"own; give a folder outside it")
     _, _, record = load_text_encoder(encoder_dir)
     spec = resolve_pooling(cfg, record)
     own = {
         "config": asdict(cfg) | {"pool": spec["pool"], "layers": spec["layers"], "batch_size": None, "device": None},
         "seed": None,
-        "text_encoder": record | {k: spec[k] for k in ("pool", "layers", "dim", "pool_source")}
+        "text_encoder": record | {k: spec[k] for k in ("pool", "layers", "dim", "pool_source") if k in spec}
                         | {"dtype": "float16", "max_length": cfg.max_length, "precision": "fp32"},
         "encoder": {"npy": "numpy-format float16", "tar": WRITER_ID, "torch": torch.__version__, "transformers": tf.__version__},
     }

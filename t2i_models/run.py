@@ -2,7 +2,7 @@
 skipped when its outputs verify and were made with the same settings from the same inputs.
 
 A stage is a table of the file (``[mdmnist]``, ``[preprocess]``, ``[tokenizer]``, ``[tokenize]``,
-``[train_autoencoder]``, ``[encode]``, ``[train_prior]``, ``[train_clip]``, ``[eval_autoencoder]``,
+``[embed]``, ``[train_autoencoder]``, ``[encode]``, ``[train_prior]``, ``[train_clip]``, ``[eval_autoencoder]``,
 ``[eval_mdmnist]``, ``[eval_priors]``); ``[preprocess]`` and ``[train_prior]`` may hold named sub-tables
 (``[train_prior.g1]``, ``[train_prior.g2]``), one stage each, whose keys go over the parent
 table's (``model`` tables merged key by key). Each stage calls the library function its
@@ -59,17 +59,18 @@ from t2i_data.errors import T2IError
 log = logging.getLogger(__name__)
 
 STATE_NAME = "t2i-run.json"
-KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "train_autoencoder", "encode", "train_prior", "train_clip", "train_cvae",
+KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "embed", "train_autoencoder", "encode", "train_prior", "train_clip", "train_cvae",
          "eval_autoencoder", "eval_mdmnist", "eval_priors")  # data-flow order
 NAMED = ("preprocess", "train_prior")  # tables that may hold named sub-tables, one stage each
 TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip", "train_cvae")
-SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode")
-RUN_KEYS = {"mdmnist": ("out", "workers"), "preprocess": ("out", "workers"), "tokenize": ("workers",), "encode": ("workers",)}
+SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode", "embed")
+RUN_KEYS = {"mdmnist": ("out", "workers"), "preprocess": ("out", "workers"), "tokenize": ("workers",), "encode": ("workers",),
+            "embed": ("workers",)}
 NOT_IDENTITY = ("log_every", "ckpt_every", "grid_every", "stop_after", "workers", "device")
 LENGTH = ("steps", "epochs")
 INPUTS = {  # the settings that name what a stage reads
     "mdmnist": ("mnist",), "preprocess": ("root", "captions"), "tokenizer": ("images", "pretrained"),
-    "tokenize": ("tokenizer", "images"), "train_autoencoder": ("images", "eval_images"), "encode": ("autoencoder", "images"),
+    "tokenize": ("tokenizer", "images"), "embed": ("encoder", "images"), "train_autoencoder": ("images", "eval_images"), "encode": ("autoencoder", "images"),
     "train_prior": ("image_tokens", "text_tokens", "eval_image_tokens", "eval_text_tokens"),
     "train_clip": ("image_tokens", "text_tokens", "autoencoder", "eval_image_tokens", "eval_text_tokens"),
     "train_cvae": ("images", "text_emb", "eval_images", "eval_text_emb"),
@@ -131,6 +132,27 @@ class EncodeStage:
 
 
 @dataclass(frozen=True)
+class EmbedStage:
+    """``[embed]`` / ``t2i embed``: captions of ``images`` -> text-embedding shards of the local text
+    encoder folder ``encoder`` in ``out`` (``embed.EmbedConfig``: ``pool`` None takes a
+    Sentence-BERT folder's own pooling, else mean)."""
+    encoder: str
+    images: str
+    out: str
+    pool: str | None = None
+    layers: tuple[int, ...] | None = None
+    max_length: int = 512
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def embed_config(self):
+        from .embed import EmbedConfig
+
+        return EmbedConfig(pool=self.pool, layers=tuple(self.layers) if self.layers is not None else None,
+                           max_length=self.max_length, batch_size=self.batch_size, device=self.device)
+
+
+@dataclass(frozen=True)
 class EvalAutoencoderConfig:
     """``[eval_autoencoder]`` / ``t2i eval autoencoder``: held-out figures of ``autoencoder`` on
     ``images`` (``n`` images, 0: all) and a grid of ``grid`` originals over reconstructions."""
@@ -168,7 +190,7 @@ def config_class(kind: str):
     if kind == "eval_priors":
         from .eval_priors import EvalPriorsConfig
         return EvalPriorsConfig
-    return {"tokenizer": TokenizerConfig, "tokenize": TokenizeStage, "encode": EncodeStage,
+    return {"tokenizer": TokenizerConfig, "tokenize": TokenizeStage, "encode": EncodeStage, "embed": EmbedStage,
             "eval_autoencoder": EvalAutoencoderConfig}[kind]
 
 
@@ -617,6 +639,10 @@ def execute(s: Stage) -> str:
                 from t2i_data.tokenize import TokenizeConfig, tokenize
 
                 ms = tokenize(cfg.tokenizer, cfg.images, s.out, TokenizeConfig(cfg.length, cfg.add_bos, cfg.add_eos), runner)
+            elif k == "embed":
+                from .embed import embed
+
+                ms = embed(cfg.encoder, cfg.images, s.out, cfg.embed_config(), runner)
             else:
                 from .encode import EncodeConfig, check_reencode, encode
 
