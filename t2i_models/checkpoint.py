@@ -256,3 +256,28 @@ def load_cvae(path: str | Path, map_location: str = "cpu", what: str = ""):
         raise T2IError(f"{path}: its {ck['kind']} config has field(s) {', '.join(unknown)} that this t2i does not know; "
                        f"it was saved by another version")
     return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)).to(map_location), ck
+
+
+REGRESS_FORMAT = "t2i-regress/1"  # the regression baselines of the Transformer/VAE study (regress.py)
+
+
+def save_regress(path: str | Path, model, **state) -> str:
+    """Write a ``regress.Regressor`` atomically; ``state`` holds its training state and what it was
+    trained against (autoencoder fingerprint, text encoder, image set, mode, margin). Returns the fingerprint."""
+    return save_checkpoint(path, model, REGRESS_FORMAT, **state)
+
+
+def load_regress(path: str | Path, map_location: str = "cpu", what: str = ""):
+    """(``regress.Regressor`` in eval mode, checkpoint dict), weights-only; ``T2IError`` for another
+    kind of checkpoint, or a config with fields this version does not know."""
+    from .regress import RegressConfig, Regressor
+
+    ck = load_checkpoint_dict(path, what, map_location=map_location)
+    if ck["format"] != REGRESS_FORMAT:
+        raise T2IError(f"{what + ' ' if what else ''}{path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a regressor; "
+                       f"train one with 't2i train regress'")
+    known = {f.name for f in fields(RegressConfig)}
+    unknown = sorted(set(ck["config"]) - known)
+    if unknown:
+        raise T2IError(f"{path}: its regress config has field(s) {', '.join(unknown)} that this t2i does not know; it was saved by another version")
+    return restore_weights(Regressor(RegressConfig(**ck["config"])), ck, str(path)).to(map_location), ck

@@ -219,6 +219,18 @@ def cmd_train_cvae(args) -> int:
     return 0
 
 
+def cmd_train_regress(args) -> int:
+    from t2i_models.train_regress import train_regress
+
+    cfg = _train_config(args, "train_regress")
+    log.info("train regress: %s", json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    r = train_regress(cfg)
+    print(f"trained {cfg.arch} ({cfg.mode}) to step {r['step']} (epoch {r['epoch']}); weights {r['fingerprint'][:16]} -> {r['checkpoint']}")
+    if r["report"]:
+        print(f"report: {r['report']}")
+    return 0
+
+
 def cmd_train_clip(args) -> int:
     from t2i_models.train_clip import train_clip
 
@@ -500,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     tcv.add_argument("overrides", nargs="*", help="key=value settings (arch, images, text_emb, out, eval_images, eval_text_emb, "
                      "fraction, epochs, steps, batch_size, lr, ...) and model.<field>=value")
     tcv.set_defaults(func=cmd_train_cvae)
+
+    trg = trn.add_parser("regress", help="the Transformer/VAE study's regression baselines: text embeddings -> a VQ-VAE's latent "
+                         "(MLP or Siamese triplet), with the similar/dissimilar caption histograms")
+    trg.add_argument("--config", help="a pipeline file with a [train_regress] table")
+    trg.add_argument("--table", help="use the [train_regress.NAME] sub-table of --config (e.g. mlp, siamese)")
+    trg.add_argument("overrides", nargs="*", help="key=value settings (mode, arch, text_emb, image_tokens, autoencoder, out, "
+                     "eval_text_emb, eval_image_tokens, pair_images, steps, epochs, batch_size, lr, margin, ...) and model.<field>=value")
+    trg.set_defaults(func=cmd_train_regress)
 
     ev = sub.add_parser("eval", help="evaluate trained models").add_subparsers(dest="what", required=True, metavar="DATASET")
     em = ev.add_parser("mdmnist", help="compare two priors on MD-MNIST: CLIP accuracy, CICS, CTRS, test losses -> report.json + PNGs")

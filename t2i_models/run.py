@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "t2i-run.json"
 KINDS = ("mdmnist", "preprocess", "tokenizer", "tokenize", "embed", "train_autoencoder", "encode", "train_prior", "train_clip", "train_cvae",
-         "eval_autoencoder", "eval_mdmnist", "eval_priors")  # data-flow order
-NAMED = ("preprocess", "train_prior")  # tables that may hold named sub-tables, one stage each
-TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip", "train_cvae")
+         "train_regress", "eval_autoencoder", "eval_mdmnist", "eval_priors")  # data-flow order
+NAMED = ("preprocess", "train_prior", "train_regress", "embed")  # tables that may hold named sub-tables, one stage each
+TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip", "train_cvae", "train_regress")
 SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode", "embed")
 RUN_KEYS = {"mdmnist": ("out", "workers"), "preprocess": ("out", "workers"), "tokenize": ("workers",), "encode": ("workers",),
             "embed": ("workers",)}
@@ -74,6 +74,7 @@ INPUTS = {  # the settings that name what a stage reads
     "train_prior": ("image_tokens", "text_tokens", "eval_image_tokens", "eval_text_tokens"),
     "train_clip": ("image_tokens", "text_tokens", "autoencoder", "eval_image_tokens", "eval_text_tokens"),
     "train_cvae": ("images", "text_emb", "eval_images", "eval_text_emb"),
+    "train_regress": ("text_emb", "image_tokens", "autoencoder", "eval_text_emb", "eval_image_tokens", "pair_images"),
     "eval_autoencoder": ("autoencoder", "images"), "eval_mdmnist": ("priors", "clip", "autoencoder", "image_tokens", "text_tokens"),
     "eval_priors": ("priors", "clip", "autoencoder", "tokenizer", "image_tokens", "text_tokens"),
 }
@@ -184,6 +185,9 @@ def config_class(kind: str):
     if kind == "train_cvae":
         from .train_cvae import CVAETrainConfig
         return CVAETrainConfig
+    if kind == "train_regress":
+        from .train_regress import RegressTrainConfig
+        return RegressTrainConfig
     if kind == "eval_mdmnist":
         from .eval_mdmnist import EvalConfig
         return EvalConfig
@@ -293,6 +297,15 @@ def check_model_settings(kind: str, arch: str, model: dict, where: str = "") -> 
     from .clip import CLIPConfig
     from .prior_builders import KINDS as PRIOR_KINDS
 
+    if kind == "train_regress":
+        from .regress import CONFIGS as REGRESS_CONFIGS
+
+        fields = {"hidden", "layers", "head_dim"}  # in_dim and out_dim come from the sets
+        unknown = sorted(set(model) - fields)
+        if unknown:
+            raise T2IError(f"{where}{', '.join('model.' + k for k in unknown)}: not a setting of {arch}; known: {', '.join(sorted(fields))}")
+        check_types(type(REGRESS_CONFIGS[arch]), model, lambda name: f"model.{name}")
+        return
     if kind == "train_cvae":
         from .cvae import CONFIGS as CVAE_CONFIGS
 
@@ -670,6 +683,10 @@ def execute(s: Stage) -> str:
         from .train_cvae import train_cvae
 
         r = train_cvae(cfg)
+    elif k == "train_regress":
+        from .train_regress import train_regress
+
+        r = train_regress(cfg)
     elif k == "eval_autoencoder":
         from .eval_autoencoder import evaluate_autoencoder
 
