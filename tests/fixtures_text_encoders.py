@@ -30,8 +30,9 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def tiny_bert(folder, hidden: int = 32, layers: int = 4, seed: int = 0, heads: int = 2, max_positions: int = 512) -> Path:
-    """A random-init ``BertModel`` (hidden ``hidden``, ``layers`` layers, ``heads`` heads, FFN 2·hidden)
+def tiny_bert(folder, hidden: int = 32, layers: int = 4, seed: int = 0, heads: int = 2, max_positions: int = 512,
+              intermediate: int | None = None) -> Path:
+    """A random-init ``BertModel`` (hidden ``hidden``, ``layers`` layers, ``heads`` heads, FFN ``intermediate``, default 2·hidden)
     with ``BertTokenizer`` from BERT-base-uncased's vocab.txt, saved with ``save_pretrained`` into
     ``folder`` (config.json, model.safetensors, tokenizer files, vocab.txt). The weights come from
     ``torch.manual_seed(seed)``: the same arguments give the same files. Returns ``folder``."""
@@ -46,7 +47,7 @@ def tiny_bert(folder, hidden: int = 32, layers: int = 4, seed: int = 0, heads: i
     try:
         torch.manual_seed(seed)
         model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                     intermediate_size=2 * hidden, max_position_embeddings=max_positions))
+                                     intermediate_size=intermediate or 2 * hidden, max_position_embeddings=max_positions))
     finally:
         torch.random.set_rng_state(state)
     model.save_pretrained(str(folder))
