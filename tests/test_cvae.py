@@ -334,8 +334,8 @@ def test_conv_cvae_trains_on_coco_like_images_with_text_embeddings(tmp_path, cap
     assert main(["-q", "preprocess", "coco", "--root", str(src), "--out", str(tmp_path / "shards"), "--regime", "center",
                  "--size", "16", "--workers", "0"]) == 0
     enc = fixtures.tiny_bert(tmp_path / "bert")
-    for split in ("train2017", "val2017"):
-        embed_mod.embed(enc, tmp_path / "shards" / split, tmp_path / "emb", embed_mod.EmbedConfig(), InProcessRunner())
+    # the build folder of both splits -> emb/<split>/, as t2i tokenize and t2i encode lay derived sets out
+    embed_mod.embed(enc, tmp_path / "shards", tmp_path / "emb", embed_mod.EmbedConfig(), InProcessRunner())
     train_emb, val_emb = _split_dir(tmp_path / "emb", "train2017"), _split_dir(tmp_path / "emb", "val2017")
     dim = load_manifest(train_emb / "manifest.json")["text_encoder"]["dim"]
     args = ["-q", "train", "cvae", "arch=cvae_conv_tiny", f"images={tmp_path / 'shards' / 'train2017'}", f"text_emb={train_emb}",
