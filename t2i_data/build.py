@@ -162,6 +162,29 @@ def refuse_overwrite(source_dir: Path, target: Path) -> None:
                        "give another folder")
 
 
+def refuse_other_set(out: Path, identity: dict) -> None:
+    """A folder holds one shard set. When ``out`` already holds the manifest of another set
+    (another kind, dataset or split), writing this one there would replace that manifest and
+    leave its shards behind, listed nowhere: ``T2IError`` naming both sets. The same set
+    (a rerun, or a rebuild under a changed config) is rebuilt in place as before. A manifest that
+    cannot be read is left to the build, which replaces it."""
+    path = out / MANIFEST_NAME
+    if not path.is_file():
+        return
+    try:
+        there = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(there, dict):
+        return
+    fields = ("kind", "dataset", "split")
+    old, new = (tuple(str(d.get(f)) for f in fields) for d in (there, identity))
+    if old != new:
+        raise T2IError(f"--out {out}: holds the {old[0]} set of {old[1]} {old[2]}; writing the {new[0]} set of {new[1]} {new[2]} there "
+                       f"would replace its manifest and orphan its shards; give each set a folder of its own (a build folder of "
+                       f"splits as input gives --out/<split>/)")
+
+
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
@@ -235,6 +258,7 @@ def write_shards(produce: Callable[..., Iterable], out_dir: str | Path, prefix: 
     """The shards of ``build_shard_set`` without the manifest: one record per shard, in order
     (``stamp``: see ``write_shard``)."""
     out = Path(out_dir)
+    refuse_other_set(out, identity)
     (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
     names = [shard_name(prefix, i) for i in range(len(shard_samples))]
     _remove_stale(out, prefix, set(names))
