@@ -4,7 +4,8 @@ warning and ``"set": "train"`` in the report, when none is given):
 - held-out rows (``heldout_metrics``): the MSE of the predicted latent against z_q, and, as its
   scale, ``mse_mean``: the MSE of the held-out set's own mean latent (a constant predictor that
   knew the held-out mean; a regressor whose outputs collapse to one point, as the seed reports
-  for its transformer variants, scores about this);
+  for its transformer variants, scores about this); without a held-out pair the report's
+  ``train_fit`` holds the same figures on the train split;
 - ``report.json`` and ``histograms.png``: the seed's Figure 3, cosine similarity and MSE of pairs of
   similar captions (two captions of one image) and of dissimilar ones (no word in common, with
   ``pair_images``' caption texts; else captions of two different images), for each stage the
@@ -235,7 +236,8 @@ def write_report(model, space: LatentSpace, cfg, device, out: Path, step: int, h
                    for kind in ("similar", "dissimilar")} for s, v in hist["stages"].items()}
     if held and heldout is None:
         heldout = heldout_metrics(model, space, cfg, cfg.eval_text_emb, cfg.eval_image_tokens, device)
-    report = {"mode": cfg.mode, "arch": cfg.arch, "step": step, "heldout": heldout, "means": summary, "histograms": hist, "figures": figures}
+    fit = None if held else heldout_metrics(model, space, cfg, cfg.text_emb, cfg.image_tokens, device)  # the train split's, as a scale
+    report = {"mode": cfg.mode, "arch": cfg.arch, "step": step, "heldout": heldout, "train_fit": fit, "means": summary, "histograms": hist, "figures": figures}
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=1, sort_keys=True))
     for s, v in summary.items():

@@ -244,7 +244,13 @@ def test_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
 
 
 def test_wrong_uses_stop_with_one_line(data, tmp_path, capsys):
-    assert main(args(data, tmp_path / "d", "steps=2", "pairs_n=2", "grid_n=0")) == 0
+    drop = ("eval_text_emb", "eval_image_tokens", "pair_images")  # no held-out pair, no caption texts
+    assert main([a for a in args(data, tmp_path / "d", "steps=2", "pairs_n=5", "grid_n=0") if a.split("=")[0] not in drop]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    hist = report["histograms"]
+    assert (hist["set"], hist["dissimilar_rule"], report["heldout"]) == ("train", "captions of two different images", None)
+    assert len(hist["similar"]) == len(hist["dissimilar"]) == 5 and report["train_fit"]["samples"] == 16
+    assert report["train_fit"]["mse"] > 0 and report["train_fit"]["mse_mean"] > 0
     other = tiny_vq(data / "img" / "train2017", tmp_path / "other.pt", seed=5)
     wrong = [
         ([f"text_emb={data / 'emb' / 'val2017'}"], "belongs to image set"),  # the val embeddings with the train tokens
