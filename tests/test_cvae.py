@@ -292,6 +292,8 @@ def test_coco_pipeline_carries_the_studys_settings(capsys):
     assert cfg.model == {"latent": 128, "base": 64, "levels": 4, "recon": "bce"}
     pre = stages["preprocess"].cfg
     assert (pre.dataset, pre.regime, pre.size) == ("coco", "center", 64)
+    emb = stages["embed"].cfg  # the embeddings between the two, on both splits, where train_cvae reads them
+    assert (emb.pool, emb.images, emb.out) == ("mean", "data/cvae-coco64/shards", "data/cvae-coco64/emb") and cfg.text_emb == f"{emb.out}/train2017"
     fm = {s.name: s for s in load_stages(PIPELINE, [])}["train_cvae"].cfg
     assert (fm.arch, fm.lr, fm.epochs, fm.batch_size, fm.model) == ("cvae_mlp_fmnist", 1e-3, 50, 128,
                                                                     {"hidden": 400, "latent": 20, "recon": "bce"})
