@@ -284,6 +284,8 @@ def test_the_pipeline_carries_the_studys_settings():
     from t2i_models.run import load_stages
 
     stages = {s.name: s for s in load_stages(PIPELINE, [])}
+    assert list(stages) == ["preprocess.ae", "preprocess.prior", "embed.bert", "embed.sbert", "train_autoencoder", "encode",
+                            "train_regress.mlp", "train_regress.siamese"]
     mlp, siamese = stages["train_regress.mlp"].cfg, stages["train_regress.siamese"].cfg
     assert (mlp.mode, mlp.arch, siamese.mode, siamese.margin) == ("mlp", "regress_study", "siamese", 1.0)
     emb = {s.cfg.pool: s.cfg for s in stages.values() if s.kind == "embed"}
