@@ -19,7 +19,6 @@ EXTRAS = {  # top-level module -> the extra of pyproject.toml that installs it
     "transformers": "hf",
     "datasets": "interop",
     "webdataset": "interop",
-    "sklearn": "tsne",
 }
 
 
