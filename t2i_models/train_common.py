@@ -283,9 +283,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def append_metrics(path: Path, row: dict) -> None:
     """Append ``row`` as one JSON line to a trainer's ``metrics.jsonl``; a resumed run appends to
-    the same file, after the rows of the run it continues."""
+    the same file, after the rows of the run it continues. Every trainer logs through here, so a
+    row whose ``loss`` is NaN or infinite is written (the record of where it diverged) and then
+    stops the run with one ``T2IError`` naming the step, before the next checkpoint would save
+    non-finite weights over ``last.pt``."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+    loss = row.get("loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+        raise T2IError(f"step {row.get('step')}: the {row.get('split', 'train')} loss is {loss} ({path}); training diverged or its "
+                       f"inputs hold NaN (weights files, data): lower lr, check them, and resume from the last checkpoint")
 
 
 def warn_if_not_heldout(flag: str, path: str, split: str | None, train_split: str | None) -> None:

@@ -5,6 +5,7 @@ their PCA fallback, the conv CVAE on a COCO-like set with text embeddings, and w
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -361,3 +362,21 @@ def test_conv_cvae_trains_on_coco_like_images_with_text_embeddings(tmp_path, cap
         assert main(keep + [arg, f"out={tmp_path / 'w'}"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (arg, err)
+
+
+def test_a_diverging_run_stops_at_its_non_finite_loss_without_saving_it(fmnist, tmp_path, capsys):
+    """A NaN / inf loss row is written and stops the run (train_common.append_metrics) before a
+    checkpoint would save non-finite weights: one line, exit 2, no figures from NaN latents."""
+    out = tmp_path / "div"
+    argv = ["-q", "train", "cvae", "arch=cvae_mlp_tiny", f"images={fmnist / 'shards' / 'train'}", f"out={out}", "steps=12",
+            "batch_size=16", "num_workers=0", "latent_n=0", "log_every=1", "ckpt_every=1", "lr=1e6"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    rows_ = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    bad = rows_[-1]
+    assert not math.isfinite(bad["loss"]) and all(math.isfinite(r["loss"]) for r in rows_[:-1])
+    assert f"step {bad['step']}: the train loss is {bad['loss']}" in err and "training diverged" in err
+    ck = torch.load(out / "last.pt", weights_only=True)  # the last checkpoint is the step before, all finite
+    assert ck["step"] == bad["step"] - 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    assert not (out / "samples.png").exists()

@@ -444,3 +444,19 @@ def test_the_study_pipeline_carries_the_full_settings_and_plans(tmp_path, monkey
     assert main(["-q", "run", str(path), "--dry-run"]) == 0
     assert "5 stages" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())  # a dry run touches nothing
+
+
+def test_nan_resnet_weights_stop_the_run_at_the_first_logged_loss(ae_images, tmp_path, capsys):
+    """A ResNet-18 file with NaN weights loads (its names and shapes fit) but makes every
+    perceptual loss NaN: the first logged row stops the run (train_common.append_metrics), exit 2."""
+    sd = random_resnet_state()
+    sd["fc.weight"] = torch.full_like(sd["fc.weight"], float("nan"))
+    bad = tmp_path / "resnet18-nan.pth"
+    torch.save(sd, bad)
+    out = tmp_path / "nan"
+    rc = main(["-q", "train", "autoencoder", "arch=vqvae_study_tiny", f"images={ae_images}", f"out={out}", "steps=5", "batch_size=4",
+               "num_workers=0", "log_every=1", "ckpt_every=1", "grid_every=1000", "loss=perceptual", f"perceptual_weights={bad}",
+               'perceptual_layers={"fc": 1.0}'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "step 1: the train loss is nan" in err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / "last.pt").exists()
