@@ -118,6 +118,16 @@ def resume_checkpoint(last: Path, arch: str, map_location="cpu") -> dict | None:
     return ck
 
 
+def check_resumed_config(ck: dict, model, last: Path, what: str, hint: str = "") -> None:
+    """Refuse to resume ``last`` when the model it holds was built with other settings than
+    ``model`` (``config_dict()``): one ``T2IError`` naming ``what`` and each differing field as
+    ``field old -> new``, then ``hint`` (why the fields may differ), then what to do."""
+    saved, now = ck.get("config") or {}, model.config_dict()
+    if saved != now:
+        diff = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+        raise T2IError(f"{last} holds {what} ({diff}{hint}); train on sets that fit it, or start fresh with another out=")
+
+
 def warn_changed_settings(where: Path, saved: dict, now: dict, keys: tuple[str, ...]) -> list[str]:
     """Log one warning listing the settings among ``keys`` (schedule: steps, lr, warmup...) whose
     value differs between the checkpoint's train_config and this run; returns the changes."""

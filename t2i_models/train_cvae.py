@@ -36,7 +36,7 @@ from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import LostSamples, close_loaders, loader
 from t2i_data.subset import SubsetShardStream, check_fraction
 
-from .checkpoint import restore_training, resume_checkpoint, save_cvae, training_state, weights_fingerprint
+from .checkpoint import check_resumed_config, restore_training, resume_checkpoint, save_cvae, training_state, weights_fingerprint
 from .cvae import CONFIGS, build_cvae, kind_of
 from .cvae_data import class_decode, image_decode, manifest_classes, stored_size, text_dim_of  # noqa: F401 (re-exported)
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
@@ -171,11 +171,7 @@ def _train(cfg: CVAETrainConfig, rank: int, world: int, device: torch.device) ->
     last = out / "last.pt"
     ck = resume_checkpoint(last, cfg.arch, map_location=device)
     if ck is not None:
-        saved, now = ck.get("config") or {}, model.config_dict()
-        if saved != now:
-            diff = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-            raise T2IError(f"{last} holds a {cfg.arch} with other settings ({diff}); train on sets that fit it, or start fresh "
-                           f"with another out=")
+        check_resumed_config(ck, model, last, f"a {cfg.arch} with other settings")
         step, epoch, in_epoch, lost_before = restore_training(ck, last, ds, cfg, model, opt, SCHEDULE)
         after_restore(opt, device)
         log.info("resuming %s at step %d (epoch %d, batch %d)", last, step, epoch, in_epoch)

@@ -46,7 +46,7 @@ from t2i_data.npyio import load_npy
 from t2i_data.schema import levels_of
 from t2i_data.stream import LostSamples, ShardStream, close_loaders, loader
 
-from .checkpoint import load_autoencoder, restore_training, resume_checkpoint, save_regress, training_state, weights_fingerprint
+from .checkpoint import check_resumed_config, load_autoencoder, restore_training, resume_checkpoint, save_regress, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .regress import CONFIGS, MODES, STUDY_MARGIN, LatentSpace, build_regressor, draw_captions, draw_view, triplet_loss
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
@@ -238,11 +238,8 @@ def _train(cfg: RegressTrainConfig, rank: int, world: int, device: torch.device)
     last = out / "last.pt"
     ck = resume_checkpoint(last, cfg.arch, map_location=device)
     if ck is not None:
-        saved, now = ck.get("config") or {}, model.config_dict()
-        if saved != now:
-            diff = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-            raise T2IError(f"{last} holds a regressor of other sizes ({diff}; in_dim is the text embeddings' D, out_dim the latent's, "
-                           f"head_dim the mode's); train on sets that fit it, or start fresh with another out=")
+        check_resumed_config(ck, model, last, "a regressor of other sizes",
+                             "; in_dim is the text embeddings' D, out_dim the latent's, head_dim the mode's")
         was = {"autoencoder": (ck.get("autoencoder") or {}).get("fingerprint"), "margin": ck.get("margin"), "mode": ck.get("mode")}
         now_ = {"autoencoder": facts["autoencoder"]["fingerprint"], "margin": facts["margin"], "mode": facts["mode"]}
         for k in was:
