@@ -96,6 +96,10 @@ def type_problem(hint, value) -> str | None:
         return "needs text"
     if hint is bool and not isinstance(value, bool):
         return "needs true or false"
+    if typing.get_origin(hint) is tuple and not isinstance(value, (list, tuple)):
+        # tuple[str, ...] settings (splits, layers): a bare string would be read as its characters;
+        # their items are the config's own to check (layers may be negative)
+        return "needs a list, e.g. [5, 10]"
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
             return "needs a list, e.g. [5, 10]"

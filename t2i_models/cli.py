@@ -297,9 +297,12 @@ def cmd_encode(args) -> int:
     with make_runner(extra.get("workers"), args.scheduler) as runner:
         manifests = encode(st.autoencoder, st.images, st.out, cfg, runner)
     for split, m in manifests.items():
-        used = len(m["stats"]["code_usage"])
-        print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {m['autoencoder']['grid']}x{m['autoencoder']['grid']} tokens, "
-              f"{used} of {m['autoencoder']['vocab_size']} codes used; aligned to {m['aligned_to'][:16]}")
+        ae, usage = m["autoencoder"], m["stats"]["code_usage"]
+        if "levels" in ae:  # VQ-VAE-2: code_usage is {level: {code: count}}, one grid per level
+            grids = ", ".join(f"{lv} {r['grid']}x{r['grid']} ({len(usage[lv])} of {r['vocab_size']} codes used)" for lv, r in ae["levels"].items())
+        else:
+            grids = f"{ae['grid']}x{ae['grid']} tokens, {len(usage)} of {ae['vocab_size']} codes used"
+        print(f"{split}: {m['stats']['samples']} images x {cfg.views} views -> {grids}; aligned to {m['aligned_to'][:16]}")
         if st.check:
             n = check_reencode(st.autoencoder, m["_images"], m["_out"], n=st.check)
             print(f"  re-encoded {n} samples in another batch order: identical tokens")

@@ -65,3 +65,4 @@ def test_the_same_set_is_rebuilt_in_place(md, tmp_path, capsys):
     assert main(["-q", "tokenize", "--tokenizer", str(md / "tk"), "--images", str(md / "md" / "train"), "--out", str(out),
                  "--length", "14", "--workers", "0"]) == 0  # another config of the same set: rebuilt there
     assert load_manifest(out / "manifest.json")["tokenizer"]["length"] == 14
+

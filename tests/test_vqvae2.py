@@ -196,6 +196,14 @@ def test_encode_writes_one_member_per_level_equal_to_encode_levels_of_the_views(
 
 def test_verify_inspect_and_export_read_the_levels(sets, tmp_path, capsys):
     assert main(["verify", str(sets["tok"]), "--deep"]) == 0
+    # the CLI's summary line counts codes per level (not the number of levels)
+    capsys.readouterr()
+    assert main(["-q", "encode", "--autoencoder", str(sets["ckpt"]), "--images", str(sets["images"]), "--out", str(tmp_path / "cli"),
+                 "--views", str(VIEWS), "--seed", "1", "--workers", "0"]) == 0
+    line = capsys.readouterr().out
+    use = sets["manifest"]["stats"]["code_usage"]
+    assert (f"top 4x4 ({len(use['top'])} of 32 codes used), bottom 8x8 ({len(use['bottom'])} of 32 codes used); aligned to "
+            f"{sets['manifest']['aligned_to'][:16]}") in line
     capsys.readouterr()
     assert main(["inspect", str(sets["tok"]), "--out", str(tmp_path / "ins")]) == 0
     out = capsys.readouterr().out
