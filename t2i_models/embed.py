@@ -55,6 +55,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from t2i_data.build import ShardStats
 from t2i_data.derived import build_derived_sets
@@ -104,6 +105,8 @@ class EmbedConfig:
             raise T2IError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise T2IError(f"--device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise T2IError(f"--device {self.device}: this torch sees no CUDA device; use --device cpu")
 
 
 # ---- the encoder folder ---------------------------------------------------------------------------------------------
@@ -209,6 +212,15 @@ def _quiet_transformers():
             tf.logging.enable_progress_bar()
 
 
+def usable_positions(model) -> int:
+    """The longest input the model takes: ``max_position_embeddings``, less the ``padding_idx + 1``
+    positions RoBERTa-type embeddings skip (their position ids start after the pad id, so a 514-row
+    table holds 512 tokens); BERT's start at 0."""
+    n = int(getattr(model.config, "max_position_embeddings", MAX_LENGTH))
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return n - (int(pad) + 1) if isinstance(pad, int) else n
+
+
 def load_text_encoder(folder: str | Path):
     """(model, tokenizer, record) of a local BERT-family / Sentence-BERT folder, read by transformers'
     ``AutoModel`` / ``AutoTokenizer`` with ``local_files_only=True``, in eval mode and fp32 on the CPU.
@@ -233,7 +245,7 @@ def load_text_encoder(folder: str | Path):
             model, info = tf.AutoModel.from_pretrained(tdir, local_files_only=True, output_loading_info=True, use_safetensors=True,
                                                        dtype=torch.float32)
             tok = tf.AutoTokenizer.from_pretrained(tdir, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:  # SafetensorError: a damaged weights file
             first = " ".join(str(e).split("\n")[0].split())[:200]
             raise T2IError(f"--encoder {folder}: transformers cannot load it ({type(e).__name__}: {first})") from None
     own = ("embeddings.", "encoder.", "layers.", "layer.")
@@ -253,7 +265,7 @@ def load_text_encoder(folder: str | Path):
     record = {
         "family": cfg.model_type, "name": folder.resolve().name, "fingerprint": fingerprint(folder, files), "files": sorted(files),
         "hidden_size": int(cfg.hidden_size), "num_layers": int(cfg.num_hidden_layers),
-        "max_positions": int(getattr(cfg, "max_position_embeddings", MAX_LENGTH)),
+        "max_positions": usable_positions(model),
         "format": "sentence-transformers" if st else "transformers", "folder_pool": st["pool"] if st else None,
         "normalize": bool(st and st["normalize"]), "lower_case": bool(st and st["lower_case"]),
         "unused_weights": len(info.get("unexpected_keys", ())),

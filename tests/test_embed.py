@@ -284,6 +284,18 @@ def test_wrong_uses_exit_2_with_one_line(enc, images, built, tmp_path, capsys):
     for f in ("tokenizer.json", "vocab.txt"):
         (no_tok / f).unlink()
     maxpool = tiny_sentence_bert(tmp_path / "mx", pooling="max_tokens")
+    damaged = tmp_path / "dmg"  # a weights file cut short: safetensors' own error, as one line
+    shutil.copytree(enc, damaged)
+    (damaged / "model.safetensors").write_bytes((enc / "model.safetensors").read_bytes()[:1000])
+    roberta = tmp_path / "rob"  # RoBERTa-type position ids start after the pad id: 16 rows hold 14 tokens
+    from transformers import RobertaConfig, RobertaModel
+
+    vocab = json.loads((enc / "config.json").read_text())["vocab_size"]
+    RobertaModel(RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=16, pad_token_id=1)).save_pretrained(roberta)
+    for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (enc / f).exists():
+            shutil.copy(enc / f, roberta / f)
     base = ["-q", "embed", "--images", str(images), "--workers", "0"]
     capsys.readouterr()
     cases = [
@@ -304,9 +316,12 @@ def test_wrong_uses_exit_2_with_one_line(enc, images, built, tmp_path, capsys):
         (["--encoder", str(enc), "--out", str(tmp_path / "o"), "--max-length", "513"], "has 512 positions"),
         (["--encoder", str(enc), "--out", str(tmp_path / "o"), "--max-length", "2"], "--max-length must be in 3.."),
         (["--encoder", str(enc), "--out", str(images / "emb")], "inside the input"),
+        (["--encoder", str(damaged), "--out", str(tmp_path / "o")], "transformers cannot load it (SafetensorError"),
+        (["--encoder", str(roberta), "--out", str(tmp_path / "o"), "--max-length", "16"], "rob has 14 positions"),
         (["--encoder", str(enc), "--out", str(images)], "inside the input"),
         (["--encoder", str(enc), "--out", str(tmp_path / "o"), "--batch-size", "0"], "--batch-size must be >= 1"),
-    ]
+    ] + ([] if torch.cuda.is_available() else
+         [(["--encoder", str(enc), "--out", str(tmp_path / "o"), "--device", "cuda"], "--device cuda: this torch sees no CUDA device")])
     for args, msg in cases:
         assert main(base + args) == 2, args
         err = capsys.readouterr().err
