@@ -3,8 +3,9 @@
 Nearest codeword per grid cell, straight-through gradient, commitment weight β = 0.25.
 
 ``codebook = "ema"`` (default): the codebook, cluster sizes and embedding sums are buffers
-updated in place under ``no_grad``: N_k ← γ N_k + (1 − γ) n_k;  m_k ← γ m_k + (1 − γ) Σ z;
-Laplace smoothing Ñ_k = (N_k + ε) / (N + V ε) · N;  e_k = m_k / Ñ_k. Loss = rec + β‖z − sg[e]‖².
+updated in place under ``no_grad`` (van den Oord et al. 2017, appendix A.1, Eqs. 6–8, γ = 0.99):
+N_k ← γ N_k + (1 − γ) n_k;  m_k ← γ m_k + (1 − γ) Σ z;  Laplace smoothing Ñ_k = (N_k + ε) /
+(N + V ε) · N;  e_k = m_k / Ñ_k. Loss = rec + β‖z − sg[e]‖².
 (The thesis code rebuilt the codebook as a new Parameter every step, which detached it from its
 optimizer and voided its separate learning rate.)
 
@@ -20,6 +21,15 @@ batch (``init_output_bias``, which the trainer calls before the first step); a m
 codebook was never initialised that way (a forward straight after construction) runs on its
 random N(0, 1) start, which works but leaves most codes unused for longer. No training forward
 reads a value back to the host.
+
+Under DDP (``torchrun``, ``distributed.wrap_ddp``) the codebook learns from the global batch:
+the counts n_k and sums Σ z of every rank are summed (``all_reduce``) before each EMA step, and the
+first-batch start and the restarts draw their rows from the global batch with rank 0's random
+draw, so every rank holds the codebook one process would hold after the same global batches
+(tests/test_ddp_ema.py: 2 gloo processes against 1, in float64). Until this, DDP's
+``broadcast_buffers`` made rank 0's statistics win: the other ranks' batches never reached the
+codebook. The broadcast stays on (it also carries the BatchNorm running statistics, which stay
+per rank); on buffers that are already equal on every rank it changes nothing.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Autoencoder, check_shape, code_usage, decoder, encoder
+from .distributed import active_world, broadcast_from_rank0, global_rows, sum_across_ranks
 
 
 CODEBOOKS = ("ema", "loss")
@@ -62,8 +73,25 @@ class VQVAEConfig:
 
 
 class EMACodebook(nn.Module):
-    """Buffers ``codebook`` (V, D), ``cluster_size`` N_k (V,), ``embed_sum`` m_k (V, D) and
-    ``initialized`` (a bool kept for the state dicts of older checkpoints; set by ``init_from``)."""
+    """The EMA codebook of van den Oord et al. 2017, appendix A.1 (Eqs. 6–8), as sonnet's
+    ``VectorQuantizerEMA`` and Razavi et al. 2019 (VQ-VAE-2, §2.1) use it. Buffers ``codebook``
+    e (V, D), ``cluster_size`` N (V,), ``embed_sum`` m (V, D) (all in the model's float dtype) and
+    ``initialized`` (a bool kept for the state dicts of older checkpoints; set by ``init_from``).
+
+    One step (``update``) on the encoder outputs z (N, D) of a batch, with n_i the number of them
+    assigned to code i:  N_i ← γ N_i + (1 − γ) n_i  (Eq. 6);  m_i ← γ m_i + (1 − γ) Σ_{j: i} z_j
+    (Eq. 7);  e_i = m_i / Ñ_i (Eq. 8) with the Laplace-smoothed Ñ_i = (N_i + ε) / (N + V ε) · N,
+    N = Σ N_i (sonnet's ``VectorQuantizerEMA``; the paper leaves a zero count undefined). γ = 0.99
+    in the paper (``decay``), ε = 1e-5 (``eps``).
+
+    Under torch.distributed (a default process group of more than one process, as under
+    ``torchrun``) the batch is the global one, the concatenation of every rank's rows in rank
+    order: n_i and Σ z_j are summed over ranks (one ``all_reduce``) before the step, so every rank
+    applies the same update, the one a single process would apply to the global batch, and a code
+    that only one rank's batch uses moves on every rank. The starting draw (``init_from``) and the
+    dead-code restarts (``restart_dead``) draw their rows from the global batch the same way
+    (``_draw_rows``). DDP's ``broadcast_buffers`` then sends rank 0's buffers, already equal on
+    every rank, at the next forward: harmless."""
 
     def __init__(self, vocab_size: int, dim: int, decay: float, eps: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -78,41 +106,54 @@ class EMACodebook(nn.Module):
     def init_from(self, z: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Data-dependent start: codewords drawn from the first batch's encoder outputs z (N, D),
         so none begins far from the data (a random N(0, 1) codebook left most codes unused here).
-        Under torch.distributed, rank 0's draw is broadcast so every rank starts alike."""
-        pick = torch.randint(len(z), (self.codebook.shape[0],), generator=generator, device=z.device)
-        self.codebook.copy_(z[pick].float())
-        _broadcast(self.codebook)
+        Under torch.distributed the rows come from the global batch, with rank 0's draw
+        (``_draw_rows``): every rank starts alike, as one process on the global batch would."""
+        fresh, _ = _draw_rows(z, self.codebook.shape[0], generator, self.codebook.dtype)
+        self.codebook.copy_(fresh)
         if hasattr(self, "embed_sum"):
             self.embed_sum.copy_(self.codebook)
         self.cluster_size.fill_(1.0)
         self.initialized.fill_(True)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, D) → index of the nearest codeword (N,), squared Euclidean distance in fp32."""
-        z, e = z.float(), self.codebook.float()
-        d = (z * z).sum(1, keepdim=True) - 2 * z @ e.t() + (e * e).sum(1)[None, :]
+        """z (N, D) → index of the nearest codeword (N,) int64, squared Euclidean distance in fp32
+        (in fp64 for a float64 codebook; autocast off: a bf16 matmul would round distances and
+        flip near ties)."""
+        dt = torch.promote_types(self.codebook.dtype, torch.float32)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z, e = z.to(dt), self.codebook.to(dt)
+            d = (z * z).sum(1, keepdim=True) - 2 * z @ e.t() + (e * e).sum(1)[None, :]
         return d.argmin(dim=1)
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """EMA step for a batch of encoder outputs z (N, D) assigned to codes idx (N,)."""
-        onehot = F.one_hot(idx, self.codebook.shape[0]).type(torch.float32)  # (N, V)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.t() @ z.float(), alpha=1 - self.decay)
+        """EMA step (class docstring, Eqs. 6–8) for this rank's encoder outputs z (N, D) assigned to
+        codes idx (N,) int64; under torch.distributed the counts n_i and sums Σ z_j are those of
+        the global batch (one ``all_reduce`` SUM of a (V, D + 1) tensor). Computed in the buffers'
+        dtype with autocast off (a bf16 matmul would round the sums)."""
+        v, dt = self.codebook.shape[0], self.embed_sum.dtype
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            onehot = F.one_hot(idx, v).to(dt)  # (N, V)
+            stats = torch.cat([onehot.sum(0)[:, None], onehot.t() @ z.to(dt)], dim=1)  # (V, 1 + D): n_i, Σ z_j
+        _sum_statistics(stats)
+        self.cluster_size.mul_(self.decay).add_(stats[:, 0], alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(stats[:, 1:], alpha=1 - self.decay)
         n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (n + self.codebook.shape[0] * self.eps) * n
+        smoothed = (self.cluster_size + self.eps) / (n + v * self.eps) * n
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
 
     @torch.no_grad()
     def restart_dead(self, z: torch.Tensor, threshold: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Codes with N_k < ``threshold`` restart at random rows of z (N, D), with N_k = 1. Returns
-        the number restarted as a 0-dim tensor: the selection is a ``torch.where`` over all V codes
-        (one candidate row drawn per code), so nothing is read back to the host."""
-        if len(z) == 0:
+        """Codes with N_k < ``threshold`` restart at random rows of the batch's encoder outputs z
+        (N, D) (the global batch under torch.distributed, ``_draw_rows``), with N_k = 1 (and m_k =
+        the row). N_k is already the global count after ``update``, so every rank restarts the same
+        codes at the same rows. Returns the number restarted as a 0-dim tensor: the selection is a
+        ``torch.where`` over all V codes (one candidate row drawn per code), so nothing is read
+        back to the host. An empty batch (on every rank) restarts nothing."""
+        if len(z) == 0 and active_world() == 1:
             return torch.zeros((), dtype=torch.long, device=z.device)
-        dead = self.cluster_size < threshold  # (V,)
-        pick = torch.randint(len(z), (self.codebook.shape[0],), generator=generator, device=z.device)
-        fresh = z[pick].float()  # (V, D)
+        fresh, total = _draw_rows(z, self.codebook.shape[0], generator, self.codebook.dtype)
+        dead = (self.cluster_size < threshold) & (total > 0)  # (V,)
         self.codebook.copy_(torch.where(dead[:, None], fresh, self.codebook))
         if hasattr(self, "embed_sum"):
             self.embed_sum.copy_(torch.where(dead[:, None], fresh, self.embed_sum))
@@ -121,9 +162,11 @@ class EMACodebook(nn.Module):
 
 
 class LossCodebook(EMACodebook):
-    """``codebook`` (V, D) is a Parameter learned by the codebook loss; ``cluster_size`` (EMA of
-    the counts, for restarts) and ``initialized`` are buffers. The same state-dict names as the
-    EMA codebook, less ``embed_sum``."""
+    """``codebook`` (V, D) is a Parameter learned by the codebook loss (van den Oord et al. 2017,
+    Eq. 3; under DDP its gradient is averaged like any other); ``cluster_size`` (the EMA of the
+    counts, Eq. 6, for restarts only) and ``initialized`` are buffers. The same state-dict names as
+    the EMA codebook, less ``embed_sum``. Under torch.distributed the counts are the global
+    batch's, as in ``EMACodebook.update``."""
 
     def __init__(self, vocab_size: int, dim: int, decay: float, eps: float, generator: torch.Generator | None = None) -> None:
         nn.Module.__init__(self)
@@ -134,17 +177,41 @@ class LossCodebook(EMACodebook):
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """Only the cluster sizes: the codewords move by their gradient."""
-        counts = torch.zeros_like(self.cluster_size).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        """Only the cluster sizes (Eq. 6, global counts under torch.distributed): the codewords
+        move by their gradient."""
+        counts = torch.zeros_like(self.cluster_size).index_add_(0, idx, torch.ones_like(idx, dtype=self.cluster_size.dtype))
+        _sum_statistics(counts)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
 
 
-def _broadcast(t: torch.Tensor) -> None:
-    """Rank 0's values on every rank (a no-op outside torch.distributed)."""
-    import torch.distributed as dist
+def _sum_statistics(t: torch.Tensor) -> torch.Tensor:
+    """The one place a codebook's statistics (counts n_i, sums Σ z_j) cross ranks:
+    ``distributed.sum_across_ranks``, in place. tests/ddp_ema_worker.py replaces it with the
+    identity to show that its comparison fails without the sum (each rank's own statistics)."""
+    return sum_across_ranks(t)
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast(t, 0)
+
+def _draw_rows(z: torch.Tensor, count: int, generator: torch.Generator | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` rows drawn uniformly, with replacement, from the global batch: the concatenation,
+    in rank order, of every rank's z (N_r, D) (one process: z itself). Returns (rows (count, D) in
+    ``dtype``, the global row count as a 0-dim int64 tensor; rows are 0 when it is 0).
+
+    Rank 0 draws ``count`` integers in [0, 2^62) from ``generator`` and broadcasts them (so the
+    draw is the same on every rank whatever each rank's generator holds); row r = draw mod N of
+    the global batch (the bias of the modulo is below N / 2^62). Each rank fills the rows that fall
+    in its own part, zeros elsewhere, and a sum over ranks gives every rank the same rows, bit for
+    bit (one term of each sum is not zero). One process takes the same path without the
+    collectives, so 2 processes on halves of a batch draw exactly the rows 1 process draws on the
+    whole. Nothing is read back to the host."""
+    n = len(z)
+    offset, total = global_rows(n, z.device)
+    raw = broadcast_from_rank0(torch.randint(0, 2**62, (count,), generator=generator, device=z.device))
+    local = raw % total.clamp(min=1) - offset  # (count,) index into this rank's rows if in [0, n); clamp: total 0 → no rows, masked by the caller
+    mine = (local >= 0) & (local < n)
+    rows = torch.zeros(count, z.shape[1], dtype=dtype, device=z.device)
+    if n:
+        rows = torch.where(mine[:, None], z[local.clamp(0, n - 1)].to(dtype), rows)  # clamp: out-of-part indices are masked out
+    return sum_across_ranks(rows), total
 
 
 class VQVAE(Autoencoder):

@@ -15,7 +15,9 @@ sigmoid (this project's images are in [0, 1], as the dVAE's and the VQ-VAE's dec
 output bias starts at the data's mean pixel (``init_output_bias``).
 
 Codebooks: one per level, the project's ``vqvae.EMACodebook`` (EMA updates γ, Laplace smoothing ε,
-optional dead-code restarts, start from the first batch's latents). Loss (the VQ-VAE objective of
+optional dead-code restarts, start from the first batch's latents; under DDP both levels learn
+from the global batch, their counts and sums summed over ranks before each step, as that class's
+docstring says, tests/test_ddp_ema.py). Loss (the VQ-VAE objective of
 the paper's §2.1 with the codebook term replaced by the EMA updates, as its §2.1 and rosinality do):
 ‖x − x̂‖² + β (‖z_t − sg[e_t]‖² + ‖z_b − sg[e_b]‖²), both commitment terms means over their grid,
 straight-through gradients at both quantizers (rosinality: ``recon_loss + 0.25 * latent_loss``).
@@ -44,6 +46,7 @@ from torch import nn
 from t2i_data.errors import T2IError
 
 from .blocks import Autoencoder, check_shape, code_usage
+from .distributed import broadcast_from_rank0
 from .vqvae import EMACodebook
 
 LEVELS = ("top", "bottom")  # coarse to fine: the order of the levels in files, manifests and reports
@@ -225,9 +228,7 @@ class VQVAE2(Autoencoder):
         last = self.decoder[-2]
         m = x.float().mean(dim=(0, 2, 3)).clamp(1e-3, 1 - 1e-3)  # (3,)
         last.bias.copy_(torch.log(m / (1 - m)).to(last.bias.dtype))
-        from .vqvae import _broadcast
-
-        _broadcast(last.bias.data)
+        broadcast_from_rank0(last.bias.data)  # each rank computed it from its own first batch: rank 0's wins
         if bool(self.codebook_top.initialized) and bool(self.codebook_bottom.initialized):
             return
         f_b = self.bottom_features(x)

@@ -22,7 +22,9 @@ BatchNorm: training uses batch statistics; ``encode`` / ``decode`` run in eval m
 return the model in eval mode), so tokens come from the running statistics and an image's tokens
 do not depend on the rest of its batch. Under DDP the BatchNorm layers are left per-rank (no
 SyncBatchNorm, as the thesis models here): each rank normalises with its own batch, and DDP
-broadcasts rank 0's running statistics with every forward.
+broadcasts rank 0's running statistics with every forward. The codebook, by contrast, is global:
+its counts (and, with ``codebook = "ema"``, its sums) are summed over ranks before each EMA step
+(``vqvae.EMACodebook``; tests/test_ddp_ema.py).
 """
 from __future__ import annotations
 
