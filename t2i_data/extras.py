@@ -5,8 +5,11 @@ need more, and pulling them into every install would cost far more than they are
 ``transformers`` (the ``bert`` / Hugging Face folder tokenizers and the G3 prior) comes with
 ``pip install 't2i-data[hf]'``; ``datasets`` (``t2i export``'s feature metadata,
 ``schema.features``) and ``webdataset`` (only named in cards and tests) with
-``pip install 't2i-data[interop]'``. ``pip install 't2i-data[test]'`` installs both, so every test
-runs. An import site calls ``require`` instead of letting a bare ``ModuleNotFoundError`` through.
+``pip install 't2i-data[interop]'``; ``tensorboard`` (a trainer's ``tracker = "tensorboard"``)
+with ``pip install 't2i-data[tracking]'`` and ``wandb`` (``tracker = "wandb"``) with
+``pip install 't2i-data[wandb]'``. ``pip install 't2i-data[test]'`` installs all but wandb, so
+every test runs (the wandb path is tested against a stand-in module). An import site calls
+``require`` instead of letting a bare ``ModuleNotFoundError`` through.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ EXTRAS = {  # top-level module -> the extra of pyproject.toml that installs it
     "transformers": "hf",
     "datasets": "interop",
     "webdataset": "interop",
+    "tensorboard": "tracking",  # trainers' tracker = "tensorboard" (t2i_models.tracking)
+    "wandb": "wandb",  # trainers' tracker = "wandb"; not in [test]: the tests use a stand-in module
 }
 
 

@@ -184,6 +184,8 @@ def _train_config(args, section: str, cls=None):
 
     values = table_values(args.config, section, getattr(args, "table", None)) if args.config else {}
     values = apply_overrides(values, parse_overrides(args.overrides))
+    if getattr(args, "tracker", None):  # --tracker wins over tracker= and the table
+        values["tracker"] = args.tracker
     return resolve_values(section, values)[0]
 
 
@@ -523,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     trg.add_argument("overrides", nargs="*", help="key=value settings (mode, arch, text_emb, image_tokens, autoencoder, out, "
                      "eval_text_emb, eval_image_tokens, pair_images, steps, epochs, batch_size, lr, margin, ...) and model.<field>=value")
     trg.set_defaults(func=cmd_train_regress)
+    for p in (ta, tp, tcl, tcv, trg):
+        p.add_argument("--tracker", choices=("none", "tensorboard", "wandb"),
+                       help="also log metrics, learning rate and figures to TensorBoard (OUT/tensorboard) or wandb (default none)")
 
     ev = sub.add_parser("eval", help="evaluate trained models").add_subparsers(dest="what", required=True, metavar="DATASET")
     em = ev.add_parser("mdmnist", help="compare two priors on MD-MNIST: CLIP accuracy, CICS, CTRS, test losses -> report.json + PNGs")

@@ -31,8 +31,9 @@ would run: when its inputs came out as before (e.g. a resumed model with nothing
 stays done.
 
 Settings that change nothing in the outputs are left out of the comparison (``NOT_IDENTITY``: log
-and checkpoint cadence, ``stop_after``, dask ``workers``, the evaluation's ``device``). Paths are
-taken as written, relative to the current directory, as every subcommand takes them.
+and checkpoint cadence, ``stop_after``, dask ``workers``, the evaluation's ``device``, a trainer's
+``tracker``). Paths are taken as written, relative to the current directory, as every subcommand
+takes them.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ TRAIN_KINDS = ("train_autoencoder", "train_prior", "train_clip", "train_cvae", "
 SHARD_KINDS = ("mdmnist", "preprocess", "tokenize", "encode", "embed")
 RUN_KEYS = {"mdmnist": ("out", "workers"), "preprocess": ("out", "workers"), "tokenize": ("workers",), "encode": ("workers",),
             "embed": ("workers",)}
-NOT_IDENTITY = ("log_every", "ckpt_every", "grid_every", "stop_after", "workers", "device")
+NOT_IDENTITY = ("log_every", "ckpt_every", "grid_every", "stop_after", "workers", "device", "tracker")
 LENGTH = ("steps", "epochs")
 INPUTS = {  # the settings that name what a stage reads
     "mdmnist": ("mnist",), "preprocess": ("root", "captions"), "tokenizer": ("images", "pretrained"),

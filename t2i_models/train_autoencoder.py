@@ -47,6 +47,7 @@ from .builders import CONFIGS, build_autoencoder
 from .checkpoint import restore_training, resume_checkpoint, save_autoencoder, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .perceptual import DEFAULT_LAYERS, check_loss_settings, check_resumed_rec_loss, training_rec_loss
+from .tracking import Tracker, tracked
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
@@ -84,6 +85,7 @@ class TrainConfig:
     grid_every: int = 1_000
     ckpt_every: int = 500
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
+    tracker: str = "none"  # "none" | "tensorboard" | "wandb": scalars and figures beside metrics.jsonl (tracking.py)
     max_lost: float = 0.001  # share of an epoch's samples that may be unreadable before the run stops
     model: dict = field(default_factory=dict)  # overrides of the architecture's config fields
     loss: str = "mse"  # a VQ-VAE's reconstruction loss: "mse" (pixels) | "perceptual" (ResNet-18 features, perceptual.py)
@@ -108,11 +110,12 @@ def _step_generator(seed: int, step: int, device) -> torch.Generator:
     return g
 
 
-def _grid(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 8) -> None:
-    """Originals above reconstructions, as a PNG."""
+def _grid(x: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 8) -> np.ndarray:
+    """Originals above reconstructions, as a PNG; returns its pixels, uint8 (2·S, n·S, 3)."""
     rows = [torch.cat(list(t[:n].float().clamp(0, 1)), dim=2) for t in (x, recon)]  # (3, S, n·S) each
     img = (torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     Image.fromarray(img).save(path)
+    return img
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -146,11 +149,11 @@ def _check_eval_images(cfg: TrainConfig, size: int) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
-    with torch_settings(device, cfg.num_workers):
-        return _train(cfg, rank, world, device)
+    with torch_settings(device, cfg.num_workers), tracked(cfg, rank) as tracker:
+        return _train(cfg, rank, world, device, tracker)
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, tracker: Tracker) -> dict:
     cuda = device.type == "cuda"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +261,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                 append_metrics(metrics_path, row)
                 progress.show(step, loss=row["loss"], img_s=round(rate), ppl=row.get("perplexity", float("nan")), lr=row["lr"])
             if rank == 0 and step % cfg.grid_every == 0:
-                _grid(x, res["recon"].detach(), out / f"grid-{step:07d}.png")
+                tracker.log_image("train/reconstructions", step, _grid(x, res["recon"].detach(), out / f"grid-{step:07d}.png"))
             if step % cfg.ckpt_every == 0 or step == total:  # any batch: a resume is exact for every worker count
                 checkpoint()
             if cfg.eval_images and cfg.eval_every and step % cfg.eval_every == 0:
@@ -274,7 +277,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     if cfg.eval_images and step > first_step and evaluated != step:
         evaluate()
     if rank == 0 and res is not None:
-        _grid(x, res["recon"].detach(), out / "grid-last.png")
+        tracker.log_image("train/reconstructions", step, _grid(x, res["recon"].detach(), out / "grid-last.png"))
     close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last), "rec_loss": rec_record}

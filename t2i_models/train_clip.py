@@ -48,6 +48,7 @@ from .clip import CLIPS, TOKEN_CLIPS, TOKEN_SETTINGS, clip_text
 from .clip_eval import clip_accuracy, open_stream
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .encode import reconstruct
+from .tracking import tracked
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, set_lr, torch_settings, total_steps, use_bf16)
 
@@ -76,6 +77,7 @@ class ClipTrainConfig:
     num_workers: int = 1
     seed: int = 0
     precision: str = "auto"
+    tracker: str = "none"  # "none" | "tensorboard" | "wandb": scalars and figures beside metrics.jsonl (tracking.py)
     log_every: int = 50
     ckpt_every: int = 500
     stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
@@ -98,7 +100,7 @@ class ClipTrainConfig:
 
 def train_clip(cfg: ClipTrainConfig) -> dict:
     rank, world, device = setup_distributed()
-    with torch_settings(device, cfg.num_workers):
+    with torch_settings(device, cfg.num_workers), tracked(cfg, rank):
         return _train_clip(cfg, rank, world, device)
 
 

@@ -43,6 +43,8 @@ import torch
 
 from t2i_data.errors import T2IError
 
+from .tracking import check_tracker, log_row
+
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
@@ -53,8 +55,8 @@ COSINE_FLOOR = 0.1  # the cosine schedule ends at 10% of lr
 def check_train_config(cfg, archs: dict, needed: tuple[str, ...], needed_message: str, at_least_one: tuple[str, ...]) -> None:
     """The checks every trainer's config shares, in this order: ``max_lost`` a share 0..1, ``arch``
     one of ``archs``, every field in ``needed`` (input and output folders) given, ``precision``
-    one of ``PRECISIONS``, the counts in ``at_least_one`` >= 1, then the length and schedule
-    (``check_schedule``). Raises ``T2IError`` at the first that fails, naming the value and what
+    one of ``PRECISIONS``, ``tracker`` one of ``tracking.TRACKERS``, the counts in
+    ``at_least_one`` >= 1, then the length and schedule (``check_schedule``). Raises ``T2IError`` at the first that fails, naming the value and what
     is allowed (``needed_message`` for a missing folder)."""
     if not 0 <= cfg.max_lost <= 1:
         raise T2IError(f"max_lost is a share of an epoch's samples, 0..1, got {cfg.max_lost}")
@@ -64,6 +66,7 @@ def check_train_config(cfg, archs: dict, needed: tuple[str, ...], needed_message
         raise T2IError(needed_message)
     if cfg.precision not in PRECISIONS:
         raise T2IError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    check_tracker(getattr(cfg, "tracker", "none"))
     for name in at_least_one:
         if getattr(cfg, name) < 1:
             raise T2IError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -286,9 +289,11 @@ def append_metrics(path: Path, row: dict) -> None:
     the same file, after the rows of the run it continues. Every trainer logs through here, so a
     row whose ``loss`` is NaN or infinite is written (the record of where it diverged) and then
     stops the run with one ``T2IError`` naming the step, before the next checkpoint would save
-    non-finite weights over ``last.pt``."""
+    non-finite weights over ``last.pt``. The row also goes to the run's tracker (``tracking``:
+    TensorBoard or wandb, when ``tracker`` asks for one), before that stop."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+    log_row(path, row)
     loss = row.get("loss")
     if isinstance(loss, float) and not math.isfinite(loss):
         raise T2IError(f"step {row.get('step')}: the {row.get('split', 'train')} loss is {loss} ({path}); training diverged or its "

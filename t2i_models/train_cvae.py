@@ -41,6 +41,7 @@ from .cvae import CONFIGS, build_cvae, kind_of
 from .cvae_data import class_decode, image_decode, manifest_classes, stored_size, text_dim_of  # noqa: F401 (re-exported)
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .train_autoencoder import to_float_images
+from .tracking import log_figures, tracked
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
@@ -77,6 +78,7 @@ class CVAETrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     precision: str = "auto"
+    tracker: str = "none"  # "none" | "tensorboard" | "wandb": scalars and figures beside metrics.jsonl (tracking.py)
     max_lost: float = 0.001
     grid_cols: int = 8  # samples per row of the sample grid
     grid_rows: int = 6  # conv CVAE: held-out captions in the sample grid (the MLP's rows are its classes)
@@ -147,11 +149,11 @@ def train_cvae(cfg: CVAETrainConfig) -> dict:
     """Train (or resume) one CVAE run; returns {"step", "epoch", "fingerprint", "checkpoint", "kept",
     "total", "figures"}. ``T2IError`` for wrong use (module docstring, ``prepare``)."""
     rank, world, device = setup_distributed()
-    with torch_settings(device, cfg.num_workers):
-        return _train(cfg, rank, world, device)
+    with torch_settings(device, cfg.num_workers), tracked(cfg, rank) as tracker:
+        return _train(cfg, rank, world, device, tracker)
 
 
-def _train(cfg: CVAETrainConfig, rank: int, world: int, device: torch.device) -> dict:
+def _train(cfg: CVAETrainConfig, rank: int, world: int, device: torch.device, tracker) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = use_bf16(cfg.precision, device)
@@ -233,6 +235,7 @@ def _train(cfg: CVAETrainConfig, rank: int, world: int, device: torch.device) ->
         from .cvae_figures import write_figures
 
         figures = write_figures(model.eval(), cfg, facts, device, metrics_path, step, epoch)
+        log_figures(tracker, step, figures)
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last),
             "kept": ds.kept, "total": ds.total, "figures": figures}

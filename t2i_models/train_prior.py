@@ -41,6 +41,7 @@ from t2i_data.token_stream import TokenStream
 from .checkpoint import restore_training, resume_checkpoint, save_prior, training_state
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .prior_builders import PRIORS, prior_from_config
+from .tracking import tracked
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, normal_restarts, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
@@ -76,6 +77,7 @@ class PriorTrainConfig:
     num_workers: int = 1
     seed: int = 0
     precision: str = "auto"
+    tracker: str = "none"  # "none" | "tensorboard" | "wandb": scalars and figures beside metrics.jsonl (tracking.py)
     log_every: int = 50
     ckpt_every: int = 500
     stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps of this run, to resume later
@@ -166,7 +168,7 @@ def build_prior(cfg: PriorTrainConfig, tokens: dict, resume: dict | None, last: 
 
 def train_prior(cfg: PriorTrainConfig) -> dict:
     rank, world, device = setup_distributed()
-    with torch_settings(device, cfg.num_workers):
+    with torch_settings(device, cfg.num_workers), tracked(cfg, rank):
         return _train_prior(cfg, rank, world, device)
 
 

@@ -30,6 +30,7 @@ did not make the tokens, a held-out pair of another D or autoencoder, and a resu
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from t2i_data.stream import LostSamples, ShardStream, close_loaders, loader
 from .checkpoint import check_resumed_config, load_autoencoder, restore_training, resume_checkpoint, save_regress, training_state, weights_fingerprint
 from .distributed import setup_distributed, wait_for_all, wrap_ddp
 from .regress import CONFIGS, MODES, STUDY_MARGIN, LatentSpace, build_regressor, draw_captions, draw_view, triplet_loss
+from .tracking import log_figures, tracked
 from .train_common import (Progress, after_restore, append_metrics, check_train_config, clip_gradients, compiled,
                            make_optimizer, set_lr, torch_settings, total_steps, use_bf16, warn_if_not_heldout)
 
@@ -96,6 +98,7 @@ class RegressTrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     precision: str = "auto"
+    tracker: str = "none"  # "none" | "tensorboard" | "wandb": scalars and figures beside metrics.jsonl (tracking.py)
     max_lost: float = 0.001
     model: dict = field(default_factory=dict)  # overrides of the arch's fields (hidden, layers, head_dim)
 
@@ -218,11 +221,11 @@ def train_regress(cfg: RegressTrainConfig) -> dict:
     """Train (or resume) one regression run; returns {"step", "epoch", "fingerprint", "checkpoint",
     "report"}. ``T2IError`` for wrong use (module docstring)."""
     rank, world, device = setup_distributed()
-    with torch_settings(device, cfg.num_workers):
-        return _train(cfg, rank, world, device)
+    with torch_settings(device, cfg.num_workers), tracked(cfg, rank) as tracker:
+        return _train(cfg, rank, world, device, tracker)
 
 
-def _train(cfg: RegressTrainConfig, rank: int, world: int, device: torch.device) -> dict:
+def _train(cfg: RegressTrainConfig, rank: int, world: int, device: torch.device, tracker) -> dict:
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # the weights' initialisation; every later draw comes from (seed, key, epoch)
     model, space, decode, facts = prepare(cfg)
@@ -316,5 +319,6 @@ def _train(cfg: RegressTrainConfig, rank: int, world: int, device: torch.device)
         from .regress_eval import write_report
 
         report = write_report(model.eval(), space, cfg, device, out, step, heldout if evaluated == step else None)
+        log_figures(tracker, step, json.loads(Path(report).read_text()).get("figures", []))
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last), "report": report}
