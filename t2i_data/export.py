@@ -1,7 +1,7 @@
 """Shard sets out to the tools the field uses: Arrow/Parquet export.
 
 Reading starts from the manifest through the checked-reading API of ``manifest.py``
-(``open_shard_sets``, ``checked_samples``), which stops with one ``T2IError`` on a folder with no
+(``open_shard_sets``, ``checked_samples``; a set may be given by URL, ``remote.py``), which stops with one ``T2IError`` on a folder with no
 manifest, a missing shard or a shard whose sha256 differs from the manifest's. ``export`` writes one table per split, one row per sample in
 shard order: the key, the split, and per input set its typed columns (captions, image bytes,
 source attributes and the full JSON for image sets; fixed-size integer lists for token sets, of float16 for text-embedding sets).
@@ -188,7 +188,7 @@ def _group_by_split(inputs: list[list[ShardSet]]) -> dict[str, list[ShardSet]]:
         if len(set(kinds)) != len(kinds):
             raise T2IError(f"{split}: {len(kinds)} sets of kinds {', '.join(kinds)}; give at most one of each kind per export")
         for ss in group[1:]:
-            check_same_image_set(group[0].manifest, ss.manifest, str(group[0].dir), str(ss.dir),
+            check_same_image_set(group[0].manifest, ss.manifest, group[0].location, ss.location,
                                  fix="export together only sets derived from the same image set")
         groups[split] = group
     return groups
@@ -244,8 +244,8 @@ def iter_batches(group: list[ShardSet], schema: pa.Schema, builders: list, progr
     keys: list[str] = []
     cols: list[list] = [[] for _ in range(ncols)]
     size = 0
-    for shard_recs in zip(*(ss.manifest["shards"] for ss in group)):
-        where = str(group[0].dir / shard_recs[0]["name"])
+    for shard_recs in zip(*(ss.shards() for ss in group)):  # a set read by URL: its next shards download meanwhile
+        where = group[0].where(shard_recs[0]["name"])
         streams = [checked_samples(ss, rec) for ss, rec in zip(group, shard_recs)]
         for parts in zip(*streams, strict=True):
             keys.append(same_key(parts, where))
@@ -304,17 +304,20 @@ def _write_split(fmt: str, dest: Path, schema: pa.Schema, batches: Iterator[pa.R
     return rows
 
 
-def export(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str = "arrow", overwrite: bool = False) -> dict:
+def export(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str = "arrow", overwrite: bool = False, cache=None) -> dict:
     """Write ``OUT/<split>/data-00000-of-00001.{arrow,parquet}`` per split and ``OUT/export.json``
     (format, per split rows, files with sha256, schema, the source manifests' digests); for Arrow
-    also the small JSON files ``datasets.load_from_disk`` reads. Returns the export record."""
+    also the small JSON files ``datasets.load_from_disk`` reads. Returns the export record.
+    An input may be a URL (``manifest.open_shard_sets``; shards fetched into ``cache``, a
+    ``remote.ShardCache``, the default one when None): the output is the same bytes as from a
+    local copy of the set."""
     from tqdm.auto import tqdm
 
     if fmt not in FORMATS:
         raise T2IError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not inputs:
         raise T2IError("give at least one shard set to export")
-    groups = _group_by_split([open_shard_sets(p) for p in inputs])
+    groups = _group_by_split([open_shard_sets(p, cache) for p in inputs])
     record: dict = {"t2i_export": EXPORT_VERSION, "format": fmt, "splits": {}}
     total = sum(g[0].manifest["totals"]["samples"] for g in groups.values())
     with staged_dir(out, overwrite) as tmp, tqdm(total=total, desc=f"export {fmt}", unit="sample", unit_scale=True, disable=None) as bar:

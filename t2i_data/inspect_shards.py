@@ -6,7 +6,8 @@ another split (``leakage``), the captions dropped, the images whose annotated si
 their pixels and those turned upright by EXIF, and the truncation count the tokenizer recorded. From the shards, each
 checked against its sha256 before it is read: captions per image and caption length in words
 (image sets), token lengths and the padding rate (text-token sets), embeddings per sample, D and the rows' L2 norms (text-embedding sets), code usage (image-token
-sets; one histogram per token level for a VQ-VAE-2 set, ``code_usage_<level>``). (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
+sets; one histogram per token level for a VQ-VAE-2 set, ``code_usage_<level>``). A set may be given by URL
+(``remote.py``): each shard is fetched into the local cache and checked there before it is read. (Named ``inspect_shards`` so that it can never shadow the standard library's ``inspect``.)
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _count(ss: ShardSet, stats: dict, name: str) -> int:
     """A count the manifest's ``stats`` records (0 when absent), checked to be one."""
     value = stats.get(name, 0) if isinstance(stats, dict) else stats
     if type(value) is not int or value < 0:
-        raise T2IError(f"{ss.dir}: its manifest's stats.{name} is {value!r}, not a count; rebuild the set")
+        raise T2IError(f"{ss.location}: its manifest's stats.{name} is {value!r}, not a count; rebuild the set")
     return value
 
 
@@ -58,13 +59,13 @@ def _leakage(ss: ShardSet) -> list[dict]:
     leak = ss.manifest.get("leakage") or []
     fields = ("key", "other_key", "other_split", "by")
     if not isinstance(leak, list) or not all(isinstance(e, dict) and all(isinstance(e.get(f), str) for f in fields) for e in leak):
-        raise T2IError(f"{ss.dir}: its manifest's leakage is not a list of {{{', '.join(fields)}}} records; rebuild the set")
+        raise T2IError(f"{ss.location}: its manifest's leakage is not a list of {{{', '.join(fields)}}} records; rebuild the set")
     return leak
 
 
 def _tokens(ss: ShardSet, shard: dict, sample: dict, field: str, ndim: int) -> np.ndarray:
     """The integer array ``field`` of a sample, of ``ndim`` dimensions, or one T2IError naming it."""
-    where = f"{ss.dir / shard['name']}: {sample['__key__']}.{field}"
+    where = f"{ss.where(shard['name'])}: {sample['__key__']}.{field}"
     if field not in sample:
         raise T2IError(f"{where} is missing; not a {ss.kind} shard set")
     arr = load_npy(sample[field], where)
@@ -86,9 +87,9 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         rep["checks"] = {"duplicates": rep["quarantined"].get("duplicate-image", 0), "leakage": len(leak),
                          "leakage_examples": leak[:5], **{k: _count(ss, st, k) for k in ("size_mismatch", "exif_rotated", "captions_dropped")}}
         per_sample, words = {}, {}
-        for shard in m["shards"]:
+        for shard in ss.shards():
             for sample in checked_samples(ss, shard):
-                caps, _ = sample_captions(sample, ss.dir / shard["name"])  # as t2i tokenize reads it: captions must be text
+                caps, _ = sample_captions(sample, ss.where(shard["name"]))  # as t2i tokenize reads it: captions must be text
                 _add(per_sample, [len(caps)])
                 _add(words, [len(c.split()) for c in caps])
                 if progress is not None:
@@ -97,7 +98,7 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
     elif ss.kind == "text_tokens":
         pad, length = ss.field("tokenizer", "pad_id"), ss.field("tokenizer", "length")
         lengths, pads, cells, full = {}, 0, 0, 0
-        for shard in m["shards"]:
+        for shard in ss.shards():
             for sample in checked_samples(ss, shard):
                 arr = _tokens(ss, shard, sample, "text_tokens.npy", 2)
                 n = (arr != pad).sum(axis=1)
@@ -121,12 +122,12 @@ def inspect_set(ss: ShardSet, progress=None) -> dict:
         specs = ({lv: (f"image_tokens.{lv}.npy", d["vocab_size"], f"_{lv}", f"the {lv} level's") for lv, d in levels.items()} if levels
                  else {None: ("image_tokens.npy", ss.field("autoencoder", "vocab_size"), "", "the autoencoder's")})
         usages = {lv: np.zeros(spec[1], np.int64) for lv, spec in specs.items()}
-        for shard in m["shards"]:
+        for shard in ss.shards():
             for sample in checked_samples(ss, shard):
                 for lv, (member, vocab, _, whose) in specs.items():
                     arr = _tokens(ss, shard, sample, member, 3)
                     if arr.size and (arr.min() < 0 or arr.max() >= vocab):  # never clipped: a code outside V is bad data
-                        raise T2IError(f"{ss.dir / shard['name']}: {sample['__key__']} holds code {int(arr.max()) if arr.max() >= vocab else int(arr.min())}, "
+                        raise T2IError(f"{ss.where(shard['name'])}: {sample['__key__']} holds code {int(arr.max()) if arr.max() >= vocab else int(arr.min())}, "
                                        f"outside {whose} {vocab} codes; rebuild the set")
                     usages[lv] += np.bincount(arr.ravel().astype(np.int64), minlength=vocab)
                 if progress is not None:
@@ -145,9 +146,9 @@ def _inspect_text_emb(ss: ShardSet, rep: dict, progress=None) -> None:
     (min, mean, max over every stored row, computed in float32 from the float16 rows)."""
     dim = ss.field("text_encoder", "dim")
     per_sample, count, lo, hi, total = {}, 0, math.inf, -math.inf, 0.0
-    for shard in ss.manifest["shards"]:
+    for shard in ss.shards():
         for sample in checked_samples(ss, shard):
-            where = f"{ss.dir / shard['name']}: {sample['__key__']}.text_emb.npy"
+            where = f"{ss.where(shard['name'])}: {sample['__key__']}.text_emb.npy"
             if "text_emb.npy" not in sample:
                 raise T2IError(f"{where} is missing; not a text_emb shard set")
             arr = load_npy(sample["text_emb.npy"], where)
@@ -244,12 +245,14 @@ def format_reports(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def inspect(inputs: list[str | os.PathLike], out: str | os.PathLike | None = None) -> tuple[list[dict], str]:
+def inspect(inputs: list[str | os.PathLike], out: str | os.PathLike | None = None, cache=None) -> tuple[list[dict], str]:
     """Reports for every split of every input, the printable table, and with ``out`` the PNG
-    figures and ``inspect.json`` written to ``out`` (built under ``out.partial``, then renamed)."""
+    figures and ``inspect.json`` written to ``out`` (built under ``out.partial``, then renamed).
+    An input may be a URL (``manifest.open_shard_sets``): its shards are fetched into ``cache``
+    (a ``remote.ShardCache``; the default one when None), the next ones while one is read."""
     from tqdm.auto import tqdm
 
-    sets = [ss for p in inputs for ss in open_shard_sets(p)]
+    sets = [ss for p in inputs for ss in open_shard_sets(p, cache)]
     total = sum(ss.manifest["totals"]["samples"] for ss in sets)
     with tqdm(total=total, desc="inspect", unit="sample", unit_scale=True, disable=None) as bar:
         reports = [inspect_set(ss, bar) for ss in sets]

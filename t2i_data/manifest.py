@@ -28,6 +28,7 @@ import json
 import os
 import re
 import stat
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -199,28 +200,41 @@ def _confine_shards(folder: Path, names: list, where: str) -> list[str]:
     return out
 
 
-def load_manifest(path: str | os.PathLike) -> dict:
-    """The manifest at ``path``, checked (``check_manifest``), its digest verified, and every shard
-    it lists confined to its folder (``shard_path``): readers may then open ``folder / name``."""
-    path = Path(path)
+def parse_manifest(data: bytes, where: str) -> dict:
+    """The manifest in ``data`` (the bytes of a manifest.json, read from ``where``: a path or a
+    URL, named in messages), checked (``check_manifest``) and its digest verified; one
+    ``T2IError`` otherwise. Shard names are not yet confined to a folder: ``load_manifest`` does
+    that on disk, ``remote.RemoteShardSet`` for a store."""
     try:
-        manifest = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise T2IError(f"{path}: no manifest here; build the shard set first or point at its manifest.json") from None
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise T2IError(f"{path}: not valid JSON ({e}); the manifest is damaged, rebuild the shard set") from None
-    except (IsADirectoryError, RecursionError) as e:
-        raise T2IError(f"{path}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
+        raise T2IError(f"{where}: not valid JSON ({e}); the manifest is damaged, rebuild the shard set") from None
+    except RecursionError as e:
+        raise T2IError(f"{where}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version not in READABLE_VERSIONS:
-        raise T2IError(f"{path}: manifest format_version {version!r}, this t2i reads {', '.join(map(str, READABLE_VERSIONS))}; "
+        raise T2IError(f"{where}: manifest format_version {version!r}, this t2i reads {', '.join(map(str, READABLE_VERSIONS))}; "
                        "rebuild the shard set with this t2i (the same command writes it anew)")
     stored = manifest
     if version == 1:
         manifest = _upgrade_v1(manifest)
-    check_manifest(manifest, str(path))
+    check_manifest(manifest, where)
     if stored.get("digest") != manifest_digest(stored):
-        raise T2IError(f"{path}: the manifest's digest does not match its content; it was edited by hand or damaged")
+        raise T2IError(f"{where}: the manifest's digest does not match its content; it was edited by hand or damaged")
+    return manifest
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """The manifest at ``path``, checked (``parse_manifest``), and every shard it lists confined
+    to its folder (``shard_path``): readers may then open ``folder / name``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise T2IError(f"{path}: no manifest here; build the shard set first or point at its manifest.json") from None
+    except IsADirectoryError as e:
+        raise T2IError(f"{path}: not a readable manifest ({type(e).__name__}); point at a shard set's manifest.json") from None
+    manifest = parse_manifest(data, str(path))
     _confine_shards(path.parent, [s["name"] for s in manifest["shards"]], str(path))
     return manifest
 
@@ -266,10 +280,17 @@ def find_manifests(path: str | os.PathLike) -> list[Path]:
 
 @dataclass(frozen=True)
 class ShardSet:
-    """One split of a shard set: its folder and its (loaded, digest-checked) manifest."""
+    """One split of a shard set: its folder and its (loaded, digest-checked) manifest.
+
+    ``remote``: the ``remote.RemoteShardSet`` of a set read by URL (``dir`` is then the cache
+    folder its shards are fetched into), None for a local folder. ``where(name)`` names a shard
+    in messages (its path, or its URL); ``pinned(name)`` gives a readable local path for a
+    ``with`` block; ``shards(ahead)`` walks the manifest's shard records, prefetching the next
+    ``ahead`` of a remote set while the caller reads one."""
 
     dir: Path
     manifest: dict
+    remote: object = None
 
     @property
     def kind(self) -> str:
@@ -279,17 +300,59 @@ class ShardSet:
     def split(self) -> str:
         return self.manifest["split"]
 
+    @property
+    def location(self) -> str:
+        """The set's folder or URL, as the user gave it."""
+        return self.remote.url if self.remote is not None else str(self.dir)
+
+    def where(self, name: str) -> str:
+        return self.remote.where(name) if self.remote is not None else str(self.dir / name)
+
     def field(self, section: str, name: str):
         """``manifest[section][name]``, or one T2IError saying the manifest lacks it."""
         value = (self.manifest.get(section) or {}).get(name)
         if value is None:
-            raise T2IError(f"{self.dir}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
+            raise T2IError(f"{self.location}: its manifest has no {section}.{name}, which reading a {self.kind} set needs; rebuild the set")
         return value
 
+    @contextmanager
+    def pinned(self, name: str) -> Iterator[Path]:
+        """A local path of shard ``name`` for the block: the file itself (confined to the set's
+        folder), or a remote set's cached copy, fetched if needed and held against eviction."""
+        if self.remote is None:
+            yield shard_path(self.dir, name)
+        else:
+            with self.remote.pinned(name) as path:
+                yield path
 
-def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
+    def shards(self, ahead: int | None = None) -> Iterator[dict]:
+        """The manifest's shard records in order; for a remote set the next ``ahead`` shards
+        (``remote.DEFAULT_PREFETCH`` when None) download while the caller reads the current one."""
+        records = self.manifest["shards"]
+        if self.remote is not None and ahead is None:
+            from .remote import DEFAULT_PREFETCH
+
+            ahead = DEFAULT_PREFETCH
+        for i, rec in enumerate(records):
+            if self.remote is not None and ahead:
+                self.remote.prefetch([r["name"] for r in records[i : i + 1 + ahead]])
+            yield rec
+
+
+def open_shard_sets(path: str | os.PathLike, cache=None) -> list[ShardSet]:
     """The split(s) at ``path`` (a split folder, a build folder of splits, or a manifest.json),
-    with every listed shard present; raises one T2IError otherwise."""
+    with every listed shard present; raises one T2IError otherwise.
+
+    ``path`` may be a URL (``remote.is_url``): ``file://`` is the local folder; any other
+    protocol (s3://, gs://, https://, ...) gives ``ShardSet``s whose shards are fetched into
+    ``cache`` (a ``remote.ShardCache``; the default cache when None) as they are read, so their
+    presence is checked then, not here."""
+    from .remote import is_url, local_or_url, open_remote_sets
+
+    if is_url(path):
+        path = local_or_url(path)
+        if isinstance(path, str):
+            return [ShardSet(rs.dir, rs.manifest, rs) for rs in open_remote_sets(path, cache)]
     path = Path(path)
     if not path.exists():
         raise T2IError(f"{path}: no such folder; give a shard set folder (the one holding {MANIFEST_NAME}) or a build folder of splits")
@@ -313,6 +376,21 @@ def open_shard_sets(path: str | os.PathLike) -> list[ShardSet]:
     return sets
 
 
+def open_split(location, cache=None) -> ShardSet:
+    """One split folder given to a stream: a local folder (or ``file://`` URL), its manifest
+    loaded and its shard names confined (presence is the stream's to check: a shard gone
+    mid-run is counted as lost), or a URL read through ``remote.RemoteShardSet`` with ``cache``."""
+    from .remote import RemoteShardSet, is_url, local_or_url
+
+    if is_url(location):
+        location = local_or_url(location)
+        if isinstance(location, str):
+            rs = RemoteShardSet(location, cache=cache)
+            return ShardSet(rs.dir, rs.manifest, rs)
+    location = Path(location)
+    return ShardSet(location, load_manifest(location / MANIFEST_NAME))
+
+
 def open_one_split(path: str | os.PathLike, kind: str, what: str, reads: str) -> ShardSet:
     """The one split of kind ``kind`` at ``path`` (``open_shard_sets``'s checks first). ``what``
     starts each message (a flag such as ``"--prompts-from "``, or ``""``) and ``reads`` says
@@ -321,9 +399,9 @@ def open_one_split(path: str | os.PathLike, kind: str, what: str, reads: str) ->
     sets = open_shard_sets(path)
     if len(sets) != 1:
         raise T2IError(f"{what}{path}: {len(sets)} splits ({', '.join(s.split for s in sets)}); give one split's folder, "
-                       f"e.g. {sets[0].dir}")
+                       f"e.g. {sets[0].location}")
     if sets[0].kind != kind:
-        raise T2IError(f"{what}{sets[0].dir}: a {sets[0].kind} shard set; {reads}")
+        raise T2IError(f"{what}{sets[0].location}: a {sets[0].kind} shard set; {reads}")
     return sets[0]
 
 
@@ -349,8 +427,41 @@ def check_shard_file(path: Path, record: dict, data=None) -> str:
     return actual
 
 
+# (path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of a file this process has hashed.
+# Any write to the file changes its ctime (which no user call can set back), so a hit means the
+# bytes hashed then are the bytes there now; a reader reopening a shard pays a stat instead of a
+# hash. ``stream.check_shard_cached`` and ``remote`` (which hashes a download as it arrives) share it.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def stat_key(path, st: os.stat_result | None = None) -> tuple:
+    """The version of a file ``_VERIFIED`` knows it by."""
+    st = st or os.stat(path)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def remember_verified(path, sha256: str) -> None:
+    """Record that the bytes now at ``path`` have ``sha256`` (the caller hashed exactly them)."""
+    _VERIFIED[stat_key(path)] = sha256
+
+
+def check_shard_once(path: Path, record: dict, data=None) -> None:
+    """``check_shard_file`` once per version of a file in this process (``_VERIFIED``)."""
+    st = os.stat(path)
+    key = stat_key(path, st)
+    if record.get("sha256") and st.st_size == record.get("bytes") and _VERIFIED.get(key) == record["sha256"]:
+        return
+    check_shard_file(path, record, data)
+    _VERIFIED[key] = record["sha256"]
+
+
 def checked_shard_path(ss: ShardSet, shard: dict) -> Path:
-    """The shard's path (confined to the set's folder) once its size and sha256 match the manifest's."""
+    """The shard's path (confined to the set's folder, or a remote set's cached copy, fetched
+    if needed) once its size and sha256 match the manifest's."""
+    if ss.remote is not None:
+        path = ss.remote.fetch(shard["name"])
+        check_shard_once(path, shard)
+        return path
     path = shard_path(ss.dir, shard["name"])
     try:
         check_shard_file(path, shard)
@@ -360,22 +471,42 @@ def checked_shard_path(ss: ShardSet, shard: dict) -> Path:
 
 
 def checked_samples(ss: ShardSet, shard: dict) -> Iterator[dict]:
-    """The samples of one shard, after its checksum check, with their count checked too."""
+    """The samples of one shard, after its checksum check, with their count checked too (a
+    remote set's shard is held against eviction while they are read)."""
     n = 0
-    for sample in iter_samples(checked_shard_path(ss, shard)):
-        n += 1
-        yield sample
+    with ss.pinned(shard["name"]) if ss.remote is not None else nullcontext():
+        for sample in iter_samples(checked_shard_path(ss, shard)):
+            n += 1
+            yield sample
     if n != shard["samples"]:
-        raise T2IError(f"{ss.dir / shard['name']}: {n} samples, the manifest says {shard['samples']}; rebuild the set")
+        raise T2IError(f"{ss.where(shard['name'])}: {n} samples, the manifest says {shard['samples']}; rebuild the set")
 
 
-def data_files(path: str | os.PathLike, check: bool = True) -> dict[str, list[str]]:
+def data_files(path: str | os.PathLike, check: bool = True, cache=None) -> dict[str, list[str]]:
     """{split: shard paths in order} for ``webdataset.WebDataset(files[split])`` and
     ``datasets.load_dataset("webdataset", data_files=files)``, after the manifest, presence and
     (with ``check``) checksum checks. Shards with no samples are left out: they add no rows, and
-    datasets infers the columns from the first shard it is given."""
+    datasets infers the columns from the first shard it is given.
+
+    For a set given by URL (not ``file://``): with ``check`` every shard is fetched into ``cache``
+    and checked, and the cached copies' paths are returned (``T2IError`` when the set does not
+    fit the cache's limit, since those paths are not held against eviction); without ``check``,
+    the shards' URLs (datasets and webdataset open them through fsspec themselves)."""
     out = {}
-    for ss in open_shard_sets(path):
+    for ss in open_shard_sets(path, cache):
         shards = [s for s in ss.manifest["shards"] if s["samples"]]
-        out[ss.split] = [str(checked_shard_path(ss, s) if check else ss.dir / s["name"]) for s in shards]
+        if ss.remote is not None and check:
+            need = sum(s["bytes"] for s in shards)
+            if need > ss.remote.cache.limit:
+                raise T2IError(f"{ss.location}: {need:,} bytes of shards, more than the shard cache's limit of {ss.remote.cache.limit:,} "
+                               f"bytes ({ss.remote.cache.root}); raise it (T2I_CACHE_BYTES), or take the URLs with check=False")
+        if ss.remote is not None:
+            out[ss.split] = [str(p) for p in _fetch_all(ss, shards)] if check else [ss.where(s["name"]) for s in shards]
+        else:
+            out[ss.split] = [str(checked_shard_path(ss, s) if check else ss.dir / s["name"]) for s in shards]
     return out
+
+
+def _fetch_all(ss: ShardSet, shards: list[dict]) -> list[Path]:
+    ss.remote.prefetch([s["name"] for s in shards])
+    return [checked_shard_path(ss, s) for s in shards]

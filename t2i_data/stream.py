@@ -39,6 +39,7 @@ import os
 import tarfile
 import weakref
 from collections import deque
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -48,20 +49,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .align import check_aligned, check_same_image_set, image_set_of, merge_aligned
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, check_shard_file, load_manifest
+from .manifest import _VERIFIED, check_shard_file, open_split, stat_key
 from .plan import PlannedStream, plan_epoch
+from .remote import DEFAULT_PREFETCH
 from .tario import iter_samples
 
 log = logging.getLogger(__name__)
 
-# (path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of a file this process has hashed.
-# Any write to the file changes its ctime (which no user call can set back), so a hit means the
-# bytes hashed then are the bytes there now; a stream reopening a shard in a later epoch pays a
-# stat instead of a hash. DataLoader workers send what they verified back with their batches
+# manifest._VERIFIED: (path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of a file this
+# process has hashed (any write changes the ctime, so a hit means the bytes are the ones hashed);
+# a stream reopening a shard in a later epoch pays a stat instead of a hash. DataLoader workers send what they verified back with their batches
 # (``"verified"``, taken out by ``loader``), so workers forked later from the main process (another
 # stream, or a DataLoader started again after an error) start with it; ``loader``'s persistent
 # workers keep their own.
-_VERIFIED: dict[tuple, str] = {}
 _NEW: deque = deque()  # (key, sha256) verified in this worker since its last batch (appended by the hashing thread)
 
 def forget_verified() -> None:
@@ -92,7 +92,7 @@ def check_shard_cached(path: Path, record: dict, data=None, slot=None) -> None:
     cost of that race is one extra hash, never a skipped one."""
     st = os.stat(path)
     expected = record.get("sha256")
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = stat_key(path, st)
     if expected and st.st_size == record.get("bytes"):
         if _VERIFIED.get(key) == expected:
             return
@@ -279,43 +279,63 @@ class ShardStream(PlannedStream, IterableDataset):
     planner = staticmethod(plan_epoch)
 
     def __init__(self, dirs, decode: Callable[[dict, int], dict], batch_size: int, seed: int = 0, shuffle_buffer: int = 256,
-                 rank: int | None = None, world_size: int | None = None) -> None:
-        self.dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
-        self.manifests = [load_manifest(d / MANIFEST_NAME) for d in self.dirs]
+                 rank: int | None = None, world_size: int | None = None, cache=None, prefetch: int | None = None) -> None:
+        locations = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+        # a folder, or a URL (remote.py): s3://, gs://, https:// fetched into ``cache`` (remote.ShardCache), file:// read in place
+        self.shard_sets = [open_split(d, cache) for d in locations]
+        self.dirs = [ss.dir for ss in self.shard_sets]  # a remote set's: the cache folder its shards are fetched into
+        self.manifests = [ss.manifest for ss in self.shard_sets]
+        where = [ss.location for ss in self.shard_sets]
         if self.manifests[0].get("kind") == "images":  # an image set and sets derived from it
-            for d, m in zip(self.dirs[1:], self.manifests[1:]):
-                check_aligned(self.manifests[0], m, str(d))
+            for d, m in zip(where[1:], self.manifests[1:]):
+                check_aligned(self.manifests[0], m, d)
         elif len(self.dirs) > 1:  # derived sets only (e.g. image tokens + text embeddings): all of one image set, no pixels read
-            for d, m in zip(self.dirs, self.manifests):
+            for d, m in zip(where, self.manifests):
                 if image_set_of(m) is None:
                     raise T2IError(f"{d}: a {m.get('kind')} set whose manifest names no image set (aligned_to); rebuild it")
-            for d, m in zip(self.dirs[1:], self.manifests[1:]):
-                check_same_image_set(self.manifests[0], m, str(self.dirs[0]), str(d))
+            for d, m in zip(where[1:], self.manifests[1:]):
+                check_same_image_set(self.manifests[0], m, where[0], d)
         self.decode = decode
+        self.prefetch = DEFAULT_PREFETCH if prefetch is None else int(prefetch)  # shards ahead, for sets read by URL
         self.names = [s["name"] for s in self.manifests[0]["shards"]]
         self.records = [{s["name"]: s for s in m["shards"]} for m in self.manifests]
         super().__init__([s["samples"] for s in self.manifests[0]["shards"]], [m["digest"] for m in self.manifests],
                          batch_size, seed, shuffle_buffer, rank, world_size)
 
+    def _prefetch(self, ranges) -> None:
+        """Start downloading the shards of ``ranges`` (the next ones of this worker's plan) of every set read by URL."""
+        names = [self.names[shard] for shard, _, _ in ranges]
+        for ss in self.shard_sets:
+            if ss.remote is not None and names:
+                ss.remote.prefetch(names)
+
     def _samples(self, ranges, lost: dict) -> Iterator[tuple[str, dict]]:
-        """(shard name, merged sample) for each planned sample; an unreadable shard's samples go into ``lost``."""
-        for shard, a, b in ranges:
+        """(shard name, merged sample) for each planned sample; an unreadable shard's samples go into ``lost``.
+        A shard of a set read by URL is fetched into the cache (the next ``prefetch`` shards of the
+        plan download meanwhile) and held against eviction while its samples are read."""
+        for k, (shard, a, b) in enumerate(ranges):
             name = self.names[shard]
+            if self.prefetch:
+                self._prefetch(ranges[k + 1 : k + 1 + self.prefetch])
             i = 0
             try:
-                for j, (d, rec) in enumerate(zip(self.dirs, self.records)):
-                    if name not in rec:
-                        raise T2IError(f"{d}: its manifest lists no shard {name}")
-                    check_shard_cached(d / name, rec[name], slot=self.verified_slot(j, shard))
-                for parts in zip(*[iter_samples(d / name) for d in self.dirs], strict=True):
-                    if i >= b:
-                        break
-                    if i >= a:
-                        merged = merge_aligned(parts, name)
-                        merged["__url__"] = str(self.dirs[0] / name)  # names the shard in a decoder's error
-                        yield name, merged
-                    i += 1
-            except OSError as e:  # gone or unreadable since the run started: count, report, go on
+                with ExitStack() as pins:
+                    paths = []
+                    for j, (ss, rec) in enumerate(zip(self.shard_sets, self.records)):
+                        if name not in rec:
+                            raise T2IError(f"{ss.location}: its manifest lists no shard {name}")
+                        path = pins.enter_context(ss.pinned(name)) if ss.remote is not None else ss.dir / name
+                        check_shard_cached(path, rec[name], slot=self.verified_slot(j, shard))
+                        paths.append(path)
+                    for parts in zip(*[iter_samples(p) for p in paths], strict=True):
+                        if i >= b:
+                            break
+                        if i >= a:
+                            merged = merge_aligned(parts, name)
+                            merged["__url__"] = self.shard_sets[0].where(name)  # names the shard in a decoder's error
+                            yield name, merged
+                        i += 1
+            except OSError as e:  # gone or unreadable since the run started (or not in the store): count, report, go on
                 n = b - max(i, a)
                 log.warning("%s: unreadable (%s); %d samples of epoch %d lost", name, e, n, self.epoch)
                 lost[name] = lost.get(name, 0) + n

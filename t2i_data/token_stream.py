@@ -38,6 +38,7 @@ import mmap
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,10 @@ from torch.utils.data import IterableDataset
 
 from .align import check_autoencoder, check_same_image_set, check_tokenizer
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, load_manifest
+from .manifest import open_split
 from .npyio import npy_meta
 from .plan import PlannedStream, plan_exact
+from .remote import DEFAULT_PREFETCH
 from .rng import key_ids, keyed_u64, stream_id
 from .schema import levels_of
 from .stream import check_shard_cached, dataloader_worker, guarded
@@ -81,13 +83,16 @@ class TokenStream(PlannedStream, IterableDataset):
 
     def __init__(self, image_tokens: str | Path, text_tokens: str | Path, batch_size: int, seed: int = 0, shuffle_buffer: int = 1024,
                  rank: int | None = None, world_size: int | None = None, expect_tokenizer: str | None = None,
-                 expect_autoencoder: str | None = None, level: str | None = None) -> None:
-        self.img_dir, self.txt_dir = Path(image_tokens), Path(text_tokens)
-        self.img_m = load_manifest(self.img_dir / MANIFEST_NAME)
-        self.txt_m = load_manifest(self.txt_dir / MANIFEST_NAME)
+                 expect_autoencoder: str | None = None, level: str | None = None, cache=None, prefetch: int | None = None) -> None:
+        # folders, or URLs (remote.py): s3://, gs://, https:// fetched whole into ``cache`` (a remote.ShardCache) and
+        # memory-mapped there, the next ``prefetch`` shards of the plan downloading meanwhile; file:// read in place
+        self.img_set, self.txt_set = open_split(image_tokens, cache), open_split(text_tokens, cache)
+        self.img_dir, self.txt_dir = self.img_set.dir, self.txt_set.dir  # a remote set's: its cache folder
+        self.img_m, self.txt_m = self.img_set.manifest, self.txt_set.manifest
+        self.prefetch = DEFAULT_PREFETCH if prefetch is None else int(prefetch)
         if self.img_m.get("kind") != "image_tokens" or self.txt_m.get("kind") != "text_tokens":
             raise T2IError(f"expected an image_tokens and a text_tokens set, got {self.img_m.get('kind')} and {self.txt_m.get('kind')}")
-        check_same_image_set(self.img_m, self.txt_m, str(self.img_dir), str(self.txt_dir))
+        check_same_image_set(self.img_m, self.txt_m, self.img_set.location, self.txt_set.location)
         if expect_tokenizer:
             check_tokenizer(self.txt_m, expect_tokenizer, "the checkpoint")
         if expect_autoencoder:
@@ -98,7 +103,7 @@ class TokenStream(PlannedStream, IterableDataset):
         self.L = tok["length"]
         self.pad_id = tok["pad_id"]
         if "vocab_size" not in tok or "vocab_size" not in ae:
-            raise T2IError(f"{self.txt_dir} / {self.img_dir}: the manifests record no tokenizer vocab_size or autoencoder vocab; "
+            raise T2IError(f"{self.txt_set.location} / {self.img_set.location}: the manifests record no tokenizer vocab_size or autoencoder vocab; "
                            f"without them token ids cannot be checked; rebuild the sets with this t2i")
         self.text_vocab, self.image_vocab = int(tok["vocab_size"]), int(ae["vocab_size"])
         grid = ae["grid"]
@@ -108,7 +113,7 @@ class TokenStream(PlannedStream, IterableDataset):
             if level not in levels:
                 have = f"its levels are {', '.join(levels)}" if levels else "it is a single-grid set (image_tokens.npy, no levels)"
                 fix = "name one with level=" if levels else "drop level"
-                raise T2IError(f"{self.img_dir}: {'level=' + repr(level) if level is not None else 'no level named'}, but {have}; {fix}")
+                raise T2IError(f"{self.img_set.location}: {'level=' + repr(level) if level is not None else 'no level named'}, but {have}; {fix}")
             self.image_vocab, grid = int(levels[level]["vocab_size"]), levels[level]["grid"]
             self.member, self.whose = f".image_tokens.{level}.npy", f"the {level} level's"
         self.grid, self.hw = grid, grid * grid
@@ -184,34 +189,50 @@ class TokenStream(PlannedStream, IterableDataset):
 
     def _open(self, shard: int):
         """The shard's two files, mapped and checked against their manifest records (in the
-        hashing thread: the hash also faults in the pages the gather reads next)."""
+        hashing thread: the hash also faults in the pages the gather reads next), and the pins
+        (an ``ExitStack``) holding a remote set's cached copies against eviction until ``_shard``
+        has gathered them. A remote shard is fetched first (or its prefetch waited for)."""
         name = self.names[shard]
-        img, txt = self._read(self.img_dir / name), self._read(self.txt_dir / name)
-        check_shard_cached(self.img_dir / name, self.img_rec[shard], img, self.verified_slot(0, shard))
-        check_shard_cached(self.txt_dir / name, self.txt_rec[shard], txt, self.verified_slot(1, shard))
-        return img, txt
+        with ExitStack() as pins:
+            paths = [pins.enter_context(ss.pinned(name)) if ss.remote is not None else ss.dir / name for ss in (self.img_set, self.txt_set)]
+            img, txt = self._read(paths[0]), self._read(paths[1])
+            check_shard_cached(paths[0], self.img_rec[shard], img, self.verified_slot(0, shard))
+            check_shard_cached(paths[1], self.txt_rec[shard], txt, self.verified_slot(1, shard))
+            return img, txt, paths, pins.pop_all()
 
     def _shard(self, shard: int, a: int, b: int, opened):
         """(texts (n, L), images (n, H·W), keys) for samples a..b of a shard, and how many were lost.
 
         ``opened`` is the future of the shard's mapping and check (``_open``): a mismatch raises
-        ``T2IError``; an ``OSError`` (the shard gone or unreadable) counts its samples as lost."""
+        ``T2IError``; an ``OSError`` (the shard gone or unreadable, or missing from the store)
+        counts its samples as lost."""
         name = self.names[shard]
+        pins = None
         try:
-            img, txt = opened.result()
-            keys, imgs, kh = self._rows(self.img_dir / name, img, self.member, a, b, self.img_rec[shard], self.hw, "view")
-            tkeys, txts, _ = self._rows(self.txt_dir / name, txt, ".text_tokens.npy", a, b, self.txt_rec[shard], self.L, "caption",
+            img, txt, (img_path, txt_path), pins = opened.result()
+            keys, imgs, kh = self._rows(img_path, img, self.member, a, b, self.img_rec[shard], self.hw, "view")
+            tkeys, txts, _ = self._rows(txt_path, txt, ".text_tokens.npy", a, b, self.txt_rec[shard], self.L, "caption",
                                         kh, self.pad_id)
         except OSError as e:  # gone or unreadable since the run started: report, count, go on
             log.warning("%s: unreadable (%s); %d samples of epoch %d lost", name, e, b - a, self.epoch)
             return None, b - a
         except ValueError as e:  # the bytes match the manifest: the set was written wrong
             raise T2IError(f"{name}: {e}; the shard matches its manifest, so the set itself is malformed; rebuild it") from None
+        finally:
+            if pins is not None:
+                pins.close()  # the rows are copied out: the cached copies may be evicted now
         if keys != tkeys:
             raise T2IError(f"{name}: the image-token and text-token shards hold different keys; derive both from the same image set")
-        _check_ids(txts, self.text_vocab, keys, f"{self.txt_dir / name}", "text token", "the tokenizer's")
-        _check_ids(imgs, self.image_vocab, keys, f"{self.img_dir / name}", "image token", self.whose)
+        _check_ids(txts, self.text_vocab, keys, self.txt_set.where(name), "text token", "the tokenizer's")
+        _check_ids(imgs, self.image_vocab, keys, self.img_set.where(name), "image token", self.whose)
         return (txts, imgs, np.array(keys, dtype=object)), 0
+
+    def _prefetch(self, shards: list[int]) -> None:
+        """Start downloading ``shards`` of both sets, where read by URL."""
+        names = [self.names[s] for s in shards]
+        for ss in (self.img_set, self.txt_set):
+            if ss.remote is not None and names:
+                ss.remote.prefetch(names)
 
     def __iter__(self):
         return guarded(self._batches())
@@ -221,13 +242,19 @@ class TokenStream(PlannedStream, IterableDataset):
         B, skip, ranges_here = self.batch_size, mine.skip, mine.ranges
         pool = _RowPool(mine.rng, self.shuffle_buffer)
         lost, bi = {}, 0
-        # the next shards are mapped and hashed in a thread (sha256 releases the GIL) while this one is gathered
+        # the next shards are mapped and hashed in a thread (sha256 releases the GIL) while this one is gathered;
+        # for sets read by URL that thread also waits for their download, which the prefetch pool starts
+        # ``self.prefetch`` shards ahead (0: fetched when needed, nothing ahead: the baseline of bench_remote.py)
+        remote = self.img_set.remote is not None or self.txt_set.remote is not None
+        lead = min(2, self.prefetch) if remote else 2
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2i-verify")
-        ahead = deque(hasher.submit(self._open, s) for s, _, _ in ranges_here[:2])
+        ahead = deque(hasher.submit(self._open, s) for s, _, _ in ranges_here[:lead])
         try:
             for k, (shard, a, b) in enumerate(ranges_here):
-                if k + 2 < len(ranges_here):
-                    ahead.append(hasher.submit(self._open, ranges_here[k + 2][0]))
+                if remote and self.prefetch:
+                    self._prefetch([s for s, _, _ in ranges_here[k + 1 : k + 1 + self.prefetch]])
+                if k + lead < len(ranges_here):
+                    ahead.append(hasher.submit(self._open, ranges_here[k + lead][0]))
                 chunk, n_lost = self._shard(shard, a, b, ahead.popleft())
                 if n_lost:
                     lost[self.names[shard]] = n_lost
@@ -244,6 +271,9 @@ class TokenStream(PlannedStream, IterableDataset):
                     bi += 1
         finally:
             hasher.shutdown(wait=True, cancel_futures=True)
+            for f in ahead:  # opened but never gathered (the consumer stopped early): release their pins
+                if f.done() and not f.cancelled() and f.exception() is None:
+                    f.result()[3].close()
         for i in range(bi, mine.batches):  # this worker's share is used up: padding-only batches
             if i >= skip:
                 yield pool.take(B, self.L, self.hw, self.pad_id, lost)

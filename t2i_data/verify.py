@@ -6,6 +6,12 @@ arrays are identical: another encoder version wrote them); ``mismatch`` (content
 that fails to decode, e.g. an image over ``pngio.MAX_SHARD_PIXELS``); ``missing``. A manifest
 that names a file outside its folder stops the run (``manifest.shard_path``): it is not a finding
 about one shard but a set that must not be read.
+
+A set may be given by URL (``remote.py``: s3://, gs://, https://; file:// is a local folder), or
+a local manifest with ``--data URL``: each shard is downloaded once, into the local cache when it
+matches its manifest (so a later read costs nothing), into a temporary file deleted after the
+check when it does not; ``missing`` then means the store does not have it, and ``extra`` is
+reported where the store can list its folder.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from pathlib import Path
 
 from .digest import ContentHasher, canonical_field, file_sha256
 from .errors import T2IError
-from .manifest import find_manifests, load_manifest, shard_path
+from .manifest import MANIFEST_NAME, find_manifests, load_manifest, shard_path
+from .remote import RemoteShardSet, ShardCache, ShardMissing, StoreUnreachable, is_url, local_or_url, open_remote_sets
 from .tario import iter_samples
 
 
@@ -77,13 +84,55 @@ def verify_manifest(manifest_path: Path, data_dir: Path | None = None, deep: boo
     return checks
 
 
-def verify_path(path: str | Path, data: str | Path | None = None, deep: bool = False) -> list[tuple[Path, Path, list[ShardCheck]]]:
+def verify_remote(rs: RemoteShardSet, deep: bool = False) -> list[ShardCheck]:
+    """Every shard of a set in a store checked as ``verify_manifest`` checks a local one (the
+    next shards downloading while one is hashed); a shard the store lacks is ``missing``, one it
+    does not serve after ``remote.RETRIES`` tries ``unreadable``."""
+    checks = []
+    shards = rs.manifest["shards"]
+    for i, s in enumerate(shards):
+        name = s["name"]
+        rs.prefetch([r["name"] for r in shards[i + 1 : i + 3]])
+        try:
+            with rs.downloaded(name) as path:
+                checks.append(verify_shard(s, path, deep))
+        except ShardMissing:
+            checks.append(ShardCheck(name, "missing", f"{rs.where(name)} is not in the store"))
+        except StoreUnreachable as e:
+            checks.append(ShardCheck(name, "unreadable", str(e)))
+    names = rs.list_names()
+    listed = {s["name"] for s in shards}
+    prefix = f"{rs.manifest.get('dataset')}-{rs.manifest.get('split')}-"
+    for extra in names or ():
+        if extra.startswith(prefix) and extra not in listed:
+            checks.append(ShardCheck(extra, "extra", "a shard file the manifest does not list"))
+    return checks
+
+
+def verify_path(path: str | Path, data: str | Path | None = None, deep: bool = False,
+                cache: ShardCache | None = None) -> list[tuple[Path | str, Path | str, list[ShardCheck]]]:
     """``t2i verify PATH [--data DIR]``: (manifest, data folder, checks) per manifest at ``path``
     (a manifest, a split folder or a build folder of splits). With ``data`` and several manifests,
-    split ``s`` is looked for in ``data / s``'s folder name, as a build writes it."""
+    split ``s`` is looked for in ``data / s``'s folder name, as a build writes it.
+
+    ``path`` or ``data`` may be a URL (``remote.py``; shards downloaded into ``cache``, the
+    default ``remote.ShardCache`` when None): then the manifest and the data folder are URLs."""
+    if is_url(path):
+        path = local_or_url(path)
+        if isinstance(path, str):
+            if data is not None:
+                raise T2IError(f"--data {data}: give it with a local manifest; {path} is the set itself, its manifest beside its shards")
+            return [(f"{rs.url}/{MANIFEST_NAME}", rs.url, verify_remote(rs, deep)) for rs in open_remote_sets(path, cache)]
+    if data is not None and is_url(data):
+        data = local_or_url(data)
     out = []
     manifests = find_manifests(path)
     for mpath in manifests:
+        if isinstance(data, str):  # a store holds the shards of a local (e.g. committed) manifest
+            url = data.rstrip("/") + (f"/{mpath.parent.name}" if len(manifests) > 1 else "")
+            rs = RemoteShardSet(url, load_manifest(mpath), cache)
+            out.append((mpath, url, verify_remote(rs, deep)))
+            continue
         data_dir = Path(data) if data else None
         if data_dir is not None and len(manifests) > 1:
             data_dir = data_dir / mpath.parent.name  # a build directory: one subfolder per split
