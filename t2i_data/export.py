@@ -309,7 +309,7 @@ def export(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str = "
     (format, per split rows, files with sha256, schema, the source manifests' digests); for Arrow
     also the small JSON files ``datasets.load_from_disk`` reads. Returns the export record.
     An input may be a URL (``manifest.open_shard_sets``; shards fetched into ``cache``, a
-    ``remote.ShardCache``, the default one when None): the output is the same bytes as from a
+    ``shard_cache.ShardCache``, the default one when None): the output is the same bytes as from a
     local copy of the set."""
     from tqdm.auto import tqdm
 

@@ -249,7 +249,7 @@ def inspect(inputs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     """Reports for every split of every input, the printable table, and with ``out`` the PNG
     figures and ``inspect.json`` written to ``out`` (built under ``out.partial``, then renamed).
     An input may be a URL (``manifest.open_shard_sets``): its shards are fetched into ``cache``
-    (a ``remote.ShardCache``; the default one when None), the next ones while one is read."""
+    (a ``shard_cache.ShardCache``; the default one when None), the next ones while one is read."""
     from tqdm.auto import tqdm
 
     sets = [ss for p in inputs for ss in open_shard_sets(p, cache)]

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .digest import canonical_json, file_sha256
+from .digest import canonical_json
 from .errors import T2IError
+from .remote import DEFAULT_PREFETCH, RemoteShardSet, find_remote_manifests, is_url, local_or_url, read_manifest
+from .shardcheck import _VERIFIED, check_shard_file, check_shard_once, remember_verified, stat_key  # noqa: F401  (re-exported)
 from .sources.records import confiner
 from .tario import iter_samples
 
@@ -330,8 +332,6 @@ class ShardSet:
         (``remote.DEFAULT_PREFETCH`` when None) download while the caller reads the current one."""
         records = self.manifest["shards"]
         if self.remote is not None and ahead is None:
-            from .remote import DEFAULT_PREFETCH
-
             ahead = DEFAULT_PREFETCH
         for i, rec in enumerate(records):
             if self.remote is not None and ahead:
@@ -345,14 +345,12 @@ def open_shard_sets(path: str | os.PathLike, cache=None) -> list[ShardSet]:
 
     ``path`` may be a URL (``remote.is_url``): ``file://`` is the local folder; any other
     protocol (s3://, gs://, https://, ...) gives ``ShardSet``s whose shards are fetched into
-    ``cache`` (a ``remote.ShardCache``; the default cache when None) as they are read, so their
+    ``cache`` (a ``shard_cache.ShardCache``; the default cache when None) as they are read, so their
     presence is checked then, not here."""
-    from .remote import is_url, local_or_url, open_remote_sets
-
     if is_url(path):
         path = local_or_url(path)
         if isinstance(path, str):
-            return [ShardSet(rs.dir, rs.manifest, rs) for rs in open_remote_sets(path, cache)]
+            return [_remote(u, parse_manifest(data, f"{u}/{MANIFEST_NAME}"), cache) for u, data in find_remote_manifests(path)]
     path = Path(path)
     if not path.exists():
         raise T2IError(f"{path}: no such folder; give a shard set folder (the one holding {MANIFEST_NAME}) or a build folder of splits")
@@ -376,17 +374,30 @@ def open_shard_sets(path: str | os.PathLike, cache=None) -> list[ShardSet]:
     return sets
 
 
+def open_remote_set(url: str, cache=None, manifest: dict | None = None) -> ShardSet:
+    """The split folder at ``url`` (a store's; ``remote.py``) as a ``ShardSet`` whose shards are
+    fetched into ``cache`` (a ``shard_cache.ShardCache``, the default one when None): its
+    manifest read from the store and checked (``parse_manifest``), or ``manifest`` when given
+    (a local one, e.g. committed, checked by ``load_manifest``)."""
+    if manifest is None:
+        url, data = read_manifest(url)
+        manifest = parse_manifest(data, f"{url}/{MANIFEST_NAME}")
+    return _remote(url, manifest, cache)
+
+
+def _remote(url: str, manifest: dict, cache) -> ShardSet:
+    rs = RemoteShardSet(url, manifest, cache)
+    return ShardSet(rs.dir, rs.manifest, rs)
+
+
 def open_split(location, cache=None) -> ShardSet:
     """One split folder given to a stream: a local folder (or ``file://`` URL), its manifest
     loaded and its shard names confined (presence is the stream's to check: a shard gone
     mid-run is counted as lost), or a URL read through ``remote.RemoteShardSet`` with ``cache``."""
-    from .remote import RemoteShardSet, is_url, local_or_url
-
     if is_url(location):
         location = local_or_url(location)
         if isinstance(location, str):
-            rs = RemoteShardSet(location, cache=cache)
-            return ShardSet(rs.dir, rs.manifest, rs)
+            return open_remote_set(location, cache)
     location = Path(location)
     return ShardSet(location, load_manifest(location / MANIFEST_NAME))
 
@@ -403,56 +414,6 @@ def open_one_split(path: str | os.PathLike, kind: str, what: str, reads: str) ->
     if sets[0].kind != kind:
         raise T2IError(f"{what}{sets[0].location}: a {sets[0].kind} shard set; {reads}")
     return sets[0]
-
-
-def check_shard_file(path: Path, record: dict, data=None) -> str:
-    """Check one shard file against its manifest record: size first, then sha256 of the bytes
-    (``data``: the file's bytes or its mapping when the caller has them, so hashing faults in the
-    pages the caller reads next; hashlib releases the GIL over the whole buffer). Returns the sha256.
-
-    Raises ``T2IError`` naming the shard with expected and actual values when they differ;
-    ``OSError`` (missing, unreadable) passes through for the caller to word or to count the shard
-    as lost (the streams). Every reader in the project checks a shard through this function."""
-    expected = record.get("sha256")
-    if not expected or "bytes" not in record:
-        raise T2IError(f"{path}: the manifest records no sha256 or size for this shard; rebuild the set's manifest")
-    size = os.stat(path).st_size
-    if size != record["bytes"]:
-        raise T2IError(f"{path}: {size} bytes where the manifest says {record['bytes']} (sha256 {expected}), so the size "
-                       f"does not match the manifest: the shard is truncated or was replaced; run `t2i verify {path.parent}` and rebuild or re-fetch it")
-    actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
-    if actual != expected:
-        raise T2IError(f"{path}: sha256 {actual}, the manifest says {expected}, so the checksum does not match the manifest: "
-                       f"the shard was replaced, damaged or comes from another set; run `t2i verify {path.parent}` and rebuild or re-fetch it")
-    return actual
-
-
-# (path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of a file this process has hashed.
-# Any write to the file changes its ctime (which no user call can set back), so a hit means the
-# bytes hashed then are the bytes there now; a reader reopening a shard pays a stat instead of a
-# hash. ``stream.check_shard_cached`` and ``remote`` (which hashes a download as it arrives) share it.
-_VERIFIED: dict[tuple, str] = {}
-
-
-def stat_key(path, st: os.stat_result | None = None) -> tuple:
-    """The version of a file ``_VERIFIED`` knows it by."""
-    st = st or os.stat(path)
-    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def remember_verified(path, sha256: str) -> None:
-    """Record that the bytes now at ``path`` have ``sha256`` (the caller hashed exactly them)."""
-    _VERIFIED[stat_key(path)] = sha256
-
-
-def check_shard_once(path: Path, record: dict, data=None) -> None:
-    """``check_shard_file`` once per version of a file in this process (``_VERIFIED``)."""
-    st = os.stat(path)
-    key = stat_key(path, st)
-    if record.get("sha256") and st.st_size == record.get("bytes") and _VERIFIED.get(key) == record["sha256"]:
-        return
-    check_shard_file(path, record, data)
-    _VERIFIED[key] = record["sha256"]
 
 
 def checked_shard_path(ss: ShardSet, shard: dict) -> Path:

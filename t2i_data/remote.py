@@ -7,23 +7,15 @@ pattern, so no name can leave the folder; here each is also checked to be one pl
 becomes a URL or a cache path). A ``file://`` URL is a local folder: it is read in place, never
 copied, and never enters the cache.
 
-Every other shard is read from a local cache of whole shards (``ShardCache``): a download goes to
+Every other shard is read from a local cache of whole shards (``shard_cache.ShardCache``): a download goes to
 ``<cache>/<url hash>/<name>.<pid>.<n>.part``, hashed as it arrives, and only when its size and
 sha256 match the manifest is it renamed to ``<name>``; a mismatching download is deleted and
 reported (``T2IError``), never used. The readers then check what they read against the manifest
-as for a local set (``manifest.check_shard_once``; the download's hash counts, so a shard is hashed
-once per process, not twice).
+as for a local set (``shardcheck.check_shard_once``; the download's hash counts, so a shard is
+hashed once per process, not twice).
 
-The cache has a size limit. Eviction drops the least recently used shards first, and only:
-- shards in the cache's own set folders (marked with ``CACHE_SET_MARK``), never a file elsewhere:
-  local shard sets and ``file://`` URLs are read in place, and a cache folder that holds anything
-  the cache did not put there is refused (mosaicml/streaming users lost their local-only shards to
-  a cache that evicted from the folder they pointed it at);
-- shards no reader holds: a reader pins a shard (``RemoteShardSet.pinned``) with a shared
-  ``flock`` on the open file for as long as it reads it, and the evictor takes an exclusive
-  ``flock`` without waiting before it unlinks, so a shard in use in any process (DataLoader
-  workers, other ranks on the machine) is skipped. When only pinned shards are left the cache
-  goes over its limit with a warning rather than stop a run.
+The cache (``shard_cache.ShardCache``) has a size limit and evicts least recently used shards,
+never one a reader pins (in any process) and never a file it did not make.
 
 Prefetch (``RemoteShardSet.prefetch``) downloads the next shards of a reader's plan in a small
 thread pool while it reads the current one; ``bench/bench_remote.py`` measures the share of step
@@ -40,7 +32,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -54,15 +45,14 @@ from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from .errors import T2IError
+from .shard_cache import ShardCache
+from .shardcheck import check_shard_once, remember_verified
 from .sources.records import plain_relative
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"  # as manifest.MANIFEST_NAME (not imported: manifest imports this module lazily)
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")
-CACHE_MARK = "T2I-SHARD-CACHE"  # in the cache's root: this folder is a t2i shard cache
-CACHE_SET_MARK = ".t2i-cache-set.json"  # in each set folder of the cache: the URL its shards came from
-DEFAULT_CACHE_BYTES = 20 * 10**9
 DEFAULT_PREFETCH = 2  # shards ahead of the one being read
 PREFETCH_THREADS = 2
 RETRIES = 3  # tries per request on errors other than "not found"
@@ -106,26 +96,6 @@ def local_or_url(location):
             return file_url_path(location)
         return location.rstrip("/")
     return Path(location)
-
-
-def parse_size(text) -> int:
-    """Bytes from ``"20G"``, ``"500M"``, ``"1.5T"``, ``"4096"`` (decimal units, as disks are sold)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)[bB]?\s*", str(text))
-    if m is None:
-        raise T2IError(f"cache size {text!r} is not a size such as 20G, 500M or 4096")
-    return int(float(m.group(1)) * 10 ** (3 * " kmgt".index(m.group(2).lower() or " ")))
-
-
-def default_cache_dir() -> Path:
-    """``$T2I_CACHE_DIR``, else ``$XDG_CACHE_HOME/t2i/shards``, else ``~/.cache/t2i/shards``."""
-    if os.environ.get("T2I_CACHE_DIR"):
-        return Path(os.environ["T2I_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2i" / "shards"
-
-
-def default_cache_bytes() -> int:
-    """``$T2I_CACHE_BYTES`` (e.g. ``50G``), else ``DEFAULT_CACHE_BYTES`` (20 GB)."""
-    return parse_size(os.environ["T2I_CACHE_BYTES"]) if os.environ.get("T2I_CACHE_BYTES") else DEFAULT_CACHE_BYTES
 
 
 def _fsspec(url: str):
@@ -184,142 +154,6 @@ def _plain_name(name, where: str) -> str:
     return name
 
 
-def _lock(fd: int, how: int) -> bool:
-    try:
-        fcntl.flock(fd, how)
-        return True
-    except BlockingIOError:
-        return False
-
-
-class ShardCache:
-    """A folder of whole shards downloaded from stores, at most ``limit_bytes`` of them.
-
-    ``root``: ``default_cache_dir()`` when None; created with a ``CACHE_MARK`` file, and refused
-    (``T2IError``) when it already holds files without one: the cache deletes only what it put
-    there, so it never shares a folder with anything else. ``limit_bytes``:
-    ``default_cache_bytes()`` when None. One cache may serve many sets (one subfolder each, named
-    by a hash of the set's URL) and many processes at once; ``evicted`` counts the shards this
-    process removed to make room."""
-
-    def __init__(self, root: str | os.PathLike | None = None, limit_bytes: int | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
-        self.limit = int(limit_bytes) if limit_bytes is not None else default_cache_bytes()
-        if self.limit <= 0:
-            raise T2IError(f"cache limit {self.limit} bytes; give a positive size")
-        self.evicted = 0
-        self._claim()
-
-    def __getstate__(self) -> dict:
-        return {"root": self.root, "limit": self.limit, "evicted": 0}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-    def _claim(self) -> None:
-        root = self.root
-        if os.path.islink(root):
-            raise T2IError(f"{root}: the shard cache folder is a symlink; give the folder itself")
-        if (root / CACHE_MARK).is_file():
-            return
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise T2IError(f"{root}: not a t2i shard cache (no {CACHE_MARK} file) and not empty; the cache deletes the shards "
-                           f"it evicts, so it keeps a folder of its own: give an empty or new folder (T2I_CACHE_DIR)")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / CACHE_MARK).write_text("A t2i shard cache: whole shards downloaded from stores, evicted least recently used "
-                                       "first. Safe to delete.\n")
-
-    def set_dir(self, url: str) -> Path:
-        """The cache's folder for the shard set at ``url`` (created, with its ``CACHE_SET_MARK``)."""
-        d = self.root / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-        mark = d / CACHE_SET_MARK
-        if not mark.is_file():
-            (d / ".used").mkdir(parents=True, exist_ok=True)
-            (d / ".locks").mkdir(exist_ok=True)
-            tmp = d / f"{CACHE_SET_MARK}.{os.getpid()}.{next(_PART)}.part"
-            tmp.write_text(json.dumps({"url": url}) + "\n")
-            os.replace(tmp, mark)
-        return d
-
-    def _entries(self) -> list[tuple[int, int, Path, Path]]:
-        """(last use in ns, bytes, shard, use mark) of every shard in the cache's own set folders."""
-        out = []
-        for d in self.root.iterdir():
-            if not re.fullmatch(r"[0-9a-f]{16}", d.name) or os.path.islink(d) or not (d / CACHE_SET_MARK).is_file():
-                continue  # only folders the cache made: nothing else is ever deleted
-            for e in os.scandir(d):
-                if not e.name.endswith(".tar") or e.name.startswith("."):
-                    continue
-                st = e.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                used = d / ".used" / e.name
-                try:
-                    when = os.stat(used).st_mtime_ns
-                except FileNotFoundError:
-                    when = st.st_mtime_ns
-                out.append((when, st.st_size, Path(e.path), used))
-        return out
-
-    def usage(self) -> int:
-        """Bytes of whole shards in the cache now."""
-        return sum(e[1] for e in self._entries())
-
-    def make_room(self, need: int, what: str) -> None:
-        """Evict least recently used shards that no reader pins until ``need`` more bytes fit under
-        the limit. ``T2IError`` when ``need`` alone exceeds it; a warning when pinned shards keep
-        the cache over it (the download goes ahead: a run is not stopped for want of disk)."""
-        if need > self.limit:
-            raise T2IError(f"{what}: {need:,} bytes, more than the shard cache's limit of {self.limit:,} bytes ({self.root}); "
-                           "raise the limit (T2I_CACHE_BYTES, or ShardCache(limit_bytes=...))")
-        with _ROOT_LOCKS.setdefault(str(self.root), threading.Lock()), open(self.root / CACHE_MARK, "rb") as mark:
-            fcntl.flock(mark.fileno(), fcntl.LOCK_EX)  # one evictor at a time across processes
-            entries = sorted(self._entries(), key=lambda e: e[0])
-            total = sum(e[1] for e in entries)
-            pinned = 0
-            for _, size, path, used in entries:
-                if total + need <= self.limit:
-                    break
-                if self._evict(path, used):
-                    total -= size
-                    self.evicted += 1
-                else:
-                    pinned += 1
-            if total + need > self.limit:
-                log.warning("shard cache %s: %s bytes held with %s pinned shards in use; going over its limit of %s bytes "
-                            "to fetch %s", self.root, f"{total:,}", pinned, f"{self.limit:,}", what)
-
-    @staticmethod
-    def _evict(path: Path, used: Path) -> bool:
-        """Unlink ``path`` unless a reader holds it (a shared flock); True when it was removed."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        try:
-            if not _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
-                return False  # pinned by a reader in this or another process
-            try:
-                if os.fstat(fd).st_ino != os.lstat(path).st_ino:
-                    return False  # replaced since it was listed: leave the new one
-            except FileNotFoundError:
-                return True
-            os.unlink(path)
-            log.info("shard cache: evicted %s", path)
-            try:
-                os.unlink(used)
-            except FileNotFoundError:
-                pass
-            return True
-        finally:
-            os.close(fd)
-
-
-_ROOT_LOCKS: dict[str, threading.Lock] = {}
-
-
 def find_remote_manifests(url: str) -> list[tuple[str, bytes]]:
     """(split folder URL, manifest bytes) at ``url``: a split folder, its manifest.json, or a build
     folder whose subfolders hold one each (listed through fsspec, where the store can list)."""
@@ -371,26 +205,21 @@ def _read_manifest(fs, rpath: str, what: str) -> bytes:
 
 
 class RemoteShardSet:
-    """One split of a shard set in a store, read through a ``ShardCache``.
+    """One split of a shard set in a store, read through a ``shard_cache.ShardCache``.
 
-    ``url``: the split folder's URL; ``manifest``: its checked manifest (``manifest.parse_manifest``;
-    read from ``url`` when None). ``dir`` is the cache folder its shards land in. ``fetch(name)``
+    ``url``: the split folder's URL; ``manifest``: its checked manifest (``manifest.parse_manifest``
+    of ``read_manifest(url)``'s bytes: ``manifest.open_remote_set`` does both). ``dir`` is the cache folder its shards land in. ``fetch(name)``
     gives a cached, checked local copy; ``pinned(name)`` the same, held against eviction for a
     ``with`` block; ``prefetch(names)`` starts downloads in a thread pool of ``threads``.
     ``stats`` counts this process's downloads, bytes, cache hits and refused downloads."""
 
     remote = True
 
-    def __init__(self, url: str, manifest: dict | None = None, cache: ShardCache | None = None, threads: int = PREFETCH_THREADS) -> None:
-        from .manifest import parse_manifest
-
+    def __init__(self, url: str, manifest: dict, cache: ShardCache | None = None, threads: int = PREFETCH_THREADS) -> None:
         self.url = url.rstrip("/")
         if self.url.endswith("/" + MANIFEST_NAME):
             self.url = self.url[: -len(MANIFEST_NAME) - 1]
         self.fs, self.root = url_to_fs(self.url)
-        if manifest is None:
-            what = f"{self.url}/{MANIFEST_NAME}"
-            manifest = parse_manifest(_read_manifest(self.fs, f"{self.root}/{MANIFEST_NAME}", what), what)
         self.manifest = manifest
         self.records = {_plain_name(s["name"], self.url): s for s in manifest["shards"]}
         self.cache = cache if cache is not None else ShardCache()
@@ -470,8 +299,6 @@ class RemoteShardSet:
     def _cached(self, path: Path, rec: dict) -> bool:
         """True when ``path`` holds the manifest's bytes (hashed once per version per process); a
         cached copy that differs is removed (it is the cache's own file) and False returned."""
-        from .manifest import check_shard_once
-
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -512,8 +339,6 @@ class RemoteShardSet:
                            f"with sha256 {rec['sha256']}; the download was deleted and not used: the store's copy was replaced, "
                            f"damaged or belongs to another set; fix the store (t2i verify {self.url} lists every problem)")
         os.replace(part, dest)
-        from .manifest import remember_verified
-
         remember_verified(dest, rec["sha256"])  # hashed as it arrived: the readers' check need not hash it again
         self._touch(name)
         self.stats["downloads"] += 1
@@ -634,9 +459,10 @@ class RemoteShardSet:
             self._pool = None
 
 
-def open_remote_sets(url: str, cache: ShardCache | None = None) -> list[RemoteShardSet]:
-    """Every split at ``url`` (``find_remote_manifests``) as a ``RemoteShardSet``, manifests checked."""
-    from .manifest import parse_manifest
-
-    cache = cache if cache is not None else ShardCache()
-    return [RemoteShardSet(u, parse_manifest(data, f"{u}/{MANIFEST_NAME}"), cache) for u, data in find_remote_manifests(url)]
+def read_manifest(url: str) -> tuple[str, bytes]:
+    """(the split folder's URL, the bytes of its manifest.json) for a split folder or manifest URL."""
+    url = url.rstrip("/")
+    if url.endswith("/" + MANIFEST_NAME):
+        url = url[: -len(MANIFEST_NAME) - 1]
+    fs, root = url_to_fs(url)
+    return url, _read_manifest(fs, f"{root}/{MANIFEST_NAME}", f"{url}/{MANIFEST_NAME}")

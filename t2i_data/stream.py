@@ -281,7 +281,7 @@ class ShardStream(PlannedStream, IterableDataset):
     def __init__(self, dirs, decode: Callable[[dict, int], dict], batch_size: int, seed: int = 0, shuffle_buffer: int = 256,
                  rank: int | None = None, world_size: int | None = None, cache=None, prefetch: int | None = None) -> None:
         locations = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
-        # a folder, or a URL (remote.py): s3://, gs://, https:// fetched into ``cache`` (remote.ShardCache), file:// read in place
+        # a folder, or a URL (remote.py): s3://, gs://, https:// fetched into ``cache`` (shard_cache.ShardCache), file:// read in place
         self.shard_sets = [open_split(d, cache) for d in locations]
         self.dirs = [ss.dir for ss in self.shard_sets]  # a remote set's: the cache folder its shards are fetched into
         self.manifests = [ss.manifest for ss in self.shard_sets]

@@ -84,7 +84,7 @@ class TokenStream(PlannedStream, IterableDataset):
     def __init__(self, image_tokens: str | Path, text_tokens: str | Path, batch_size: int, seed: int = 0, shuffle_buffer: int = 1024,
                  rank: int | None = None, world_size: int | None = None, expect_tokenizer: str | None = None,
                  expect_autoencoder: str | None = None, level: str | None = None, cache=None, prefetch: int | None = None) -> None:
-        # folders, or URLs (remote.py): s3://, gs://, https:// fetched whole into ``cache`` (a remote.ShardCache) and
+        # folders, or URLs (remote.py): s3://, gs://, https:// fetched whole into ``cache`` (a shard_cache.ShardCache) and
         # memory-mapped there, the next ``prefetch`` shards of the plan downloading meanwhile; file:// read in place
         self.img_set, self.txt_set = open_split(image_tokens, cache), open_split(text_tokens, cache)
         self.img_dir, self.txt_dir = self.img_set.dir, self.txt_set.dir  # a remote set's: its cache folder

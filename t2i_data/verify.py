@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .digest import ContentHasher, canonical_field, file_sha256
 from .errors import T2IError
-from .manifest import MANIFEST_NAME, find_manifests, load_manifest, shard_path
-from .remote import RemoteShardSet, ShardCache, ShardMissing, StoreUnreachable, is_url, local_or_url, open_remote_sets
+from .manifest import MANIFEST_NAME, find_manifests, load_manifest, open_shard_sets, open_remote_set, shard_path
+from .remote import RemoteShardSet, ShardMissing, StoreUnreachable, is_url, local_or_url
+from .shard_cache import ShardCache
 from .tario import iter_samples
 
 
@@ -116,13 +117,13 @@ def verify_path(path: str | Path, data: str | Path | None = None, deep: bool = F
     split ``s`` is looked for in ``data / s``'s folder name, as a build writes it.
 
     ``path`` or ``data`` may be a URL (``remote.py``; shards downloaded into ``cache``, the
-    default ``remote.ShardCache`` when None): then the manifest and the data folder are URLs."""
+    default ``shard_cache.ShardCache`` when None): then the manifest and the data folder are URLs."""
     if is_url(path):
         path = local_or_url(path)
         if isinstance(path, str):
             if data is not None:
                 raise T2IError(f"--data {data}: give it with a local manifest; {path} is the set itself, its manifest beside its shards")
-            return [(f"{rs.url}/{MANIFEST_NAME}", rs.url, verify_remote(rs, deep)) for rs in open_remote_sets(path, cache)]
+            return [(f"{ss.remote.url}/{MANIFEST_NAME}", ss.remote.url, verify_remote(ss.remote, deep)) for ss in open_shard_sets(path, cache)]
     if data is not None and is_url(data):
         data = local_or_url(data)
     out = []
@@ -130,8 +131,7 @@ def verify_path(path: str | Path, data: str | Path | None = None, deep: bool = F
     for mpath in manifests:
         if isinstance(data, str):  # a store holds the shards of a local (e.g. committed) manifest
             url = data.rstrip("/") + (f"/{mpath.parent.name}" if len(manifests) > 1 else "")
-            rs = RemoteShardSet(url, load_manifest(mpath), cache)
-            out.append((mpath, url, verify_remote(rs, deep)))
+            out.append((mpath, url, verify_remote(open_remote_set(url, cache, load_manifest(mpath)).remote, deep)))
             continue
         data_dir = Path(data) if data else None
         if data_dir is not None and len(manifests) > 1:

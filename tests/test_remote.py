@@ -26,9 +26,9 @@ from fixtures_interop import md_sets  # sets HF_*_OFFLINE first
 from t2i_data.errors import T2IError
 from t2i_data.export import export
 from t2i_data.inspect_shards import inspect
-from t2i_data.manifest import data_files, dump_manifest, open_shard_sets
-from t2i_data.remote import (CACHE_MARK, RemoteShardSet, ShardCache, ShardMissing, StoreUnreachable, is_url, parse_size,
-                             url_to_fs)
+from t2i_data.manifest import data_files, dump_manifest, open_remote_set, open_shard_sets
+from t2i_data.remote import RemoteShardSet, ShardMissing, StoreUnreachable, is_url, url_to_fs
+from t2i_data.shard_cache import CACHE_MARK, ShardCache, parse_size
 from t2i_data.stream import ShardStream, forget_verified
 from t2i_data.tario import iter_samples
 from t2i_data.token_stream import TokenStream
@@ -169,7 +169,7 @@ def test_a_download_that_differs_from_the_manifest_is_refused_deleted_and_never_
     data[700] ^= 1  # one bit of the first sample's PNG: same size, another sha256
     fs.pipe(f"{root}/{bad}", bytes(data))
     cache = ShardCache(tmp_path / "cache", 10**8)
-    rs = RemoteShardSet(url, cache=cache)
+    rs = open_remote_set(url, cache).remote
     with pytest.raises(T2IError, match=rf"{bad}: the store sent {len(data):,} bytes with sha256 {hashlib.sha256(data).hexdigest()}, "
                                        rf"the manifest says .* the download was deleted and not used"):
         rs.fetch(bad)
@@ -189,14 +189,14 @@ def test_a_cached_copy_damaged_on_disk_is_fetched_again(sets, tmp_path, caplog):
     local, _ = sets["mdmnist"]
     url = to_memory(local)
     cache = ShardCache(tmp_path / "cache", 10**8)
-    rs = RemoteShardSet(url, cache=cache)
+    rs = open_remote_set(url, cache).remote
     name = names(local)[0]
     path = rs.fetch(name)
     with open(path, "r+b") as f:  # the cached copy changes after it arrived
         f.seek(600)
         f.write(b"\xff")
     forget_verified()
-    assert RemoteShardSet(url, cache=cache).fetch(name).read_bytes() == (local / name).read_bytes()
+    assert open_remote_set(url, cache).remote.fetch(name).read_bytes() == (local / name).read_bytes()
     assert "the cached copy differs from the manifest" in caplog.text
 
 
@@ -209,7 +209,7 @@ def test_a_manifest_or_shard_name_that_leaves_its_folder_is_refused(sets, tmp_pa
     fs.pipe(f"{root}/manifest.json", dump_manifest(hostile))  # its digest recomputed: no defence
     cache = ShardCache(tmp_path / "cache", 10**8)
     with pytest.raises(T2IError, match=r"shards\[0\]\.name is '\.\./\.\./etc/evil\.tar', expected 'mdmnist-train-000000\.tar'"):
-        RemoteShardSet(url, cache=cache)
+        open_remote_set(url, cache).remote
     for name in ("../evil.tar", "/etc/evil.tar", "a/b.tar", ".."):  # a manifest handed over in memory: checked again
         with pytest.raises(T2IError, match="a shard must be a file"):
             RemoteShardSet(url, manifest=dict(m, shards=[dict(m["shards"][0], name=name)]), cache=cache)
@@ -227,7 +227,7 @@ def test_missing_manifest_missing_shard_and_unreachable_store_are_one_line(sets,
     cache = ShardCache(tmp_path / "cache", 10**8)
     with pytest.raises(ShardMissing, match=rf"{base}/nothing/manifest.json: not found in the store"):
         open_shard_sets(f"{base}/nothing", cache)
-    rs = RemoteShardSet(f"{base}/gone", cache=cache)
+    rs = open_remote_set(f"{base}/gone", cache).remote
     with pytest.raises(ShardMissing, match=rf"{base}/gone/{first}: not found in the store \(no such file or key; HTTP 404\)"):
         rs.fetch(first)
     assert ("GET", f"/gone/{first}") in requests
@@ -270,7 +270,7 @@ def test_a_protocol_whose_package_is_missing_names_it(monkeypatch):
 
 def _hold(path_q, ready, release, url, cache_root, name):
     """In another process: pin ``name`` until told to let go (as a DataLoader worker reading it)."""
-    rs = RemoteShardSet(url, cache=ShardCache(cache_root, 10**9))
+    rs = open_remote_set(url, ShardCache(cache_root, 10**9)).remote
     with rs.pinned(name) as path:
         path_q.put(str(path))
         ready.set()
@@ -283,7 +283,7 @@ def test_the_cache_limit_evicts_the_least_recently_used_shard_but_never_a_pinned
     shard = names(local)
     size = (local / shard[0]).stat().st_size
     cache = ShardCache(tmp_path / "cache", int(2.5 * size))  # room for two whole shards
-    rs = RemoteShardSet(url, cache=cache)
+    rs = open_remote_set(url, cache).remote
     with rs.pinned(shard[0]):  # the least recently used, but in use
         rs.fetch(shard[1])
         rs.fetch(shard[2])  # no room: shard 1 goes, not shard 0
@@ -309,7 +309,7 @@ def test_the_cache_limit_evicts_the_least_recently_used_shard_but_never_a_pinned
         child.join(60)
     assert child.exitcode == 0
     with pytest.raises(T2IError, match=r"more than the shard cache's limit of 10 bytes"):
-        RemoteShardSet(url, cache=ShardCache(tmp_path / "tiny", 10)).fetch(shard[0])
+        open_remote_set(url, ShardCache(tmp_path / "tiny", 10)).remote.fetch(shard[0])
 
 
 def test_the_cache_never_deletes_what_it_did_not_make(sets, tmp_path):
