@@ -17,9 +17,12 @@ per sample, sha256 fields are 64 hex digits and the totals add up. Every output 
 
 The checked-reading API lives here too, beside the contract it holds readers to: ``ShardSet`` (a
 split's folder and its loaded manifest), ``open_shard_sets``, ``check_shard_file`` (the one size
-and sha256 check every reader runs, the streams' cached one included), ``checked_shard_path``,
-``checked_samples`` (count checked too) and ``data_files`` (for ``webdataset.WebDataset`` and
-``datasets.load_dataset("webdataset")``).
+and sha256 check every reader runs, the streams' cached one included; defined in ``shardcheck``),
+``checked_shard_path``, ``checked_samples`` (count checked too) and ``data_files`` (for
+``webdataset.WebDataset`` and ``datasets.load_dataset("webdataset")``). Each also takes a set by
+URL (``remote.py``; ``open_remote_set``, ``open_split``): the manifest read from the store is
+checked by ``parse_manifest`` as a local one is, and its shards are read from the local cache
+(``ShardSet.remote``, ``ShardSet.pinned``), checked against the manifest there.
 """
 from __future__ import annotations
 

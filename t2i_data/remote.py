@@ -7,8 +7,8 @@ pattern, so no name can leave the folder; here each is also checked to be one pl
 becomes a URL or a cache path). A ``file://`` URL is a local folder: it is read in place, never
 copied, and never enters the cache.
 
-Every other shard is read from a local cache of whole shards (``shard_cache.ShardCache``): a download goes to
-``<cache>/<url hash>/<name>.<pid>.<n>.part``, hashed as it arrives, and only when its size and
+Every other shard is read from a local cache of whole shards (``shard_cache.ShardCache``): a
+download goes to ``<cache>/<url hash>/<name>.<pid>.<n>.part``, hashed as it arrives, and only when its size and
 sha256 match the manifest is it renamed to ``<name>``; a mismatching download is deleted and
 reported (``T2IError``), never used. The readers then check what they read against the manifest
 as for a local set (``shardcheck.check_shard_once``; the download's hash counts, so a shard is
@@ -51,7 +51,7 @@ from .sources.records import plain_relative
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"  # as manifest.MANIFEST_NAME (not imported: manifest imports this module lazily)
+MANIFEST_NAME = "manifest.json"  # as manifest.MANIFEST_NAME (not imported: manifest imports this module)
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")
 DEFAULT_PREFETCH = 2  # shards ahead of the one being read
 PREFETCH_THREADS = 2
@@ -71,6 +71,11 @@ class ShardMissing(T2IError, FileNotFoundError):
 
 class StoreUnreachable(T2IError, OSError):
     """The store did not answer (connection refused, timeout, server error) after ``RETRIES`` tries."""
+
+
+class _Local(Exception):
+    """An error writing the local copy (disk full, permissions): raised as the ``OSError`` it
+    wraps, never retried nor mistaken for the store's."""
 
 
 def is_url(location) -> bool:
@@ -131,8 +136,10 @@ def _retrying(what: str, fn, *args, **kw):
     for attempt in range(RETRIES):
         try:
             return fn(*args, **kw)
-        except (T2IError, ImportError):
-            raise
+        except (T2IError, ImportError, TypeError, AttributeError, NameError, AssertionError):
+            raise  # a missing package, or a bug here: not the store's doing
+        except _Local as e:
+            raise e.args[0] from None
         except FileNotFoundError:
             raise ShardMissing(f"{what}: not found in the store (no such file or key; HTTP 404); check the URL, "
                                "or restore it in the store") from None
@@ -208,8 +215,8 @@ class RemoteShardSet:
     """One split of a shard set in a store, read through a ``shard_cache.ShardCache``.
 
     ``url``: the split folder's URL; ``manifest``: its checked manifest (``manifest.parse_manifest``
-    of ``read_manifest(url)``'s bytes: ``manifest.open_remote_set`` does both). ``dir`` is the cache folder its shards land in. ``fetch(name)``
-    gives a cached, checked local copy; ``pinned(name)`` the same, held against eviction for a
+    of ``read_manifest(url)``'s bytes: ``manifest.open_remote_set`` does both). ``dir`` is the
+    cache folder its shards land in. ``fetch(name)`` gives a cached, checked local copy; ``pinned(name)`` the same, held against eviction for a
     ``with`` block; ``prefetch(names)`` starts downloads in a thread pool of ``threads``.
     ``stats`` counts this process's downloads, bytes, cache hits and refused downloads."""
 
@@ -312,6 +319,9 @@ class RemoteShardSet:
                 return False
             except T2IError as e:
                 log.warning("%s: the cached copy differs from the manifest (%s); fetching it again", path, e)
+        else:
+            raise T2IError(f"{path}: not a regular file, where the shard cache keeps a downloaded shard; the cache folder was "
+                           f"changed by hand: remove {self.dir} and rerun")
         if ShardCache._evict(path, self.dir / ".used" / path.name):
             return False
         raise T2IError(f"{path}: a cached copy that differs from its manifest is in use by another reader; rerun when it is done")
@@ -347,14 +357,21 @@ class RemoteShardSet:
     def _copy(self, name: str, rec: dict, part: Path) -> tuple[str, int]:
         """One try: the shard's bytes into ``part`` (at most one byte past the manifest's size), hashed."""
         h, n, limit = hashlib.sha256(), 0, rec["bytes"]
-        with self.fs.open(f"{self.root}/{name}", "rb", **_open_kw(self.fs, max(limit, 1))) as src, open(part, "wb") as out:
+        try:
+            out = open(part, "wb")
+        except OSError as e:
+            raise _Local(e) from None
+        with out, self.fs.open(f"{self.root}/{name}", "rb", **_open_kw(self.fs, max(limit, 1))) as src:
             while True:
                 chunk = src.read(min(CHUNK, limit + 1 - n))
                 if not chunk:
                     break
                 n += len(chunk)
                 h.update(chunk)
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    raise _Local(e) from None
                 if n > limit:
                     break  # longer than the manifest says: no need to read the rest
         return h.hexdigest(), n

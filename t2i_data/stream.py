@@ -23,6 +23,13 @@ for any ``batches_done``. ``state_dict`` records the plan (batch size, world siz
 shuffle buffer, the sets' digests); ``load_state_dict`` refuses to finish an epoch under another
 (``plan.PlannedStream``, which ``TokenStream`` shares).
 
+By URL (``remote.py``): a set given as ``s3://``, ``gs://``, ``https://`` (any fsspec protocol) is
+read shard by shard from the local cache (``shard_cache.ShardCache``, ``cache=``): each worker
+starts downloading the next ``prefetch`` shards of its plan while it reads one, and holds the
+shard it reads against eviction; the checks above apply to the cached copy. A shard the store
+lacks or does not serve counts as lost, like a local one gone; a download whose sha256 differs
+stops the run. ``file://`` is the local folder.
+
 Speed: ``loader`` keeps one DataLoader per stream with its workers alive across epochs (the
 epoch and resume position travel through shared memory, not by re-pickling the stream), and
 ``decode_and_augment`` ships uint8 images, a quarter of float32's bytes through the workers'

@@ -21,6 +21,11 @@ in ``ShardStream`` (both are ``plan.PlannedStream``s; this one plans with ``plan
 Through ``stream.loader`` the DataLoader workers stay alive across epochs (epoch, resume position
 and the shards already verified in shared memory), as for ``ShardStream``.
 
+Sets given by URL (``remote.py``: s3://, gs://, https://, any fsspec protocol) are read as
+``stream.ShardStream`` reads them: whole shards fetched into the local cache (``cache=``), the next
+``prefetch`` shards of the worker's plan downloading meanwhile, memory-mapped there and pinned
+against eviction until their rows are gathered. ``file://`` is the local folder.
+
 Batches hold ``text`` (B, L) and ``image`` (B, H·W) as int32 tensors (half the bytes of int64
 to copy and to send to a GPU; a trainer casts them there), ``valid`` (B,) bool, ``keys``,
 ``lost`` and ``lost_shards``.
