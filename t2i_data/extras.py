@@ -7,7 +7,10 @@ need more, and pulling them into every install would cost far more than they are
 ``schema.features``) and ``webdataset`` (only named in cards and tests) with
 ``pip install 't2i-data[interop]'``; ``tensorboard`` (a trainer's ``tracker = "tensorboard"``)
 with ``pip install 't2i-data[tracking]'`` and ``wandb`` (``tracker = "wandb"``) with
-``pip install 't2i-data[wandb]'``. ``pip install 't2i-data[test]'`` installs all but wandb, so
+``pip install 't2i-data[wandb]'``; fsspec and aiohttp (shard sets by ``http(s)://`` URL,
+``t2i_data/remote.py``, which names the package for each protocol itself) with
+``pip install 't2i-data[remote]'``; dask-jobqueue (the README's SLURM recipe) with
+``pip install 't2i-data[cluster]'``. ``pip install 't2i-data[test]'`` installs all but wandb, so
 every test runs (the wandb path is tested against a stand-in module). An import site calls
 ``require`` instead of letting a bare ``ModuleNotFoundError`` through.
 """
