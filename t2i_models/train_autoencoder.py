@@ -23,8 +23,10 @@ ResNet-18 from ``perceptual_weights`` (a local state dict), its ``perceptual_lay
 ``rec_loss`` records the loss, the layers and the ResNet file's sha256, a resume with other ones is refused, and
 train rows add the pixel MSE as "mse".
 
-Known limit: under DDP the VQ-VAE's EMA buffers are broadcast from rank 0 each step, so the
-codebook follows rank 0's batches only (an all-reduce of the EMA statistics is the fix).
+Under DDP the VQ-VAE's EMA codebook statistics (counts and sums) are all-reduced across ranks
+before each update, and its start and restart draws come from the global batch with rank 0's draw
+(``vqvae._sum_statistics``): 2 processes hold the codebook of 1 process on the same global batch
+(tests/test_ddp_ema.py).
 """
 from __future__ import annotations
 
