@@ -90,12 +90,42 @@ def draw_attributes(seed: int, split: str, indices: np.ndarray, pool_size: int) 
 
 
 def resize_digit(digit: np.ndarray, size: int) -> np.ndarray:
+    """One (28, 28) uint8 digit -> (size, size) uint8: Pillow's bilinear resize (the thesis')."""
     return np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR))
 
 
-class GlyphTable:
-    """Each pool digit resized to each size at most once per process, on first use.
+RESIZE_CHUNK = 1024  # digits per batched Pillow call: 4.8 us/glyph at 256 to 4096 alike (measured)
 
+
+def resize_digits(digits: np.ndarray, size: int) -> np.ndarray:
+    """(n, h, w) uint8 digits -> (n, size, size) uint8, equal to ``resize_digit`` on each, in two
+    Pillow calls per chunk of ``RESIZE_CHUNK`` digits instead of one per digit.
+
+    Pillow's resample is separable: a horizontal pass (each output row a function of its input
+    row alone), then a vertical pass over the 8-bit result (each output column a function of its
+    column alone), with the same fixed-point weights whatever the image's other dimension. So the
+    digits stacked one above the other, resized in width only, give every digit's horizontal pass,
+    and those set side by side, resized in height only, give every vertical pass. Measured here
+    on the 60,000 MNIST train digits: 4.8 us a glyph against 24 us for ``resize_digit``, which
+    is what this hand-written path is for; equality on every digit of both embedded pools, at
+    every size, is tested (tests/test_mdmnist.py::test_batched_resize_equals_pillow_per_digit).
+    """
+    n, h, w = digits.shape
+    out = np.empty((n, size, size), np.uint8)
+    for i in range(0, n, RESIZE_CHUNK):
+        d = np.ascontiguousarray(digits[i : i + RESIZE_CHUNK])
+        k = len(d)
+        rows = np.asarray(Image.fromarray(d.reshape(k * h, w)).resize((size, k * h), Image.Resampling.BILINEAR))
+        side = np.ascontiguousarray(rows.reshape(k, h, size).transpose(1, 0, 2).reshape(h, k * size))
+        cols = np.asarray(Image.fromarray(side).resize((k * size, size), Image.Resampling.BILINEAR))
+        out[i : i + k] = cols.reshape(size, k, size).transpose(1, 0, 2)
+    return out
+
+
+class GlyphTable:
+    """Each pool digit resized to each size at most once per process, when a shard first needs it.
+
+    ``ensure`` resizes a shard's missing (row, size) pairs in one batch (``resize_digits``).
     The tables are ``np.zeros`` arrays, so untouched rows cost no memory (calloc'd pages);
     with the full MNIST train pool a worker holds at most 60,000 × (20² + 30² + 40²) = 174 MB.
     """
@@ -104,6 +134,15 @@ class GlyphTable:
         self.images = images
         self.tables = [np.zeros((len(images), s, s), np.uint8) for s in SIZES]
         self.done = np.zeros((len(SIZES), len(images)), bool)
+
+    def ensure(self, rows: np.ndarray, size_ids: np.ndarray) -> None:
+        """Resize every pair (rows[i], size_ids[i]) not resized yet; int arrays of one shape."""
+        for size_id in range(len(SIZES)):
+            need = np.unique(rows[size_ids == size_id])
+            need = need[~self.done[size_id, need]]
+            if len(need):
+                self.tables[size_id][need] = resize_digits(self.images[need], SIZES[size_id])
+                self.done[size_id, need] = True
 
     def get(self, row: int, size_id: int) -> np.ndarray:
         if not self.done[size_id, row]:
@@ -142,6 +181,7 @@ def produce_shard(cfg: MDMNISTConfig, split: str, index: int) -> Iterator[dict]:
     ids = np.arange(start, stop)
     a = draw_attributes(cfg.seed, split, ids, len(pool.labels))
     glyphs = glyph_table(cfg.mnist, split)
+    glyphs.ensure(a["digit"], a["size"])
     for n, i in enumerate(ids.tolist()):
         canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         digits, symbols = [], []

@@ -124,3 +124,24 @@ def test_config_validation_messages():
         MDMNISTConfig(png_level=10)
     with pytest.raises(T2IError, match="outside the test split of size 10"):
         render_sample(MDMNISTConfig(test=10), "test", 10)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_batched_resize_equals_pillow_per_digit(split, monkeypatch):
+    # resize_digits (two Pillow calls per chunk) against one Pillow resize per digit: every digit
+    # of the embedded pool, every MD-MNIST size, chunks of 1,024 and chunks of 300 (uneven ends)
+    from t2i_data import mdmnist
+
+    images = load_mnist("embedded").pools[split].images
+    for size in mdmnist.SIZES:
+        one_by_one = np.stack([np.asarray(Image.fromarray(d).resize((size, size), Image.BILINEAR)) for d in images])
+        assert np.array_equal(mdmnist.resize_digits(images, size), one_by_one), size
+        with monkeypatch.context() as m:
+            m.setattr(mdmnist, "RESIZE_CHUNK", 300)
+            assert np.array_equal(mdmnist.resize_digits(images[3:], size), one_by_one[3:])
+    table = mdmnist.GlyphTable(images)
+    rows, sizes = np.array([[5, 7, 5], [0, len(images) - 1, 7]]), np.array([[0, 2, 0], [1, 1, 2]])
+    table.ensure(rows, sizes)
+    assert table.done.sum() == 4  # pairs (5, 20), (7, 40), (0, 30), (last, 30): repeats resized once
+    for r, s in zip(rows.ravel(), sizes.ravel()):
+        assert np.array_equal(table.tables[s][r], mdmnist.resize_digit(images[r], mdmnist.SIZES[s]))
