@@ -5,6 +5,8 @@ read back by ``load_checkpoint_dict`` / ``restore_weights``; ``resume_checkpoint
 trainer's resume. Each model family has its format string and a save / load pair here
 (``save_autoencoder`` / ``load_autoencoder``, ``save_prior`` / ``load_prior``, ``save_clip`` /
 ``load_clip``), so this module imports the model builders and never the other way round.
+Every loader also reads a weights folder (``model.safetensors`` + ``config.json``) that
+``export_weights`` (``t2i export-weights``) writes: ``weights_folder``.
 
 The weights fingerprint is the sha256 over the state dict (names, dtypes, shapes and bytes, in
 name order): the same weights give the same fingerprint on any machine.
@@ -36,6 +38,7 @@ from .vqvae import VQVAE, VQVAEConfig
 from .vqvae2 import VQVAE2, VQVAE2Config
 from .vqvae_study import VQVAEStudy, VQVAEStudyConfig
 from .weights import weights_fingerprint
+from .weights_folder import WEIGHTS_ONLY, export_folder_of, read_weights_folder, write_weights_folder
 
 log = logging.getLogger(__name__)
 AUTOENCODER_FORMAT = "t2i-autoencoder/1"
@@ -80,8 +83,13 @@ def save_checkpoint(path: str | Path, model, fmt: str, **state) -> str:
 
 def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "cpu") -> dict:
     """A t2i checkpoint as a plain dict (``torch.load(weights_only=True)``), or one clear error;
-    ``what`` names the argument in that error (e.g. "--clip")."""
+    ``what`` names the argument in that error (e.g. "--clip"). A folder (or its
+    ``model.safetensors``) is read as a weights folder from ``t2i export-weights``
+    (``weights_folder.read_weights_folder``: the same dict without the training state; a run
+    folder is refused naming its last.pt), tensors on CPU."""
     where = f"{what} {path}" if what else str(path)
+    if export_folder_of(path) is not None:
+        return read_weights_folder(path, where)
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -111,6 +119,8 @@ def resume_checkpoint(last: Path, arch: str, map_location="cpu") -> dict | None:
     """A trainer's ``out/last.pt`` if there is one, refused when it belongs to a run of another arch."""
     if not last.exists():
         return None
+    if export_folder_of(last) is not None:  # a weights folder put where the run's last.pt goes
+        raise T2IError(f"{last}: a weights folder from 't2i export-weights', which {WEIGHTS_ONLY}")
     ck = load_checkpoint_dict(last, map_location=map_location)
     found = (ck.get("train_config") or {}).get("arch")
     if found != arch:
@@ -154,6 +164,8 @@ def restore_training(ck: dict, last: Path, ds, cfg, model: torch.nn.Module, opt:
     setting if this run would change the plan mid-epoch; checkpoints older than the stream state
     resume from their epoch and batch), one warning for changed ``schedule`` settings, then the
     weights and the optimizer. Returns (step, epoch, batch in epoch, samples lost so far this epoch)."""
+    if "optimizer" not in ck:
+        raise T2IError(f"{last} {WEIGHTS_ONLY}")
     state = ck.get("stream") or {"epoch": ck["epoch"], "batches_done": ck["batch_in_epoch"]}
     epoch, in_epoch, lost_before = ds.load_state_dict(state, cfg.num_workers, where=str(last))
     warn_changed_settings(last, ck.get("train_config", {}), asdict(cfg), schedule)
@@ -171,15 +183,17 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     """(model in eval mode, the checkpoint dict) for this project's autoencoder checkpoints and for
     the published image tokenizers ``pretrained`` reads (OpenAI's dVAE ``encoder.pkl`` /
     ``decoder.pkl``, taming VQGAN ``last.ckpt`` + ``model.yaml``, or their state dicts): those give
-    a record of the same shape ({format, kind, config, fingerprint, source}). Refuses any other
-    file with one ``T2IError`` listing what it takes."""
-    got = load_pretrained(path, map_location)
+    a record of the same shape ({format, kind, config, fingerprint, source}), and for a weights
+    folder from ``t2i export-weights`` (recognised first: never read as a published tokenizer).
+    Refuses any other file with one ``T2IError`` listing what it takes."""
+    got = load_pretrained(path, map_location) if export_folder_of(path) is None else None  # a weights folder is never a published one
     if got is not None:
         return got
     try:
         ck = load_checkpoint_dict(path, map_location=map_location)
     except T2IError as e:
-        raise T2IError(f"{e}; --autoencoder takes a t2i autoencoder checkpoint or a published tokenizer ({known_layouts()})") from None
+        raise T2IError(f"{e}; --autoencoder takes a t2i autoencoder checkpoint (last.pt, or a folder from 't2i export-weights') "
+                       f"or a published tokenizer ({known_layouts()})") from None
     if ck.get("format") != AUTOENCODER_FORMAT or ck.get("kind") not in KINDS:
         raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r}); --autoencoder also takes "
                        f"a published tokenizer ({known_layouts()})")
@@ -291,3 +305,37 @@ def load_regress(path: str | Path, map_location: str = "cpu", what: str = ""):
     if unknown:
         raise T2IError(f"{path}: its regress config has field(s) {', '.join(unknown)} that this t2i does not know; it was saved by another version")
     return restore_weights(Regressor(RegressConfig(**ck["config"])), ck, str(path)).to(map_location), ck
+
+
+def export_weights(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+    """``t2i export-weights``: the checkpoint file ``ckpt`` of any family here (autoencoder,
+    prior, CLIP, CVAE, regressor), loaded by its loader (so its weights are checked against its
+    fingerprint first), written as ``out/model.safetensors`` + ``out/config.json``
+    (``weights_folder.write_weights_folder``, atomic; the training state left out). Returns the
+    config.json record.
+
+    Raises ``T2IError`` (one line) for a missing or unloadable file, a run folder (naming its
+    last.pt), a weights folder, a published tokenizer's file (its own files are what others open
+    already), a format of no family here, an ``out`` that holds ``ckpt`` or is not empty (without
+    ``overwrite``)."""
+    from .pretrained import claiming_family
+
+    ckpt = Path(ckpt)
+    if ckpt.is_dir() and (ckpt / "last.pt").is_file():
+        raise T2IError(f"{ckpt} is a run folder: pass its checkpoint file {ckpt / 'last.pt'}")
+    if export_folder_of(ckpt) is not None:
+        read_weights_folder(ckpt)  # says what the folder is, if it is not a weights folder
+        raise T2IError(f"{ckpt} is already an export of 't2i export-weights'; pass the last.pt it was exported from")
+    family = claiming_family(ckpt) if ckpt.is_file() else None
+    if family is not None:
+        raise T2IError(f"{ckpt}: a published {family.KIND} tokenizer, not a t2i checkpoint; its record has no state dict of this "
+                       f"project to export (its published files are what others open): pass a t2i checkpoint (a run's last.pt)")
+    loaders = {AUTOENCODER_FORMAT: load_autoencoder, PRIOR_FORMAT: load_prior, CLIP_FORMAT: load_clip, CVAE_FORMAT: load_cvae,
+               REGRESS_FORMAT: load_regress}
+    fmt = load_checkpoint_dict(ckpt).get("format")
+    if fmt not in loaders:
+        raise T2IError(f"{ckpt}: a {fmt!r} checkpoint; export-weights takes {', '.join(loaders)}")
+    model, ck = loaders[fmt](ckpt)
+    if "state_dict" not in ck:
+        raise T2IError(f"{ckpt}: a published {ck.get('kind')} tokenizer record without a state dict; pass a t2i checkpoint (a run's last.pt)")
+    return write_weights_folder(model, ck, ckpt, out, overwrite)
