@@ -385,6 +385,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_weights(args) -> int:
+    from t2i_models.checkpoint import export_weights
+    from t2i_models.weights_folder import describe
+
+    print(describe(export_weights(args.checkpoint, args.out, overwrite=args.overwrite), args.out))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from t2i_data.inspect_shards import REPORT_NAME, inspect
 
@@ -663,6 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder: <split>/data-00000-of-00001.<format> and export.json")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new export is complete")
     ex.set_defaults(func=cmd_export)
+
+    ew = sub.add_parser("export-weights", help="a checkpoint -> model.safetensors + config.json (architecture, token spaces, "
+                        "fingerprints), a folder every t2i loader and any safetensors reader opens")
+    ew.add_argument("checkpoint", metavar="CKPT", help="a t2i checkpoint file (a run's last.pt) of any model")
+    ew.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty, unless --overwrite)")
+    ew.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new folder is complete")
+    ew.set_defaults(func=cmd_export_weights)
 
     ins = sub.add_parser("inspect", help="counts, quarantined inputs, caption/token-length and code-usage histograms")
     ins.add_argument("shards", nargs="+", help="shard sets: split folders or build folders of splits")

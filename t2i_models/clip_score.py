@@ -90,7 +90,7 @@ def load_clip(path, device="cpu") -> "CLIPScorer":
 
     Raises ``T2IError`` (one line, naming what the folder must hold and that nothing is
     downloaded) for: a missing folder; no config.json, or one that is not a CLIP config
-    (``model_type`` other than "clip"); no weights; no tokenizer or preprocessor files; weights
+    (``model_type`` other than "clip"; a t2i weights folder from ``t2i export-weights``, said so); no weights; no tokenizer or preprocessor files; weights
     that do not fit the config (missing or mis-shaped tensors: transformers would fill those
     with random values and only log it); a folder transformers cannot read."""
     folder = Path(path)
@@ -104,6 +104,9 @@ def load_clip(path, device="cpu") -> "CLIPScorer":
         raise T2IError(f"--clip {folder}: no config.json; the folder must hold {HOLDS}") from None
     except ValueError as e:
         raise T2IError(f"--clip {folder}: config.json is not JSON ({e}); the folder must hold {HOLDS}") from None
+    if isinstance(config, dict) and ("export_format" in config or str(config.get("model_type")).startswith("t2i_")):
+        raise T2IError(f"--clip {folder}: a t2i weights folder ('t2i export-weights' of a {config.get('kind')}), not a transformers CLIP; "
+                       f"this --clip takes a transformers CLIP folder ({HOLDS}); a t2i CLIP goes to 't2i eval priors|mdmnist --clip'")
     if not isinstance(config, dict) or config.get("model_type") != "clip":
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise T2IError(f"--clip {folder}: config.json describes model_type {kind!r}, not a CLIP (\"clip\"); the folder must hold {HOLDS}")
