@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--device", choices=("auto", "cpu", "cuda"))
     em.set_defaults(func=cmd_eval_mdmnist)
     ea = ev.add_parser("autoencoder", help="held-out MSE, PSNR, BCE, codes used, perplexity and a reconstruction grid -> report.json + PNG")
-    ea.add_argument("--autoencoder", help="an autoencoder checkpoint")
+    ea.add_argument("--autoencoder", help="an autoencoder checkpoint (last.pt, or its 't2i export-weights' folder)")
     ea.add_argument("--images", help="the held-out split of its image shard set (e.g. data/mdmnist/test)")
     ea.add_argument("--out", help="folder for report.json and reconstructions.png")
     ea.add_argument("--config", help="a pipeline file with an [eval_autoencoder] table; flags given here override it")
@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("sample", help="images from prompts with a trained prior: a PNG grid, or an image shard set for the metrics")
-    sm.add_argument("--prior", required=True)
+    sm.add_argument("--prior", required=True, help="a prior checkpoint (last.pt, or its 't2i export-weights' folder)")
     sm.add_argument("--autoencoder", required=True, help="the checkpoint that made the prior's image tokens")
     sm.add_argument("--tokenizer", required=True, help="the tokenizer the prior's captions were tokenized with")
     sm.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_sample)
 
     en = sub.add_parser("encode", help="image shards -> aligned image-token shards, K views per image")
-    en.add_argument("--autoencoder", help="a t2i autoencoder checkpoint")
+    en.add_argument("--autoencoder", help="a t2i autoencoder checkpoint (last.pt, or its 't2i export-weights' folder)")
     en.add_argument("--images", help="an image shard set (regime prior, ae or center, size = the autoencoder's)")
     en.add_argument("--out")
     en.add_argument("--config", help="a pipeline file with an [encode] table; flags given here override it")

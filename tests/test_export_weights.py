@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import safetensors.numpy
 import torch
 from safetensors.torch import load_file
 
@@ -107,9 +108,11 @@ def test_every_kind_round_trips_bit_for_bit_through_its_loader(exported, kind):
     stored = load_file(folder / "model.safetensors")
     tied = json.loads((folder / "config.json").read_text())["tied"]
     assert set(stored) | set(tied) == set(state) and not set(stored) & set(tied)
+    plain = safetensors.numpy.load_file(folder / "model.safetensors")  # without torch: numpy arrays
     for name, t in state.items():  # bytes, dtype and shape of every tensor, aliases included
-        got = stored[tied.get(name, name)]
+        got, arr = stored[tied.get(name, name)], plain[tied.get(name, name)]
         assert got.dtype == t.dtype and got.shape == t.shape and got.numpy().tobytes() == t.numpy().tobytes(), name
+        assert arr.dtype == t.numpy().dtype and arr.shape == tuple(t.shape) and arr.tobytes() == t.numpy().tobytes(), name
     with torch.no_grad():
         assert _equal(forward(m_pt), forward(m_dir)) and _equal(forward(m_pt), forward(m_file))
     assert C.weights_fingerprint(m_dir) == ck_pt["fingerprint"] == ck_dir["fingerprint"]
