@@ -263,6 +263,9 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
     body = _json_bytes(doc, str(source))
     with staged_dir(out, overwrite=replace) as tmp:
         save_file(keep, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "export_format": EXPORT_FORMAT, "fingerprint": doc["fingerprint"]})
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors 0.8 creates it 0600: others could not open it
         with open(tmp / CONFIG_FILE, "wb") as f:
             f.write(body)
             f.flush()

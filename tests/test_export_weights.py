@@ -120,6 +120,7 @@ def test_every_kind_round_trips_bit_for_bit_through_its_loader(exported, kind):
         assert ck_dir[key] == ck_pt[key], key
     assert not set(TRAINING) & set(ck_dir) and set(TRAINING) <= set(ck_pt)
     assert ck_dir["weights_folder"]["source"]["sha256"] == file_sha256(last)
+    assert (folder / "model.safetensors").stat().st_mode == (folder / "config.json").stat().st_mode  # readable as any file written here
 
 
 @pytest.mark.parametrize("kind", KINDS)
