@@ -235,6 +235,12 @@ def test_export_refusals_are_one_line(exported, tmp_path, capsys):
     for src, message in cases:
         assert _err(["export-weights", str(src), "--out", str(out)], capsys) == message, src
         assert not out.exists() and not out.with_name("w.partial").exists()
+    hint = "; --autoencoder takes a t2i autoencoder checkpoint (last.pt, or a folder from 't2i export-weights') or a published tokenizer"
+    assert _err(["preview", "x.tar", "--autoencoder", str(run), "--out", str(tmp_path / "p.png")], capsys) == (
+        f"{run} is a run folder: pass its checkpoint file {last}, or a folder from 't2i export-weights'{hint} ({C.known_layouts()})")
+    with pytest.raises(T2IError) as e:
+        C.load_prior_checked(str(run))
+    assert str(e.value) == f"--priors {run} is a run folder: pass its checkpoint file {last}, or a folder from 't2i export-weights'"
     other = tmp_path / "other.pt"
     torch.save({"format": "t2i-something/1", "kind": "x"}, other)
     assert _err(["export-weights", str(other), "--out", str(out)], capsys) == (
