@@ -385,3 +385,21 @@ def test_a_published_tokenizers_safetensors_beside_another_config_json_stays_the
     with pytest.raises(T2IError) as e:
         C.load_autoencoder(tmp_path)
     assert str(e.value).startswith(f"{tmp_path}: config.json has no export_format (model_type 'dall_e'): not a folder from 't2i export-weights'")
+
+
+def test_a_failed_export_leaves_the_previous_folder_and_no_partial(exported, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    last, folder = exported["cvae_mlp"]
+    out = tmp_path / "w"
+    shutil.copytree(folder, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"\0" * 100)  # part of the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError):
+        C.export_weights(last, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "w.partial").exists()
