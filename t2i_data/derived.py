@@ -15,7 +15,7 @@ from typing import Callable
 from .card import write_build_card
 from .errors import T2IError
 from .manifest import find_manifests, load_manifest
-from .build import build_shard_set, derived_dir, locks_out, refuse_overwrite
+from .build import derived_dir, finish_shard_set, locks_out, plan_shards, refuse_overwrite, run_shard_jobs
 
 # derive(manifest path, image manifest) -> (the kind's own manifest fields, produce(payload))
 Derive = Callable[[Path, dict], tuple[dict, Callable]]
@@ -37,7 +37,7 @@ def build_derived_sets(images: str | Path, out: str | Path, runner, kind: str, c
     (never written) ``_images``: the image split folder, and ``_out``: the derived set's folder,
     both ``Path``. Raises ``T2IError`` for a set that is not an image set, for shards its manifest
     lists but its folder lacks, and for an ``out`` that is the input's own folder."""
-    manifests = {}
+    manifests, planned = {}, []
     for mpath in find_manifests(images):
         base = load_manifest(mpath)
         if base.get("kind") != "images":
@@ -56,9 +56,12 @@ def build_derived_sets(images: str | Path, out: str | Path, runner, kind: str, c
             raise ValueError(f"derive may not set the shared manifest fields {sorted(identity.keys() & own.keys())}")
         target = derived_dir(images, mpath, out)
         refuse_overwrite(split_dir, target)
-        m = build_shard_set(produce, target, f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]],
-                            identity | own, runner, desc=f"{command} {base['dataset']} {base['split']}",
-                            payloads=[(str(split_dir), s) for s in base["shards"]])
-        manifests[base["split"]] = dict(m, _images=split_dir, _out=target)
+        job = plan_shards(produce, target, f"{base['dataset']}-{base['split']}", [s["samples"] for s in base["shards"]],
+                          identity | own, desc=f"{command} {base['dataset']} {base['split']}",
+                          payloads=[(str(split_dir), s) for s in base["shards"]])
+        planned.append((base["split"], identity | own, job, split_dir))
+    records = run_shard_jobs([job for _, _, job, _ in planned], runner, desc=f"{command} " + " + ".join(p[0] for p in planned))
+    for (split, ident, job, split_dir), recs in zip(planned, records):  # every split's shards ran in one map
+        manifests[split] = dict(finish_shard_set(job.out, ident, recs), _images=split_dir, _out=job.out)
     write_build_card(out, manifests)  # out/README.md for a build folder; nothing when out is the one set
     return manifests

@@ -26,7 +26,7 @@ from .schema import SCHEMAS, check_meta
 from .errors import T2IError
 from .pngio import encode_png, encoder_id
 from .rng import stream_id, uniform_int
-from .build import build_shard_set, locks_out
+from .build import finish_shard_set, locks_out, plan_shards, run_shard_jobs
 from .tario import WRITER_ID
 from .sources.mnist import EMBEDDED, load_mnist
 
@@ -223,7 +223,7 @@ def render_sample(cfg: MDMNISTConfig, split: str, index: int) -> dict:
 def build(cfg: MDMNISTConfig, out: str | Path, runner, splits: tuple[str, ...] = SPLITS) -> dict[str, dict]:
     """Build every split into ``out/<split>/`` with its manifest; returns the manifests."""
     source = load_mnist(cfg.mnist)  # load and check the source once, here, before any task runs
-    manifests = {}
+    jobs, identities = {}, {}
     for split in splits:
         n = cfg.count(split)
         sizes = [min(cfg.shard_size, n - s) for s in range(0, n, cfg.shard_size)]
@@ -239,7 +239,10 @@ def build(cfg: MDMNISTConfig, out: str | Path, runner, splits: tuple[str, ...] =
             "aligned_to": None,
             "encoder": {"png": encoder_id(cfg.png_level), "tar": WRITER_ID},
         }
-        produce = partial(produce_shard, cfg, split)
-        manifests[split] = build_shard_set(produce, Path(out) / split, f"mdmnist-{split}", sizes, identity, runner, desc=f"mdmnist {split}")
+        identities[split] = identity
+        jobs[split] = plan_shards(partial(produce_shard, cfg, split), Path(out) / split, f"mdmnist-{split}", sizes, identity,
+                                  desc=f"mdmnist {split}")
+    records = run_shard_jobs(list(jobs.values()), runner, desc=f"mdmnist {' + '.join(splits)}")  # every split's shards in one map
+    manifests = {split: finish_shard_set(jobs[split].out, identities[split], recs) for split, recs in zip(jobs, records)}
     write_build_card(out, manifests)  # out/README.md: every split, loadable with datasets
     return manifests

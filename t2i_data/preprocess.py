@@ -48,7 +48,7 @@ from .pngio import encode_png, encoder_id
 from .regimes import REGIMES, Regime
 from .schema import SCHEMAS, check_meta
 from .quarantine import Quarantine, Quarantined
-from .build import ShardStats, finish_shard_set, locks_out, merge_stats, write_shards
+from .build import ShardStats, finish_shard_set, locks_out, merge_stats, plan_shards, run_shard_jobs
 from .sources import registry
 from .sources.records import ImageRecord, clean_caption_lines, plain_relative
 from .tario import WRITER_ID
@@ -346,7 +346,7 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
     Each manifest gets ``leakage``: its samples whose source bytes or stored pixels are also in
     another split of this build (``dedup.py``)."""
     by_split, source = records if records is not None else load_records(cfg)
-    identities, written, dirs = {}, {}, {}
+    identities, jobs, dirs = {}, {}, {}
     for split, recs in by_split.items():
         chunks = [recs[i : i + cfg.shard_size] for i in range(0, len(recs), cfg.shard_size)]
         identities[split] = {
@@ -362,11 +362,14 @@ def preprocess(cfg: PreprocessConfig, out: str | Path, runner, records: tuple | 
             "encoder": encoder_record(cfg),
         }
         dirs[split] = Path(out) / split
-        written[split] = write_shards(
+        jobs[split] = plan_shards(
             partial(produce_shard, cfg), dirs[split], f"{cfg.dataset}-{split}", [len(c) for c in chunks],
-            identities[split], runner, desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
+            identities[split], desc=f"{cfg.dataset} {split} {cfg.regime}-{cfg.size}", payloads=chunks,
             stamp=partial(source_stamp, cfg),
         )
+    # every split's shards in one map: no worker waits at the end of one split for the next
+    written = dict(zip(jobs, run_shard_jobs(list(jobs.values()), runner, desc=f"{cfg.dataset} {cfg.regime}-{cfg.size}")))
+    for split in jobs:
         first = next((r for rec in written[split] for r in rec["quarantined"]), None)
         if cfg.strict and first:  # shards reused from a build without --strict hold quarantined inputs
             raise T2IError(f"{first['key']}: {first['reason']} (kept from an earlier build without --strict; "

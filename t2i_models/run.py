@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import contextlib
 import os
 import shutil
 import sys
@@ -634,13 +635,39 @@ def select(stages: list[Stage], until: str | None, only: str | None) -> set[str]
     return chosen
 
 
-def execute(s: Stage) -> str:
-    """Run one stage through its library function; returns a one-line summary."""
-    cfg, k = s.cfg, s.kind
-    if k in SHARD_KINDS:
+class StageRunners:
+    """The runners of one ``t2i run``: one per ``workers`` setting, made when a shard stage first
+    needs it and kept for the next shard stages, so a local cluster starts at most once per
+    command rather than once per stage. ``close`` ends them; ``run_pipeline`` calls it before a
+    stage that is not a shard stage (a trainer's loader processes fork this process) and at the end."""
+
+    def __init__(self) -> None:
+        self._by: dict = {}
+
+    def get(self, workers: int | None):
         from t2i_data.runner import make_runner
 
-        with make_runner(s.extra.get("workers"), None) as runner:
+        if workers not in self._by:
+            self._by[workers] = make_runner(workers, None)
+        return self._by[workers]
+
+    def close(self) -> None:
+        for r in self._by.values():
+            r.close()
+        self._by.clear()
+
+
+def execute(s: Stage, runners: StageRunners | None = None) -> str:
+    """Run one stage through its library function; returns a one-line summary. Shard stages take
+    their runner from ``runners`` (a fresh one, closed after the stage, without)."""
+    cfg, k = s.cfg, s.kind
+    if k in SHARD_KINDS:
+        own = runners is None
+        runners = runners or StageRunners()
+        runner = runners.get(s.extra.get("workers"))
+        with contextlib.ExitStack() as stack:
+            if own:
+                stack.callback(runners.close)
             if k == "mdmnist":
                 from t2i_data.mdmnist import build
 
@@ -764,6 +791,16 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
         print("nothing to run: every chosen stage is done", file=file)
         return stages
     t_all, ran = time.perf_counter(), set()
+    runners = StageRunners()
+    try:
+        _run_stages(stages, todo, by, path, runners, ran, file)
+    finally:
+        runners.close()
+    print(f"ran {len(ran)} stage(s) in {time.perf_counter() - t_all:.1f} s", file=file)
+    return stages
+
+
+def _run_stages(stages: list[Stage], todo: list[Stage], by: dict, path: str, runners: StageRunners, ran: set, file) -> None:
     for i, s in enumerate(stages):
         if s not in todo:
             continue
@@ -783,8 +820,10 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
         _write_state(s.out, {"stage": s.name, "status": "running", "config": s.config, "inputs": inputs})
         print(f"[{todo.index(s) + 1}/{len(todo)}] {s.name}: {'resuming' if s.state == 'partly done' else 'running'}", file=file, flush=True)
         t0 = time.perf_counter()
+        if s.kind not in SHARD_KINDS and s.kind != "tokenizer":
+            runners.close()  # a trainer's DataLoader forks this process: no cluster threads in it
         try:
-            summary = execute(s)
+            summary = execute(s, runners)
         except T2IError as e:
             msg = " ".join(str(e).split())
             raise T2IError(f"stage {s.name} failed: {msg}. Fix it (in {path} or with {s.name}.key=value) and rerun the same "
@@ -807,5 +846,3 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
         _write_state(s.out, {"stage": s.name, "status": "done", "config": s.config, "inputs": inputs, "output": ident,
                              "seconds": round(time.perf_counter() - t0, 1)})
         print(f"[{todo.index(s) + 1}/{len(todo)}] {s.name}: done in {time.perf_counter() - t0:.1f} s: {summary}", file=file, flush=True)
-    print(f"ran {len(ran)} stage(s) in {time.perf_counter() - t_all:.1f} s", file=file)
-    return stages

@@ -271,3 +271,24 @@ def test_figure_commands_refuse_an_out_that_is_a_file(done, capsys, monkeypatch,
     (where / "FILE").write_text("x")
     assert main(["-q", *command]) == 2
     assert capsys.readouterr().err.strip() == "t2i: error: --out FILE: a file, not a folder; give a folder for the figures"
+
+
+def test_shard_stages_share_one_runner_per_command_and_it_closes_before_training(tmp_path, capsys, monkeypatch):
+    # mdmnist and tokenize (tokenizer between them) take the same runner; a training stage closes it
+    from t2i_data import runner as runner_mod
+
+    events = []
+
+    class Recording(runner_mod.InProcessRunner):
+        def __init__(self, workers):
+            events.append(("made", workers))
+
+        def close(self):
+            events.append(("closed",))
+
+    monkeypatch.setattr(runner_mod, "make_runner", lambda workers, scheduler: Recording(workers))
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = t2i_run(capsys, "--until", "train_autoencoder", "train_autoencoder.steps=1")
+    assert rc == 0, out + err
+    assert ran(out) == ["mdmnist", "tokenizer", "tokenize", "train_autoencoder"]
+    assert events == [("made", 0), ("closed",)]  # one runner for both shard stages, closed before training

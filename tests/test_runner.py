@@ -1,0 +1,122 @@
+"""The default runner (``AutoRunner``): in-process while a cluster would not pay, one local cluster
+per command when it would, the same bytes either way; every split's shards in one map; one
+runner per ``t2i run``."""
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from t2i_data import runner as runner_mod
+from t2i_data.build import ShardJob, run_shard_jobs
+from t2i_data.errors import T2IError
+from t2i_data.mdmnist import MDMNISTConfig, build
+from t2i_data.runner import AutoRunner, DaskRunner, InProcessRunner, make_runner
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # dask workers get this module's functions by value
+SMALL = MDMNISTConfig(seed=3, train=60, test=20, shard_size=10)  # 6 + 2 shards
+
+
+def tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".lock" not in p.name}
+
+
+def test_make_runner_picks_auto_when_workers_are_unset():
+    assert isinstance(make_runner(), AutoRunner) and make_runner().workers >= 1
+    assert type(make_runner(workers=0)) is InProcessRunner
+    with pytest.raises(T2IError, match="^--workers must be 0"):
+        make_runner(workers=-1)
+
+
+@pytest.mark.parametrize("seconds, done, left, tasks_left, workers, start", [
+    (1.0, 1, 9, 9, 2, False),     # 9 s left: 4.5 s saved < 5 s start cost
+    (1.0, 1, 11, 11, 2, True),    # 11 s left: 5.5 s saved > 5 s
+    (1.0, 1, 100, 1, 2, False),   # one task left: nothing to share
+    (1.0, 1, 100, 99, 1, False),  # one core: a cluster never pays
+    (1.0, 1, 7, 7, 4, True),      # 4 workers save 3/4 of 7 s = 5.25 s > 5 s
+    (0.0, 5, 5, 5, 2, False),     # reused shards take no time: no work ahead
+])
+def test_the_rule_starts_a_cluster_when_the_time_it_saves_exceeds_its_start_cost(seconds, done, left, tasks_left, workers, start):
+    assert AutoRunner(workers=workers)._worth_a_cluster(seconds, done, left, tasks_left) is start
+
+
+def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for a small build"))
+    with AutoRunner(workers=2) as r:
+        build(SMALL, tmp_path / "a", r)
+        assert not r.started and r.description.startswith("in-process")
+    build(SMALL, tmp_path / "b", InProcessRunner())
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+
+
+def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes(monkeypatch, tmp_path):
+    made = []
+
+    class Counting(DaskRunner):
+        def __init__(self, **kw):
+            made.append(kw)
+            super().__init__(**kw)
+
+    monkeypatch.setattr(runner_mod, "DaskRunner", Counting)
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:  # any work pays: the cluster starts after the first task
+        first = build(SMALL, tmp_path / "a", r)
+        assert r.started and r.description.startswith("dask local cluster, 2 worker processes")
+        again = build(MDMNISTConfig(seed=4, train=30, test=0, shard_size=10), tmp_path / "c", r)  # a second command step
+    assert made == [{"workers": 2}]  # started once, kept for the second build
+    build(SMALL, tmp_path / "b", InProcessRunner())
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    assert first["train"]["totals"]["shards"] == 6 and again["train"]["totals"]["shards"] == 3
+    build(MDMNISTConfig(seed=4, train=30, test=0, shard_size=10), tmp_path / "d", InProcessRunner())
+    assert tree_bytes(tmp_path / "c") == tree_bytes(tmp_path / "d")
+
+
+def _slow(item):
+    time.sleep(0.05)
+    return item * 10
+
+
+def test_results_come_back_in_item_order_across_the_switch_and_a_failure_is_raised(monkeypatch):
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:
+        assert r.map(_slow, list(range(9)), weights=[1] * 9) == [i * 10 for i in range(9)]
+        with pytest.raises(ZeroDivisionError):
+            r.map(lambda i: 1 // (i - 4), list(range(8)))
+
+
+def test_a_cluster_that_cannot_start_is_raised_not_skipped(monkeypatch):
+    def broken(**kw):
+        raise T2IError("dask.distributed is not importable (test); pip install 'dask[distributed]'")
+
+    monkeypatch.setattr(runner_mod, "DaskRunner", broken)
+    with pytest.raises(T2IError, match="dask.distributed is not importable"):
+        AutoRunner(workers=2, start_cost_s=0.0).map(_slow, [1, 2, 3])
+
+
+def test_every_split_runs_in_one_map_in_item_order():
+    calls = []
+
+    class Recording(InProcessRunner):
+        def map(self, fn, items, weights=None, desc=""):
+            calls.append((len(items), list(weights), desc))
+            return super().map(fn, items, weights, desc)
+
+    jobs = [ShardJob(None, lambda it: {"skipped": False, "i": it}, [1, 2, 3], [5, 5, 2], "a train"),
+            ShardJob(None, lambda it: {"skipped": False, "i": it * 100}, [4], [7], "a test")]
+    out = run_shard_jobs(jobs, Recording())
+    assert calls == [(4, [5, 5, 2, 7], "a train + a test")]
+    assert [[r["i"] for r in recs] for recs in out] == [[1, 2, 3], [400]]
+
+
+def test_a_given_client_is_used_and_left_open(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        with DaskRunner(client=client) as r:
+            assert r.map(_slow, [1, 2]) == [10, 20]
+        assert client.status == "running"  # DaskRunner closes only what it started
+    with pytest.raises(T2IError, match="takes a dask.distributed.Client, got LocalCluster"):
+        with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+            DaskRunner(client=cluster)
+    with pytest.raises(T2IError, match="one of workers"):
+        DaskRunner(workers=2, address="tcp://127.0.0.1:1")
