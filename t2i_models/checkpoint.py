@@ -186,7 +186,11 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     a record of the same shape ({format, kind, config, fingerprint, source}), and for a weights
     folder from ``t2i export-weights`` (recognised first: never read as a published tokenizer).
     Refuses any other file with one ``T2IError`` listing what it takes."""
-    got = load_pretrained(path, map_location) if export_folder_of(path) is None else None  # a weights folder is never a published one
+    folder = export_folder_of(path)
+    # a weights folder is never a published tokenizer; a folder holding none of its files (nor a
+    # last.pt) may be a published file's name given as a folder, which the family reader explains
+    bare = folder is not None and not any((folder / n).exists() for n in ("config.json", "model.safetensors", "last.pt"))
+    got = load_pretrained(path, map_location) if folder is None or bare else None
     if got is not None:
         return got
     try:
