@@ -310,6 +310,9 @@ class RemoteShardSet:
             st = os.lstat(path)
         except FileNotFoundError:
             return False
+        if stat.S_ISREG(st.st_mode) and not (self.dir / ".used" / path.name).is_file():
+            raise T2IError(f"{path}: a file the shard cache did not download, where it keeps {path.name}; the cache never "
+                           f"deletes, replaces or uses a file it did not make: move it away, or set T2I_CACHE_DIR to another folder")
         if stat.S_ISREG(st.st_mode):
             try:
                 check_shard_once(path, rec)
@@ -348,9 +351,9 @@ class RemoteShardSet:
             raise T2IError(f"{what}: the store sent {size:,} bytes with sha256 {sha}, the manifest says {rec['bytes']:,} bytes "
                            f"with sha256 {rec['sha256']}; the download was deleted and not used: the store's copy was replaced, "
                            f"damaged or belongs to another set; fix the store (t2i verify {self.url} lists every problem)")
+        self._touch(name)  # the use mark first: a shard file without one is never the cache's (evicted or replaced)
         os.replace(part, dest)
         remember_verified(dest, rec["sha256"])  # hashed as it arrived: the readers' check need not hash it again
-        self._touch(name)
         self.stats["downloads"] += 1
         self.stats["bytes"] += size
 

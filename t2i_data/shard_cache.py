@@ -132,7 +132,7 @@ class ShardCache:
                 try:
                     when = os.stat(used).st_mtime_ns
                 except FileNotFoundError:
-                    when = st.st_mtime_ns
+                    continue  # no use mark: a file the cache did not download (put there by hand): never evicted
                 out.append((when, st.st_size, Path(e.path), used))
         return out
 

@@ -327,9 +327,21 @@ def test_the_cache_never_deletes_what_it_did_not_make(sets, tmp_path):
     os.symlink(local / names(local)[2], root / "link.tar")
     url = to_memory(local)
     batches(url, cache=cache)
+    own = next(d for d in root.iterdir() if (d / ".t2i-cache-set.json").is_file())  # the set folder the cache made
+    (own / "my.tar").write_bytes(b"a user's own file inside the cache's set folder")
     batches(url, cache=cache, prefetch=4)  # many evictions
     assert cache.evicted >= 4
     assert (mine / names(local)[0]).is_file() and (root / "notes" / "keep.tar").is_file() and (root / "link.tar").is_file()
+    assert (own / "my.tar").read_bytes() == b"a user's own file inside the cache's set folder"
+    # a file put by hand under a shard's own name: refused, never replaced, evicted or read
+    for p in own.glob("*.tar"):
+        if p.name != "my.tar":
+            p.unlink()
+    (own / ".used" / names(local)[0]).unlink(missing_ok=True)  # as after an eviction
+    (own / names(local)[0]).write_bytes(b"not the shard")
+    with pytest.raises(T2IError, match=r"a file the shard cache did not download, where it keeps .*move it away"):
+        open_remote_set(url, cache).remote.fetch(names(local)[0])
+    assert (own / names(local)[0]).read_bytes() == b"not the shard"
     assert {p: p.read_bytes() for p in local.iterdir() if p.is_file()} == before
 
 
