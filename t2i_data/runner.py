@@ -83,7 +83,12 @@ class DaskRunner(InProcessRunner):
             self._client = client
             self.description = f"dask cluster {client.scheduler.address if client.scheduler else client}"
         elif address:
-            self._client = Client(address)
+            try:
+                self._client = Client(address)
+            except (ValueError, OSError, TimeoutError) as e:  # a malformed address, nothing listening, a timeout
+                msg = " ".join(str(e).split())
+                raise T2IError(f"--scheduler {address}: no dask scheduler reachable there ({type(e).__name__}: {msg}); "
+                               "give the address 'dask scheduler' printed, e.g. tcp://host:8786") from None
             self.description = f"dask scheduler {address}"
         else:
             n = workers or os.cpu_count() or 1

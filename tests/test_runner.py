@@ -120,3 +120,13 @@ def test_a_given_client_is_used_and_left_open(tmp_path):
             DaskRunner(client=cluster)
     with pytest.raises(T2IError, match="one of workers"):
         DaskRunner(workers=2, address="tcp://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("address", ["x", "tcp://127.0.0.1:1"])
+def test_a_scheduler_that_is_malformed_or_not_there_is_one_line(address, monkeypatch):
+    import dask
+    import distributed  # noqa: F401  (its config defaults loaded before the override, which would otherwise drop them on exit)
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(T2IError, match=rf"^--scheduler {address}: no dask scheduler reachable there"):
+            make_runner(scheduler=address)
