@@ -269,6 +269,10 @@ def test_out_is_refused_when_it_holds_the_checkpoint_or_is_not_empty(exported, t
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["-q", "export-weights", str(run / "last.pt"), "--out", str(empty)]) == 0 and (empty / "config.json").is_file()
+    (tmp_path / "a-file").write_text("x")
+    for bad in (tmp_path / "a-file" / "w", run / "last.pt" / "w"):  # under a file: the folder cannot be made
+        msg = _err(["export-weights", str(run / "last.pt"), "--out", str(bad)], capsys)
+        assert msg.startswith(f"--out {bad}: cannot make the folder (") and "\n" not in msg
 
 
 def _damage(folder, how):
