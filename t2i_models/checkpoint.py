@@ -102,6 +102,19 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
     return ck
 
 
+def build_model(where: str, kind: str, make):
+    """``make()``, the model a checkpoint's recorded config describes; its config read from a file
+    may hold a field of the wrong type or value (a hand-edited config.json): the ``TypeError`` or
+    ``ValueError`` the model's own checks raise becomes one ``T2IError`` naming the file."""
+    try:
+        return make()
+    except T2IError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise T2IError(f"{where}: its {kind} config does not make a model ({type(e).__name__}: {' '.join(str(e).split())}); "
+                       "it was changed by hand or saved by another version") from None
+
+
 def restore_weights(model: torch.nn.Module, ck: dict, where: str, required: bool = True) -> torch.nn.Module:
     """Load ``ck``'s weights into ``model`` (strict) and check them against the recorded fingerprint;
     ``required=False`` accepts checkpoints written before they carried one. Returns the model in eval mode."""
@@ -202,6 +215,9 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
         raise T2IError(f"{path}: not a t2i autoencoder checkpoint (format {ck.get('format')!r}); --autoencoder also takes "
                        f"a published tokenizer ({known_layouts()})")
     model_cls, cfg_cls = KINDS[ck["kind"]]
+    if not isinstance(ck.get("config"), dict):
+        raise T2IError(f"{path}: its {ck['kind']} checkpoint has no config record (got {type(ck.get('config')).__name__}); "
+                       "it was changed by hand or saved by another version")
     config = dict(ck["config"])
     if "vocab" in config and "vocab_size" not in config:  # saved before the field took the tokenizers' name (issue 16)
         config["vocab_size"] = config.pop("vocab")
@@ -211,7 +227,7 @@ def load_autoencoder(path: str | Path, map_location: str = "cpu"):
     if unknown:
         raise T2IError(f"{path}: its {ck['kind']} config has field(s) {', '.join(unknown)} that this t2i does not know (known: "
                        f"{', '.join(sorted(known))}); it was saved by another version")
-    return restore_weights(model_cls(cfg_cls(**config)), ck, str(path)), ck
+    return restore_weights(build_model(str(path), ck["kind"], lambda: model_cls(cfg_cls(**config))), ck, str(path)), ck
 
 
 def save_prior(path: str | Path, model, **state) -> str:
@@ -225,7 +241,7 @@ def load_prior(path: str | Path, map_location: str = "cpu"):
     if ck["format"] != PRIOR_FORMAT:
         raise T2IError(f"{path}: not a t2i prior checkpoint (format {ck['format']!r})")
     if "config" in ck:  # the architecture as saved: a builder's later defaults (issue 17's MLP 512 / ReLU) do not change it
-        model = prior_from_config(ck["kind"], ck["config"], str(path))
+        model = build_model(str(path), ck["kind"], lambda: prior_from_config(ck["kind"], ck["config"], str(path)))
     else:
         model = PRIORS[ck["train_config"]["arch"]](**ck["tokens"], **ck["train_config"].get("model", {}))
     return restore_weights(model, ck, str(path), required=False), ck  # prior checkpoints carry a fingerprint since issue 7
@@ -260,7 +276,7 @@ def load_clip(path: str | Path, map_location: str = "cpu"):
     ck = load_checkpoint_dict(path, "--clip")
     if ck["format"] != CLIP_FORMAT:
         raise T2IError(f"--clip {path}: a {ck['format']} checkpoint ({ck.get('kind')}), not a CLIP; train one with 't2i train clip'")
-    return restore_weights(CLIP(CLIPConfig(**ck["config"])), ck, f"--clip {path}").to(map_location), ck
+    return restore_weights(build_model(str(path), "clip", lambda: CLIP(CLIPConfig(**ck["config"]))), ck, f"--clip {path}").to(map_location), ck
 
 
 def save_cvae(path: str | Path, model, **state) -> str:
@@ -283,7 +299,7 @@ def load_cvae(path: str | Path, map_location: str = "cpu", what: str = ""):
     if unknown:
         raise T2IError(f"{path}: its {ck['kind']} config has field(s) {', '.join(unknown)} that this t2i does not know; "
                        f"it was saved by another version")
-    return restore_weights(model_cls(cfg_cls(**ck["config"])), ck, str(path)).to(map_location), ck
+    return restore_weights(build_model(str(path), ck["kind"], lambda: model_cls(cfg_cls(**ck["config"]))), ck, str(path)).to(map_location), ck
 
 
 REGRESS_FORMAT = "t2i-regress/1"  # the regression baselines of the Transformer/VAE study (regress.py)
@@ -308,7 +324,7 @@ def load_regress(path: str | Path, map_location: str = "cpu", what: str = ""):
     unknown = sorted(set(ck["config"]) - known)
     if unknown:
         raise T2IError(f"{path}: its regress config has field(s) {', '.join(unknown)} that this t2i does not know; it was saved by another version")
-    return restore_weights(Regressor(RegressConfig(**ck["config"])), ck, str(path)).to(map_location), ck
+    return restore_weights(build_model(str(path), "regress", lambda: Regressor(RegressConfig(**ck["config"]))), ck, str(path)).to(map_location), ck
 
 
 def export_weights(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> dict:

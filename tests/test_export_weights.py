@@ -407,3 +407,26 @@ def test_a_failed_export_leaves_the_previous_folder_and_no_partial(exported, tmp
     with pytest.raises(OSError):
         C.export_weights(last, out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "w.partial").exists()
+
+
+@pytest.mark.parametrize("field, value", [("hidden", 8.0), ("hidden", "8"), ("tau_start", -1)])
+def test_a_config_field_of_the_wrong_type_or_value_is_one_line(exported, tmp_path, field, value):
+    _, folder = exported["dvae"]
+    d = tmp_path / "w"
+    shutil.copytree(folder, d)
+    doc = json.loads((d / "config.json").read_text())
+    assert field in doc["config"]
+    doc["config"][field] = value
+    (d / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(T2IError) as e:
+        C.load_autoencoder(d)
+    assert str(e.value).startswith(f"{d}: its dvae config does not make a model (") and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_without_a_config_record_is_one_line(exported, tmp_path):
+    last, _ = exported["dvae"]
+    ck = torch.load(last, weights_only=True)
+    ck["config"] = None
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(T2IError, match=r"bad.pt: its dvae checkpoint has no config record \(got NoneType\)"):
+        C.load_autoencoder(tmp_path / "bad.pt")
