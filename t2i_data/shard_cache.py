@@ -97,12 +97,19 @@ class ShardCache:
             raise T2IError(f"{root}: the shard cache folder is a symlink; give the folder itself")
         if (root / CACHE_MARK).is_file():
             return
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and not root.is_dir():
+            raise T2IError(f"{root}: a file, not a folder; the shard cache needs a folder of its own: give an empty or new "
+                           f"folder (T2I_CACHE_DIR)")
+        if root.exists() and any(root.iterdir()):
             raise T2IError(f"{root}: not a t2i shard cache (no {CACHE_MARK} file) and not empty; the cache deletes the shards "
                            f"it evicts, so it keeps a folder of its own: give an empty or new folder (T2I_CACHE_DIR)")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / CACHE_MARK).write_text("A t2i shard cache: whole shards downloaded from stores, evicted least recently used "
-                                       "first. Safe to delete.\n")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / CACHE_MARK).write_text("A t2i shard cache: whole shards downloaded from stores, evicted least recently used "
+                                           "first. Safe to delete.\n")
+        except OSError as e:
+            raise T2IError(f"{root}: cannot make the shard cache folder ({e.strerror or e}); set T2I_CACHE_DIR to a "
+                           "writable folder") from None
 
     def set_dir(self, url: str) -> Path:
         """The cache's folder for the shard set at ``url`` (created, with its ``CACHE_SET_MARK``)."""

@@ -100,6 +100,12 @@ def image_array(image) -> np.ndarray:
     return a
 
 
+def _folder_or_nothing(path: Path, what: str) -> None:
+    """``T2IError`` before training starts when ``path``, the tracker's folder, is there and not a folder."""
+    if path.exists() and not path.is_dir():
+        raise T2IError(f"{path}: a file where {what} writes its folder; move it away or choose another out")
+
+
 class TensorBoardTracker(Tracker):
     """Event files in ``log_dir`` through ``torch.utils.tensorboard.SummaryWriter`` (module
     docstring: opened at the first value, with ``purge_step``). Scalars are stored as float32
@@ -110,6 +116,7 @@ class TensorBoardTracker(Tracker):
     def __init__(self, log_dir: Path, config: dict | None = None) -> None:
         require("tensorboard", "tracker=tensorboard")
         self.log_dir, self.config, self.writer = Path(log_dir), config, None
+        _folder_or_nothing(self.log_dir, "tracker=tensorboard")
 
     def _writer(self, step: int):
         if self.writer is None:
@@ -145,6 +152,7 @@ class WandbTracker(Tracker):
     def __init__(self, out: Path, config: dict | None = None) -> None:
         self.wandb = require("wandb", "tracker=wandb")
         self.out, self.config, self.run = Path(out), config, None
+        _folder_or_nothing(self.out / WANDB_DIR, "tracker=wandb")
 
     def _run(self):
         if self.run is None:

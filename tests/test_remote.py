@@ -379,3 +379,12 @@ def test_token_stream_pins_what_it_gathers_and_releases_it(sets, tmp_path):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             finally:
                 os.close(fd)
+
+
+def test_a_cache_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(T2IError, match=r"f: a file, not a folder; the shard cache needs a folder of its own"):
+        ShardCache(tmp_path / "f", 10)
+    with pytest.raises(T2IError, match=r"f/c: cannot make the shard cache folder \(.*\); set T2I_CACHE_DIR to a writable folder"):
+        ShardCache(tmp_path / "f" / "c", 10)
+    assert (tmp_path / "f").read_text() == "mine"

@@ -358,3 +358,12 @@ def test_row_scalars_and_image_arrays():
     assert tracking.image_array(np.zeros((4, 5), np.uint8)).shape == (4, 5, 1)
     with pytest.raises(ValueError, match=r"uint8 \(H, W\[, 1\|3\|4\]\); got float32 \(4, 5, 3\)"):
         tracking.image_array(np.zeros((4, 5, 3), np.float32))
+
+
+def test_a_file_where_the_tracker_writes_its_folder_stops_before_training(ae_images, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("mine")
+    with pytest.raises(T2IError, match=r"tensorboard: a file where tracker=tensorboard writes its folder; move it away"):
+        train(ae_cfg(ae_images, out, tracker="tensorboard"))
+    assert not (out / "last.pt").exists() and (out / "tensorboard").read_text() == "mine"
