@@ -228,7 +228,9 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> bool:
                        f"(replacing it would delete the checkpoint)")
     if not out.exists() and not out.is_symlink():
         return False
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    if not out.is_dir() or out.is_symlink():  # --overwrite replaces an earlier export folder, never a file or a link
+        raise T2IError(f"--out {out} is a {'symlink' if out.is_symlink() else 'file'}, not a folder; choose another --out")
+    if not any(out.iterdir()):
         return True  # an empty folder: nothing of anyone's is lost
     if not overwrite:
         raise T2IError(f"--out {out} already exists and is not empty; choose another --out, or pass --overwrite to replace it")

@@ -270,6 +270,10 @@ def test_out_is_refused_when_it_holds_the_checkpoint_or_is_not_empty(exported, t
     empty.mkdir()
     assert main(["-q", "export-weights", str(run / "last.pt"), "--out", str(empty)]) == 0 and (empty / "config.json").is_file()
     (tmp_path / "a-file").write_text("x")
+    for flags in ([], ["--overwrite"]):  # a file is never replaced by the folder
+        assert _err(["export-weights", str(run / "last.pt"), "--out", str(tmp_path / "a-file"), *flags], capsys) == (
+            f"--out {tmp_path / 'a-file'} is a file, not a folder; choose another --out")
+    assert (tmp_path / "a-file").read_text() == "x"
     for bad in (tmp_path / "a-file" / "w", run / "last.pt" / "w"):  # under a file: the folder cannot be made
         msg = _err(["export-weights", str(run / "last.pt"), "--out", str(bad)], capsys)
         assert msg.startswith(f"--out {bad}: cannot make the folder (") and "\n" not in msg
