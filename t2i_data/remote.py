@@ -427,7 +427,7 @@ class RemoteShardSet:
         try:
             self.fetch(name)
         except Exception as e:  # the reader's fetch of the same shard raises it where it is needed
-            log.info("%s: prefetch failed (%s)", self.where(name), e)
+            log.debug("%s: prefetch failed (%s)", self.where(name), e)
 
     def wait_prefetched(self) -> None:
         """Wait for every prefetch started in this process (tests and benchmarks)."""
