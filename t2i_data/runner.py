@@ -101,7 +101,13 @@ class DaskRunner(InProcessRunner):
             # 5,000-sample MD-MNIST shard against 1,440 unset, and 1.43 s a shard against 1.13 s
             # (25% on every task; measured here with resource.getrusage). Unset, the workers
             # allocate as this process does. The nanny keeps the env it read for restarts.
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            # And a quieter event loop beside each worker's task thread: no statistical profiler
+            # (a stack sample every 10 ms), ticks and system samples every 1 s and 5 s instead of
+            # 20 ms and 500 ms. Two workers writing MD-MNIST shards at once: 1.20-1.32 s a shard
+            # against 1.27-1.41 s with dask's defaults (two plain processes: 1.17-1.28 s).
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                                  "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+                                  "distributed.admin.system-monitor.interval": "5s"}):
                 self._cluster = LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
                     env=WORKER_ENV,
