@@ -172,10 +172,11 @@ def find_remote_manifests(url: str) -> list[tuple[str, bytes]]:
         return [(url, _read_manifest(fs, f"{root}/{MANIFEST_NAME}", f"{url}/{MANIFEST_NAME}"))]
     except ShardMissing:
         pass
+    unlisted = ""
     try:
         children = sorted(e["name"] for e in fs.ls(root, detail=True) if e.get("type") == "directory")
-    except Exception:  # a store that cannot list (a plain HTTP server without an index page)
-        children = []
+    except Exception as e:  # a store that cannot list (a plain HTTP server without an index page): said in the error below
+        children, unlisted = [], f"; its subfolders could not be listed ({type(e).__name__}: {' '.join(str(e).split())})"
     found = []
     for child in children:
         name = child.rstrip("/").rsplit("/", 1)[-1]
@@ -186,8 +187,8 @@ def find_remote_manifests(url: str) -> list[tuple[str, bytes]]:
         except ShardMissing:
             continue
     if not found:
-        raise ShardMissing(f"{url}/{MANIFEST_NAME}: not found in the store (nor a {MANIFEST_NAME} in a subfolder); give the URL of "
-                           f"a shard set's folder (the one holding its shards and {MANIFEST_NAME})")
+        raise ShardMissing(f"{url}/{MANIFEST_NAME}: not found in the store (nor a {MANIFEST_NAME} in a subfolder{unlisted}); give the "
+                           f"URL of a shard set's folder (the one holding its shards and {MANIFEST_NAME})")
     return found
 
 
@@ -232,7 +233,7 @@ class RemoteShardSet:
         self.cache = cache if cache is not None else ShardCache()
         self.dir = self.cache.set_dir(self.url)
         self.threads = threads
-        self.stats = {"downloads": 0, "bytes": 0, "hits": 0, "refused": 0}
+        self.stats = {"downloads": 0, "bytes": 0, "hits": 0, "refused": 0, "prefetch_failed": 0}
         self._init_process()
 
     def _init_process(self) -> None:
@@ -426,7 +427,8 @@ class RemoteShardSet:
     def _prefetch_one(self, name: str) -> None:
         try:
             self.fetch(name)
-        except Exception as e:  # the reader's fetch of the same shard raises it where it is needed
+        except Exception as e:  # the reader's fetch of the same shard raises it where it is needed: counted, not printed
+            self.stats["prefetch_failed"] += 1
             log.debug("%s: prefetch failed (%s)", self.where(name), e)
 
     def wait_prefetched(self) -> None:

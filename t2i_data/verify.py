@@ -15,6 +15,7 @@ reported where the store can list its folder.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .manifest import MANIFEST_NAME, find_manifests, load_manifest, open_shard_s
 from .remote import RemoteShardSet, ShardMissing, StoreUnreachable, is_url, local_or_url
 from .shard_cache import ShardCache
 from .tario import iter_samples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def verify_remote(rs: RemoteShardSet, deep: bool = False) -> list[ShardCheck]:
         except StoreUnreachable as e:
             checks.append(ShardCheck(name, "unreadable", str(e)))
     names = rs.list_names()
+    if names is None:
+        log.warning("%s: the store cannot list this folder; shard files the manifest does not list were not looked for", rs.url)
     listed = {s["name"] for s in shards}
     prefix = f"{rs.manifest.get('dataset')}-{rs.manifest.get('split')}-"
     for extra in names or ():

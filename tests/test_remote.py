@@ -158,6 +158,25 @@ def test_verify_of_a_local_manifest_with_its_shards_in_a_store(sets, tmp_path):
     assert where == mem and {c.status for c in checks} == {"ok"} and len(checks) == len(names(local))
 
 
+def test_a_store_that_cannot_list_is_said_by_verify_and_by_the_missing_manifest_line(sets, tmp_path, monkeypatch, caplog):
+    local, _ = sets["text_tokens"]
+    mem = to_memory(local)
+    monkeypatch.setattr(RemoteShardSet, "list_names", lambda self: None)
+    with caplog.at_level("WARNING", logger="t2i_data.verify"):
+        [(_, _, checks)] = verify_path(mem, cache=ShardCache(tmp_path / "c", 10**8))
+    assert {c.status for c in checks} == {"ok"}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{mem}: the store cannot list this folder; shard files the manifest does not list were not looked for"]
+
+    def no_listing(self, path, detail=True, **kw):
+        raise PermissionError("listing denied")
+
+    monkeypatch.setattr(type(fsspec.filesystem("memory")), "ls", no_listing)
+    with pytest.raises(ShardMissing, match=r"nor a manifest.json in a subfolder; its subfolders could not be listed "
+                                           r"\(PermissionError: listing denied\)\)"):
+        open_shard_sets(mem + "-nothing-here")
+
+
 # --- what the store sends is checked ---------------------------------------------------------
 
 def test_a_download_that_differs_from_the_manifest_is_refused_deleted_and_never_used(sets, tmp_path, capsys):
@@ -388,3 +407,13 @@ def test_a_cache_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path):
     with pytest.raises(T2IError, match=r"f/c: cannot make the shard cache folder \(.*\); set T2I_CACHE_DIR to a writable folder"):
         ShardCache(tmp_path / "f" / "c", 10)
     assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_a_failed_prefetch_is_counted_and_the_readers_fetch_raises_it(sets, tmp_path):
+    local, _ = sets["mdmnist"]
+    rs = open_remote_set(to_memory(local), ShardCache(tmp_path / "tiny", 10)).remote  # no shard fits
+    rs.prefetch(names(local)[:2])
+    rs.wait_prefetched()
+    assert rs.stats["prefetch_failed"] == 2 and rs.stats["downloads"] == 0
+    with pytest.raises(T2IError, match="more than the shard cache's limit of 10 bytes"):
+        rs.fetch(names(local)[0])
