@@ -22,6 +22,7 @@ import argparse
 import functools
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -169,8 +170,6 @@ def main() -> None:
             if name.startswith("MD-MNIST full"):
                 print(full_breakdown(MDMNISTConfig(seed=0, mnist=str(REALDATA / "mnist")), tmp, t_in / 22))
             for p in tmp.iterdir():  # free the disk between cases
-                import shutil
-
                 shutil.rmtree(p, ignore_errors=True)
 
 

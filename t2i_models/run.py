@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import contextlib
 import os
 import shutil
 import sys
@@ -657,40 +656,35 @@ class StageRunners:
         self._by.clear()
 
 
-def execute(s: Stage, runners: StageRunners | None = None) -> str:
+def execute(s: Stage, runners: StageRunners) -> str:
     """Run one stage through its library function; returns a one-line summary. Shard stages take
-    their runner from ``runners`` (a fresh one, closed after the stage, without)."""
+    their runner from ``runners``, which the caller closes."""
     cfg, k = s.cfg, s.kind
     if k in SHARD_KINDS:
-        own = runners is None
-        runners = runners or StageRunners()
         runner = runners.get(s.extra.get("workers"))
-        with contextlib.ExitStack() as stack:
-            if own:
-                stack.callback(runners.close)
-            if k == "mdmnist":
-                from t2i_data.mdmnist import build
+        if k == "mdmnist":
+            from t2i_data.mdmnist import build
 
-                ms = build(cfg, s.out, runner)
-            elif k == "preprocess":
-                from t2i_data.preprocess import load_records, preprocess
+            ms = build(cfg, s.out, runner)
+        elif k == "preprocess":
+            from t2i_data.preprocess import load_records, preprocess
 
-                ms = preprocess(cfg, s.out, runner, load_records(cfg))
-            elif k == "tokenize":
-                from t2i_data.tokenize import TokenizeConfig, tokenize
+            ms = preprocess(cfg, s.out, runner, load_records(cfg))
+        elif k == "tokenize":
+            from t2i_data.tokenize import TokenizeConfig, tokenize
 
-                ms = tokenize(cfg.tokenizer, cfg.images, s.out, TokenizeConfig(cfg.length, cfg.add_bos, cfg.add_eos), runner)
-            elif k == "embed":
-                from .embed import embed
+            ms = tokenize(cfg.tokenizer, cfg.images, s.out, TokenizeConfig(cfg.length, cfg.add_bos, cfg.add_eos), runner)
+        elif k == "embed":
+            from .embed import embed
 
-                ms = embed(cfg.encoder, cfg.images, s.out, cfg.embed_config(), runner)
-            else:
-                from .encode import EncodeConfig, check_reencode, encode
+            ms = embed(cfg.encoder, cfg.images, s.out, cfg.embed_config(), runner)
+        else:
+            from .encode import EncodeConfig, check_reencode, encode
 
-                ms = encode(cfg.autoencoder, cfg.images, s.out, EncodeConfig(cfg.views, cfg.seed, cfg.batch_size), runner)
-                if cfg.check:
-                    for m in ms.values():
-                        check_reencode(cfg.autoencoder, m["_images"], m["_out"], n=cfg.check)
+            ms = encode(cfg.autoencoder, cfg.images, s.out, EncodeConfig(cfg.views, cfg.seed, cfg.batch_size), runner)
+            if cfg.check:
+                for m in ms.values():
+                    check_reencode(cfg.autoencoder, m["_images"], m["_out"], n=cfg.check)
         return ", ".join(f"{split} {m['totals']['shards']} shards" for split, m in ms.items())
     if k == "tokenizer":
         tok, fp, _ = make_tokenizer(cfg)
