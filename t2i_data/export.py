@@ -267,13 +267,17 @@ def iter_batches(group: list[ShardSet], schema: pa.Schema, builders: list, progr
 
 @contextmanager
 def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield ``OUT.partial`` to write into; rename it to ``OUT`` on success, remove it on any error."""
+    """Yield ``OUT.partial`` to write into; rename it to ``OUT`` on success, remove it on any error.
+    ``T2IError`` when ``OUT`` exists without ``overwrite`` or its folder cannot be made."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise T2IError(f"{out} already exists; remove it, choose another --out, or pass --overwrite")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:  # a file on the way, no permission: one line, as build.out_folder says it
+        raise T2IError(f"--out {out}: cannot make the folder ({e.strerror or e})") from None
     try:
         yield partial
     except BaseException:

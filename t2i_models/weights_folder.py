@@ -263,13 +263,6 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
                source={"name": source.name, "bytes": source.stat().st_size, "sha256": file_sha256(source)},
                checkpoint={k: v for k, v in ck.items() if k not in (*TOP, *TRAINED_ON, *TRAINING_STATE, "state_dict")})
     body = _json_bytes(doc, str(source))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(out.name + ".partial")
-        probe.mkdir(exist_ok=True)  # staged_dir makes it again; a parent that is a file or read-only fails here, in one line
-        probe.rmdir()
-    except OSError as e:
-        raise T2IError(f"--out {out}: cannot make the folder ({e.strerror or e})") from None
     with staged_dir(out, overwrite=replace) as tmp:
         save_file(keep, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "export_format": EXPORT_FORMAT, "fingerprint": doc["fingerprint"]})
         umask = os.umask(0o022)

@@ -152,3 +152,11 @@ def test_bad_input_stops_with_one_message_and_leaves_nothing(sets, tmp_path, cap
         data_files(bad)  # the loaders
     with pytest.raises(T2IError, match=MESSAGES[how]):
         inspect([bad])
+
+
+def test_an_out_that_cannot_be_made_is_one_line(sets, tmp_path):
+    (tmp_path / "a-file").write_text("mine")
+    for out in (tmp_path / "a-file" / "x", tmp_path / "a-file" / "x" / "y"):  # under a file, one or two levels down
+        with pytest.raises(T2IError, match=rf"^--out {out}: cannot make the folder \("):
+            export([sets["mdmnist"]], out, "arrow")
+    assert (tmp_path / "a-file").read_text() == "mine"
