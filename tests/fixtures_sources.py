@@ -136,3 +136,14 @@ def make_coco(root: Path, split: str = "val2017") -> Path:
     # 776 has no caption at all
     (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": anns}))
     return root
+
+
+def coco_shards(tmp_path_factory, regime: str = "ae", size: int = 32, shard_size: int = 2) -> Path:
+    """make_coco's tree preprocessed in-process: its val2017 image shard set's folder."""
+    from t2i_data.preprocess import PreprocessConfig, preprocess
+    from t2i_data.runner import InProcessRunner
+
+    root = make_coco(tmp_path_factory.mktemp("coco") / "coco")
+    out = tmp_path_factory.mktemp("img")
+    preprocess(PreprocessConfig("coco", str(root), regime=regime, size=size, shard_size=shard_size), out, InProcessRunner())
+    return out / "val2017"

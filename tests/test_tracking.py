@@ -31,7 +31,7 @@ from t2i_models.train_common import append_metrics  # noqa: E402
 from t2i_models.train_cvae import CVAETrainConfig, train_cvae  # noqa: E402
 from t2i_models.train_prior import PriorTrainConfig, train_prior  # noqa: E402
 
-from fixtures_sources import make_coco  # noqa: E402
+from fixtures_sources import coco_shards  # noqa: E402
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -82,10 +82,7 @@ def png_pixels(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ae_images(tmp_path_factory):
-    root = make_coco(tmp_path_factory.mktemp("coco") / "coco")
-    out = tmp_path_factory.mktemp("img")
-    preprocess(PreprocessConfig("coco", str(root), regime="ae", size=32, shard_size=2), out, InProcessRunner())
-    return out / "val2017"
+    return coco_shards(tmp_path_factory)
 
 
 def ae_cfg(ae_images, out, **kw) -> TrainConfig:

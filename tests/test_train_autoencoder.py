@@ -10,21 +10,17 @@ from PIL import Image
 
 from t2i_models.cli import main
 from t2i_data.errors import T2IError
-from t2i_data.preprocess import PreprocessConfig, preprocess
 from t2i_data.runner import InProcessRunner
 from t2i_models.checkpoint import load_autoencoder
 from t2i_data.config import parse_overrides
 from t2i_models.train_autoencoder import TrainConfig, train
 
-from fixtures_sources import make_coco
+from fixtures_sources import coco_shards
 
 
 @pytest.fixture(scope="module")
 def ae_images(tmp_path_factory):
-    root = make_coco(tmp_path_factory.mktemp("coco") / "coco")
-    out = tmp_path_factory.mktemp("img")
-    preprocess(PreprocessConfig("coco", str(root), regime="ae", size=32, shard_size=2), out, InProcessRunner())
-    return out / "val2017"
+    return coco_shards(tmp_path_factory)
 
 
 def metrics(out):
