@@ -181,8 +181,8 @@ class AutoRunner(InProcessRunner):
         out: list = []
         starting: threading.Thread | None = None
         failed: list[BaseException] = []
-        t0 = time.perf_counter()
-        with _bar(sum(weights), desc) as bar:
+        t0, done, total = time.perf_counter(), 0, sum(weights)
+        with _bar(total, desc) as bar:
             for i, (item, w) in enumerate(zip(items, weights)):
                 if starting is not None and not starting.is_alive():
                     break  # the cluster is up: it takes the rest
@@ -193,7 +193,8 @@ class AutoRunner(InProcessRunner):
                         starting.join()  # so that close() finds the cluster and stops it
                     raise
                 bar.update(w)
-                done, left = sum(weights[: i + 1]), sum(weights[i + 1 :])
+                done += w
+                left = total - done
                 if starting is None and self._worth_a_cluster(time.perf_counter() - t0, done, left, len(items) - i - 1):
                     log.info("%s: about %.0f s of work left in-process; starting a local cluster of %d processes",
                              desc or "run", (time.perf_counter() - t0) * left / done, self.workers)
