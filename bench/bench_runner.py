@@ -14,7 +14,8 @@ a pure-Python loop, then a zlib pass over MD-MNIST canvases, each in one process
 once (fork); the ratio of their throughputs is what 2 processes can give on this machine at that
 moment, whatever the runner. For the full build it also prints where the 2-worker time goes:
 cluster start, the workers' first task against their others (imports, loading MNIST, caches),
-the median task in a worker against a shard in-process, and the idle tail.
+the median task in a worker against a shard in-process, and the idle tail; and how the default
+runner shared the shards between this process and its 1-process cluster.
 """
 from __future__ import annotations
 
@@ -88,6 +89,24 @@ class Timeline(runner_mod.DaskRunner):
         return [o[0] for o in out]
 
 
+class AutoTimeline(runner_mod.AutoRunner):
+    """The default runner on 2 cores (this process + a 1-process cluster), recording each task's
+    (pid, start, end) and when the cluster took its first task."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=2)
+        self.tasks, self.fed_at = [], None
+
+    def map(self, fn, items, weights=None, desc=""):
+        out = super().map(functools.partial(_timed_task, fn), items, weights, desc)
+        self.tasks += [o[1] for o in out]
+        return [o[0] for o in out]
+
+    def _feed(self, *args):
+        self.fed_at = self.fed_at or time.time()
+        return super()._feed(*args)
+
+
 def _timed_task(fn, item):
     t = time.time()
     r = fn(item)
@@ -112,6 +131,25 @@ def full_breakdown(cfg: MDMNISTConfig, tmp: Path, per_shard_in: float) -> str:
     lines.append(f"    one shard in-process: {per_shard_in:.2f} s -> a worker's task is {med / per_shard_in:.2f}x that")
     lines.append(f"    idle tail (first worker done -> last): {max(ends) - min(ends):.2f} s; wall {t_end - t0:.2f} s "
                  f"({len(r.tasks)} tasks)")
+    return "\n".join(lines)
+
+
+def auto_breakdown(cfg: MDMNISTConfig, tmp: Path) -> str:
+    t0 = time.time()
+    with AutoTimeline() as r:
+        build(cfg, tmp / "auto-timeline", r)
+        t_end = time.time()
+    me = os.getpid()
+    here = sorted((s, e) for p, s, e in r.tasks if p == me)
+    there = sorted((s, e) for p, s, e in r.tasks if p != me)
+    lines = [f"    default runner: this process ran {len(here)} shards, the cluster's worker {len(there)}; "
+             f"the cluster took its first task {r.fed_at - t0:.2f} s into the build"]
+    if here and there:
+        lines.append(f"    a shard here: median {statistics.median(e - s for s, e in here[1:] or here):.2f} s (first: "
+                     f"{here[0][1] - here[0][0]:.2f} s); in the worker: first {there[0][1] - there[0][0]:.2f} s, "
+                     f"others median {statistics.median(e - s for s, e in there[1:] or there):.2f} s")
+        lines.append(f"    idle tail (first side done -> last): {abs(here[-1][1] - there[-1][1]):.2f} s; "
+                     f"wall {t_end - t0:.2f} s (cluster close not included)")
     return "\n".join(lines)
 
 
@@ -169,6 +207,7 @@ def main() -> None:
                   f"zlib {rounds(times['ceiling zlib'])}x")
             if name.startswith("MD-MNIST full"):
                 print(full_breakdown(MDMNISTConfig(seed=0, mnist=str(REALDATA / "mnist")), tmp, t_in / 22))
+                print(auto_breakdown(MDMNISTConfig(seed=0, mnist=str(REALDATA / "mnist")), tmp))
             for p in tmp.iterdir():  # free the disk between cases
                 shutil.rmtree(p, ignore_errors=True)
 

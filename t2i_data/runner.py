@@ -8,15 +8,17 @@ function of its item.
 
 Which runner a command gets (``make_runner``): ``--workers 0`` in-process; ``--workers N`` a local
 dask cluster of N processes; ``--scheduler ADDRESS`` an existing dask cluster; neither: an
-``AutoRunner``, which runs tasks in this process and starts one local cluster (one process per
-core) only when the work still ahead, timed on the tasks done so far, is worth its start. The
-rule and the figures behind ``START_COST_S`` are in ``AutoRunner``'s docstring.
+``AutoRunner``, which runs tasks in this process and, only when the work still ahead, timed on
+the tasks run so far, is worth its start, starts one local cluster of one process per other core
+that shares the rest with it. The rule and the figures behind ``START_COST_S`` are in
+``AutoRunner``'s docstring.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable, Sequence
@@ -113,7 +115,7 @@ class DaskRunner(InProcessRunner):
                     env=WORKER_ENV,
                 )
             self._client = Client(self._cluster)
-            self.description = f"dask local cluster, {n} worker processes"
+            self.description = f"dask local cluster, {n} worker process{'es' if n != 1 else ''}"
 
     def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "", bar=None) -> list:
         """As ``InProcessRunner.map``; ``bar``: an open progress bar to advance instead of a new one."""
@@ -139,83 +141,217 @@ class DaskRunner(InProcessRunner):
             self._cluster.close()
 
 
-# Seconds a local cluster costs before it computes: starting 2 worker processes (0.7-0.9 s
-# measured here, bench/bench_mdmnist.py) plus what each worker does once (imports, loading a source
-# such as the MNIST IDX files, filling caches the parent already holds): a 110,000-sample MD-MNIST
-# build took 3.8 s longer on a fresh 2-worker cluster than on a warm one (runner section, README).
+# Seconds a local cluster costs before it computes: starting its worker processes (0.5-0.9 s
+# measured here, bench/bench_runner.py) plus what each worker does once (imports, loading a source
+# such as the MNIST IDX files, filling caches this process already holds: 0.2-0.8 s a worker on the
+# full MD-MNIST build), and closing it. CUB preprocessing of 41 images took 8-10 s on a fresh
+# 2-worker cluster against 0.7-1.0 s in-process (README, "Workers"): small work never pays.
 START_COST_S = 5.0
 
 
-class AutoRunner(InProcessRunner):
-    """The default runner: in-process while a local cluster would not pay for itself, else one
-    local dask cluster of ``workers`` processes, started at most once and kept for the rest of
-    the command (every later ``map`` uses it).
+class _Shared:
+    """The items of one ``AutoRunner.map`` handed out one at a time to this process's loop and the
+    cluster's feeder thread, under one lock; the first failure on either side stops both."""
 
-    The rule, applied after each task run here: start the cluster when at least 2 tasks are
-    left and the time they would take here, ``t · W_left / W_done`` (``t`` seconds spent on tasks
-    of total weight ``W_done`` in this ``map``, weights being sample counts), exceeds
-    ``start_cost_s / (1 − 1/workers)``: what ``workers`` processes would save on it is more than
-    the cluster's start cost (``START_COST_S`` = 5 s; with 2 workers: more than 10 s of work
-    left). So a single-shard command, a 20,000-sample MD-MNIST build (3 to 5 s here) or the CUB
-    sample's 41 images never start one; the 110,000-sample build does after its first shard.
-    Shards a resumed build reuses take milliseconds, so they do not count as work ahead.
-    With ``workers`` <= 1 (a one-core machine) it never starts a cluster. ``description``
-    says which it did.
+    def __init__(self, n: int, bar) -> None:
+        self.n, self.bar, self.lock = n, bar, threading.Lock()
+        self.next, self.error = 0, None
+        self.futures: set = set()
+
+    def take(self) -> int | None:
+        with self.lock:
+            if self.error is not None or self.next >= self.n:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def done(self, weight: int) -> None:
+        with self.lock:
+            self.bar.update(weight)
+
+    def fail(self, e: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = e
+            futures = list(self.futures)
+        for f in futures:  # the cluster's tasks in flight stop too; the feeder then ends
+            f.cancel()
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """This process computes beside the cluster's workers (one process per core, each with one
+    thread: ``WORKER_ENV``), so torch, when a task has loaded it, uses one thread here too."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class AutoRunner(InProcessRunner):
+    """The default runner: in-process while more processes would not pay for themselves, else
+    ``workers`` processes computing at once: this one and a local dask cluster of ``workers − 1``
+    (one process per core, this process being one of them), started at most once and kept for the
+    rest of the command (every later ``map`` shares its items between this process and the
+    cluster from its start).
+
+    The rule: start the cluster when at least 2 tasks are left and the time they would take
+    here, ``t · W_left / W_done`` (``t`` seconds spent on tasks of total weight ``W_done`` in this
+    ``map``, weights being sample counts), exceeds ``start_cost_s / (1 − 1/workers)``: what
+    ``workers`` processes would save on it is more than the cluster's start cost
+    (``START_COST_S`` = 5 s; with 2 workers: more than 10 s of work left). It is checked after
+    each task and, by a timer, while each runs: counting the running task as done at that moment
+    gives a lower bound on the time a sample takes (``_start_at``), so the 110,000-sample
+    MD-MNIST build starts its cluster 0.48 s into its first shard rather than at its end. A
+    single-shard command, a 20,000-sample build (3 to 5 s here) or the CUB sample's 41 images
+    never start one. Shards a resumed build reuses take milliseconds, so they do not count as
+    work ahead. With ``workers`` <= 1 (a one-core machine) it never starts a cluster.
+    ``description`` says which it did.
+
+    Why this process computes too (rather than waiting on a cluster of ``workers``, as
+    ``--workers N`` does): it keeps computing while the cluster starts, so the start is off the
+    critical path; it already holds the caches a fresh worker must fill (the MNIST pools, the
+    resized glyphs); and it takes the next item whenever it is free, as each worker does (one
+    task in flight per worker), so neither side waits on a queue at the end. On the full
+    MD-MNIST build this gave 1.74-1.86x one core with 2 processes against 1.55x for ``--workers 2``
+    (bench/bench_runner.py, README "Workers"). Items are handed out in order and results are
+    returned in item order; which process ran an item cannot change its result.
     """
 
     def __init__(self, workers: int | None = None, start_cost_s: float = START_COST_S) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.start_cost_s = start_cost_s
         self._dask: DaskRunner | None = None
-        self.description = f"in-process (a local cluster of {self.workers} processes if the work is large)"
+        more = self.workers - 1
+        self.description = f"in-process (with a local cluster of {more} more process{'es' if more != 1 else ''} if the work is large)"
 
     def _worth_a_cluster(self, seconds: float, done: int, left: int, tasks_left: int) -> bool:
         if self.workers <= 1 or tasks_left < 2 or done <= 0:
             return False
         return seconds * left / done > self.start_cost_s / (1 - 1 / self.workers)
 
+    def _start_at(self, seconds: float, done: int, weight: int, left: int, tasks_left: int) -> float | None:
+        """Seconds into the task now starting (``weight`` samples, after ``done`` samples took
+        ``seconds``) at which the rule holds even if that task ended at that moment: the time
+        spent over the samples started is then a lower bound on the time a sample takes, and
+        ``left`` (samples not started) what it multiplies. ``None``: it cannot hold before the
+        task ends."""
+        if self.workers <= 1 or tasks_left < 2 or left <= 0:
+            return None
+        return max(0.0, self.start_cost_s / (1 - 1 / self.workers) * (done + weight) / left - seconds)
+
     def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "") -> list:
+        """As ``InProcessRunner.map``; the first exception raised on either side (a task here or
+        on the cluster, or the cluster's start) is raised here after the other side's tasks in
+        flight are cancelled or done."""
         weights = list(weights or [1] * len(items))
-        if self._dask is not None:
-            return self._dask.map(fn, items, weights, desc)
-        out: list = []
-        starting: threading.Thread | None = None
-        failed: list[BaseException] = []
+        out: list = [None] * len(items)
+        launch_lock, helper = threading.Lock(), [None]
         t0, done, total = time.perf_counter(), 0, sum(weights)
-        with _bar(total, desc) as bar:
-            for i, (item, w) in enumerate(zip(items, weights)):
-                if starting is not None and not starting.is_alive():
-                    break  # the cluster is up: it takes the rest
+        with _bar(total, desc) as bar, contextlib.ExitStack() as stack:
+            shared = _Shared(len(items), bar)
+
+            def share(start: bool) -> None:  # the helper thread: start the cluster if asked, then feed it
                 try:
-                    out.append(fn(item))
-                except BaseException:
-                    if starting is not None:
-                        starting.join()  # so that close() finds the cluster and stops it
-                    raise
-                bar.update(w)
-                done += w
-                left = total - done
-                if starting is None and self._worth_a_cluster(time.perf_counter() - t0, done, left, len(items) - i - 1):
-                    log.info("%s: about %.0f s of work left in-process; starting a local cluster of %d processes",
-                             desc or "run", (time.perf_counter() - t0) * left / done, self.workers)
-                    # started beside this loop, which goes on with the next tasks until it is up
-                    starting = threading.Thread(target=self._start, args=(failed,), name="t2i-cluster-start", daemon=True)
-                    starting.start()
-            if starting is not None:
-                starting.join()
-                if failed:
-                    raise failed[0]
-                rest = len(out)
-                if rest < len(items):
-                    out += self._dask.map(fn, items[rest:], weights[rest:], bar=bar)
+                    if start:
+                        self._dask = DaskRunner(workers=self.workers - 1)
+                        self.description = (f"this process + {self._dask.description} "
+                                            "(started once the work was timed)")
+                    self._feed(fn, items, weights, out, shared)
+                except BaseException as e:  # re-raised by map in the calling thread
+                    shared.fail(e)
+
+            def launch(start: bool, estimate: float = 0.0) -> None:  # from this loop or from a task's timer
+                with launch_lock:
+                    if helper[0] is not None or shared.error is not None:
+                        return
+                    if start:
+                        log.info("%s: at least %.0f s of work left in-process; starting a local cluster of %d more "
+                                 "process(es) to share it", desc or "run", estimate, self.workers - 1)
+                    helper[0] = threading.Thread(target=share, args=(start,), daemon=True,
+                                                 name="t2i-cluster-start" if start else "t2i-cluster-feed")
+                    helper[0].start()
+
+            one_thread = []
+
+            def one_torch_thread() -> None:  # in this thread: torch's thread count is per calling thread
+                if not one_thread:
+                    one_thread.append(stack.enter_context(_one_torch_thread()))
+
+            if self._dask is not None:
+                one_torch_thread()
+                launch(False)
+            try:
+                while (i := shared.take()) is not None:
+                    timer = None
+                    if helper[0] is None:  # the rule may hold while this task runs: a timer checks it then
+                        seconds, left = time.perf_counter() - t0, total - done - weights[i]
+                        at = self._start_at(seconds, done, weights[i], left, len(items) - shared.next)
+                        if at is not None:
+                            estimate = (seconds + at) * left / (done + weights[i])
+                            timer = threading.Timer(at, launch, args=(True, estimate))
+                            timer.daemon = True
+                            timer.start()
+                    try:
+                        out[i] = fn(items[i])
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+                    shared.done(weights[i])
+                    done += weights[i]
+                    if helper[0] is None and self._worth_a_cluster(time.perf_counter() - t0, done, total - done,
+                                                                   len(items) - shared.next):
+                        launch(True, (time.perf_counter() - t0) * (total - done) / done)
+                    if helper[0] is not None:  # the cluster is starting or up: one torch thread here from now on
+                        one_torch_thread()
+            except BaseException as e:
+                shared.fail(e)
+                with launch_lock:
+                    h = helper[0]
+                if h is not None:
+                    h.join()  # its tasks cancelled; and close() then finds the cluster and stops it
+                raise
+            with launch_lock:
+                h = helper[0]
+            if h is not None:
+                h.join()
+            if shared.error is not None:
+                raise shared.error
         return out
 
-    def _start(self, failed: list) -> None:
-        try:
-            self._dask = DaskRunner(workers=self.workers)
-            self.description = self._dask.description + " (started once the work was timed)"
-        except BaseException as e:  # re-raised by map in the calling thread
-            failed.append(e)
+    def _feed(self, fn: Callable, items: Sequence, weights: list, out: list, shared: _Shared) -> None:
+        """Keep one task in flight on each cluster worker, taking the next item as each finishes."""
+        from dask.distributed import as_completed
+
+        client = self._dask._client
+        pending, index = as_completed(), {}
+
+        def submit() -> None:
+            i = shared.take()
+            if i is not None:
+                f = client.submit(fn, items[i], pure=False)
+                index[f.key] = i
+                with shared.lock:
+                    shared.futures.add(f)
+                pending.add(f)
+
+        for _ in range(self.workers - 1):
+            submit()
+        for f in pending:
+            if shared.error is not None:
+                return  # cancelled: this process re-raises the first failure
+            i = index[f.key]
+            out[i] = f.result()  # re-raises the task's exception here
+            with shared.lock:
+                shared.futures.discard(f)
+            shared.done(weights[i])
+            submit()
 
     @property
     def started(self) -> bool:

@@ -21,7 +21,7 @@ log = logging.getLogger("t2i")
 
 def _add_runner_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=None, help="0: in-process; N: local dask cluster of N processes (default: in-process, or one local cluster of one process per core when the timed work ahead is worth its start; README, Workers)")
+    g.add_argument("--workers", type=int, default=None, help="0: in-process; N: local dask cluster of N processes (default: in-process, joined by a local cluster of one process per other core when the timed work ahead is worth its start; README, Workers)")
     g.add_argument("--scheduler", default=None, help="address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786")
 
 

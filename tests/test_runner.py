@@ -3,6 +3,7 @@ per command when it would, the same bytes either way; every split's shards in on
 runner per ``t2i run``."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -42,6 +43,40 @@ def test_the_rule_starts_a_cluster_when_the_time_it_saves_exceeds_its_start_cost
     assert AutoRunner(workers=workers)._worth_a_cluster(seconds, done, left, tasks_left) is start
 
 
+@pytest.mark.parametrize("seconds, done, weight, left, tasks_left, workers, at", [
+    (0.0, 0, 5000, 105_000, 21, 2, 10 * 5000 / 105_000),  # the full MD-MNIST build: 0.48 s into its first shard
+    (0.9, 5000, 5000, 100_000, 20, 2, 10 * 10_000 / 100_000 - 0.9),  # into its second: 0.1 s
+    (0.0, 0, 5000, 15_000, 3, 2, 10 * 5000 / 15_000),  # 20,000 samples: 3.3 s, never within a 0.9 s shard
+    (30.0, 10, 10, 10, 5, 2, 0.0),  # already due (30 s on 10 samples, 10 left): at once
+    (0.0, 0, 8, 33, 1, 2, None),  # one task left after this one: nothing to share
+    (0.0, 0, 8, 33, 5, 1, None),  # one core
+])
+def test_a_running_task_starts_the_cluster_once_the_rule_holds_on_the_time_so_far(seconds, done, weight, left, tasks_left, workers, at):
+    got = AutoRunner(workers=workers)._start_at(seconds, done, weight, left, tasks_left)
+    assert got == pytest.approx(at) if at is not None else got is None
+
+
+def _long_first(i):
+    time.sleep(2.0 if i == 0 else 0.05)
+    return i, time.time()
+
+
+def test_a_long_first_task_has_the_cluster_started_while_it_runs(monkeypatch):
+    began = []
+
+    class Noting(DaskRunner):
+        def __init__(self, **kw):
+            began.append(time.time())
+            super().__init__(**kw)
+
+    monkeypatch.setattr(runner_mod, "DaskRunner", Noting)
+    with AutoRunner(workers=2, start_cost_s=1.0) as r:  # due 2 s x 1/9 = 0.22 s into the first of 10 tasks
+        got = r.map(_long_first, list(range(10)))
+        assert r.started
+    assert [g[0] for g in got] == list(range(10))
+    assert len(began) == 1 and began[0] < got[0][1]  # started before the first task ended
+
+
 def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for a small build"))
     with AutoRunner(workers=2) as r:
@@ -62,9 +97,9 @@ def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes
     monkeypatch.setattr(runner_mod, "DaskRunner", Counting)
     with AutoRunner(workers=2, start_cost_s=0.0) as r:  # any work pays: the cluster starts after the first task
         first = build(SMALL, tmp_path / "a", r)
-        assert r.started and r.description.startswith("dask local cluster, 2 worker processes")
+        assert r.started and r.description.startswith("this process + dask local cluster, 1 worker process ")
         again = build(MDMNISTConfig(seed=4, train=30, test=0, shard_size=10), tmp_path / "c", r)  # a second command step
-    assert made == [{"workers": 2}]  # started once, kept for the second build
+    assert made == [{"workers": 1}]  # started once (this process is the other of the 2), kept for the second build
     build(SMALL, tmp_path / "b", InProcessRunner())
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
     assert first["train"]["totals"]["shards"] == 6 and again["train"]["totals"]["shards"] == 3
@@ -82,6 +117,59 @@ def test_results_come_back_in_item_order_across_the_switch_and_a_failure_is_rais
         assert r.map(_slow, list(range(9)), weights=[1] * 9) == [i * 10 for i in range(9)]
         with pytest.raises(ZeroDivisionError):
             r.map(lambda i: 1 // (i - 4), list(range(8)))
+
+
+def _where(item):
+    import torch
+
+    time.sleep(0.1)
+    return item, os.getpid(), torch.get_num_threads()
+
+
+def test_once_started_this_process_and_the_cluster_share_the_items_and_this_process_uses_one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with AutoRunner(workers=2, start_cost_s=0.0) as r:
+            r.map(_slow, [1, 2, 3])  # starts the cluster (1 process beside this one)
+            got = r.map(_where, list(range(30)))
+            assert torch.get_num_threads() == 2  # restored after the map
+    finally:
+        torch.set_num_threads(threads)
+    assert [g[0] for g in got] == list(range(30))  # item order, whoever ran what
+    here = [g for g in got if g[1] == os.getpid()]
+    there = [g for g in got if g[1] != os.getpid()]
+    assert here and there, "both this process and the cluster's worker ran items"
+    assert {g[2] for g in here} == {1} and {g[2] for g in there} == {1}  # one torch thread on each side
+
+
+def _fails_in_a_worker(item):
+    if os.getpid() != item[1]:
+        raise ZeroDivisionError(f"item {item[0]} in a worker")
+    time.sleep(0.05)
+    return item[0]
+
+
+def _fails_here(item):
+    if os.getpid() == item[1] and item[0] >= 3:
+        raise ValueError(f"item {item[0]} here")
+    time.sleep(0.05)
+    return item[0]
+
+
+def test_a_failure_on_either_side_stops_the_map_with_that_exception():
+    me = os.getpid()
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:
+        r.map(_slow, [1, 2, 3])
+        with pytest.raises(ZeroDivisionError, match="in a worker"):
+            r.map(_fails_in_a_worker, [(i, me) for i in range(40)])
+        t = time.perf_counter()
+        with pytest.raises(ValueError, match="here"):
+            r.map(_fails_here, [(i, me) for i in range(400)])
+        assert time.perf_counter() - t < 10  # the rest was not run: 400 items take 20 s on one side, 10 s on two
+        assert r.map(_slow, [4, 5]) == [40, 50]  # the cluster still serves the next map
 
 
 def test_a_cluster_that_cannot_start_is_raised_not_skipped(monkeypatch):
