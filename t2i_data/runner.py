@@ -51,8 +51,9 @@ class InProcessRunner:
                 bar.update(w)
         return out
 
-    def close(self) -> None:
-        pass
+    def close(self, summary: bool = True) -> None:
+        """Ends what the runner started; ``summary``: say in a log line where the tasks ran (the
+        runners that choose: ``AutoRunner``), false after a failure."""
 
     def __enter__(self):
         return self
@@ -134,7 +135,7 @@ class DaskRunner(InProcessRunner):
             self._client.cancel(futures)  # stop the rest of the run; the first failure is re-raised
             raise
 
-    def close(self) -> None:
+    def close(self, summary: bool = True) -> None:
         if self._own_client:
             self._client.close()
         if self._cluster is not None:
@@ -228,6 +229,7 @@ class AutoRunner(InProcessRunner):
         self.workers = workers or os.cpu_count() or 1
         self.start_cost_s = start_cost_s
         self._dask: DaskRunner | None = None
+        self.ran = {"here": 0, "cluster": 0}  # tasks run by each side over this runner's maps, for close()'s line
         more = self.workers - 1
         self.description = f"in-process (with a local cluster of {more} more process{'es' if more != 1 else ''} if the work is large)"
 
@@ -304,6 +306,7 @@ class AutoRunner(InProcessRunner):
                         if timer is not None:
                             timer.cancel()
                     shared.done(weights[i])
+                    self.ran["here"] += 1
                     done += weights[i]
                     if helper[0] is None and self._worth_a_cluster(time.perf_counter() - t0, done, total - done,
                                                                    len(items) - shared.next):
@@ -351,6 +354,7 @@ class AutoRunner(InProcessRunner):
             with shared.lock:
                 shared.futures.discard(f)
             shared.done(weights[i])
+            self.ran["cluster"] += 1
             submit()
 
     @property
@@ -358,9 +362,24 @@ class AutoRunner(InProcessRunner):
         """Whether this runner has started its local cluster."""
         return self._dask is not None
 
-    def close(self) -> None:
+    def __exit__(self, *exc) -> None:
+        self.close(summary=exc[0] is None)  # a failure's one line is not followed by a summary
+
+    def close(self, summary: bool = True) -> None:
+        """Stops the cluster if one was started, and says in one log line (INFO) where the tasks
+        ran unless ``summary`` is false."""
+        here, there = self.ran["here"], self.ran["cluster"]
+        if not summary:
+            pass
+        elif self._dask is not None:
+            log.info("runner: %d tasks ran in this process and %d on its local cluster (%s)", here, there,
+                     self._dask.description)
+        elif here:
+            why = "one core" if self.workers <= 1 else "a local cluster would not have paid for its start: README, Workers"
+            log.info("runner: all %d tasks ran in this process (%s)", here, why)
         if self._dask is not None:
             self._dask.close()
+        self.ran = {"here": 0, "cluster": 0}
 
 
 def make_runner(workers: int | None = None, scheduler: str | None = None) -> InProcessRunner:

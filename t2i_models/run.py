@@ -650,9 +650,10 @@ class StageRunners:
             self._by[workers] = make_runner(workers, None)
         return self._by[workers]
 
-    def close(self) -> None:
+    def close(self, summary: bool = True) -> None:
+        """``summary``: each runner's line on where its tasks ran (false after a failure)."""
         for r in self._by.values():
-            r.close()
+            r.close(summary)
         self._by.clear()
 
 
@@ -788,8 +789,10 @@ def run_pipeline(path: str, overrides: list[str], until: str | None = None, only
     runners = StageRunners()
     try:
         _run_stages(stages, todo, by, path, runners, ran, file)
-    finally:
-        runners.close()
+    except BaseException:
+        runners.close(summary=False)  # the failure's one line is the last word
+        raise
+    runners.close()
     print(f"ran {len(ran)} stage(s) in {time.perf_counter() - t_all:.1f} s", file=file)
     return stages
 

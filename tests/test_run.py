@@ -283,7 +283,7 @@ def test_shard_stages_share_one_runner_per_command_and_it_closes_before_training
         def __init__(self, workers):
             events.append(("made", workers))
 
-        def close(self):
+        def close(self, summary=True):
             events.append(("closed",))
 
     monkeypatch.setattr(runner_mod, "make_runner", lambda workers, scheduler: Recording(workers))
@@ -292,3 +292,26 @@ def test_shard_stages_share_one_runner_per_command_and_it_closes_before_training
     assert rc == 0, out + err
     assert ran(out) == ["mdmnist", "tokenizer", "tokenize", "train_autoencoder"]
     assert events == [("made", 0), ("closed",)]  # one runner for both shard stages, closed before training
+
+
+def test_a_failed_stage_closes_its_runners_without_their_summary_line(tmp_path, capsys, monkeypatch):
+    from t2i_data import runner as runner_mod
+    from t2i_data.errors import T2IError
+    from t2i_models import run as run_mod
+
+    closed = []
+
+    class Recording(runner_mod.InProcessRunner):
+        def close(self, summary=True):
+            closed.append(summary)
+
+    def failing(s, runners):
+        runners.get(None)  # the stage took its runner, then failed
+        raise T2IError("the stage failed")
+
+    monkeypatch.setattr(runner_mod, "make_runner", lambda workers, scheduler: Recording())
+    monkeypatch.setattr(run_mod, "execute", failing)
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = t2i_run(capsys, "--until", "mdmnist")
+    assert rc == 2 and "the stage failed" in err
+    assert closed == [False]  # closed once, told not to add a line after the failure's

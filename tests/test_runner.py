@@ -4,6 +4,7 @@ runner per ``t2i run``."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -77,16 +78,18 @@ def test_a_long_first_task_has_the_cluster_started_while_it_runs(monkeypatch):
     assert len(began) == 1 and began[0] < got[0][1]  # started before the first task ended
 
 
-def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path):
+def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for a small build"))
-    with AutoRunner(workers=2) as r:
+    with caplog.at_level("INFO", logger="t2i_data.runner"), AutoRunner(workers=2) as r:
         build(SMALL, tmp_path / "a", r)
         assert not r.started and r.description.startswith("in-process")
+    assert [m for m in caplog.messages if m.startswith("runner:")] == [
+        "runner: all 8 tasks ran in this process (a local cluster would not have paid for its start: README, Workers)"]
     build(SMALL, tmp_path / "b", InProcessRunner())
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
 
 
-def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes(monkeypatch, tmp_path):
+def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes(monkeypatch, tmp_path, caplog):
     made = []
 
     class Counting(DaskRunner):
@@ -95,11 +98,15 @@ def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes
             super().__init__(**kw)
 
     monkeypatch.setattr(runner_mod, "DaskRunner", Counting)
-    with AutoRunner(workers=2, start_cost_s=0.0) as r:  # any work pays: the cluster starts after the first task
-        first = build(SMALL, tmp_path / "a", r)
+    with caplog.at_level("INFO", logger="t2i_data.runner"), AutoRunner(workers=2, start_cost_s=0.0) as r:
+        first = build(SMALL, tmp_path / "a", r)  # any work pays: the cluster starts during the first task
         assert r.started and r.description.startswith("this process + dask local cluster, 1 worker process ")
         again = build(MDMNISTConfig(seed=4, train=30, test=0, shard_size=10), tmp_path / "c", r)  # a second command step
     assert made == [{"workers": 1}]  # started once (this process is the other of the 2), kept for the second build
+    line = [m for m in caplog.messages if m.startswith("runner:")]
+    assert len(line) == 1 and line[0].endswith("on its local cluster (dask local cluster, 1 worker process)")
+    here, there = (int(w) for w in re.match(r"runner: (\d+) tasks ran in this process and (\d+)", line[0]).groups())
+    assert here + there == 8 + 3  # every shard of both builds, counted once
     build(SMALL, tmp_path / "b", InProcessRunner())
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
     assert first["train"]["totals"]["shards"] == 6 and again["train"]["totals"]["shards"] == 3
@@ -218,3 +225,10 @@ def test_a_scheduler_that_is_malformed_or_not_there_is_one_line(address, monkeyp
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(T2IError, match=rf"^--scheduler {address}: no dask scheduler reachable there"):
             make_runner(scheduler=address)
+
+
+def test_no_summary_line_follows_a_failure(caplog):
+    with caplog.at_level("INFO", logger="t2i_data.runner"), pytest.raises(ZeroDivisionError):
+        with AutoRunner(workers=2) as r:
+            r.map(lambda i: 1 // (i - 2), [0, 1, 2])
+    assert not [m for m in caplog.messages if m.startswith("runner:")]
