@@ -3,7 +3,7 @@ runner (``make_runner()``: ``AutoRunner``) and with ``--workers 2`` (a local das
 for the command), cluster start included, against the machine's own 2-process ceiling measured in
 the same rounds.
 
-Rerun:  python bench/bench_runner.py [--repeats 2] [--quick] [--skip-full]
+Rerun:  python bench/bench_runner.py [--repeats 2] [--quick] [--skip-full | --full-only]
   cases: the full MD-MNIST build from the MNIST IDX files (100,000 + 10,000, 22 shards of 5,000;
   $T2I_REALDATA/mnist, default ../shared/realdata), a 20,000-sample build from the embedded digits
   (4 shards), and CUB preprocessing of the 41 sample images (``--shard-size 8``: 6 shards).
@@ -157,6 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the small cases only, 1 round")
     ap.add_argument("--skip-full", action="store_true", help="leave out the 110,000-sample build")
+    ap.add_argument("--full-only", action="store_true", help="only the 110,000-sample build")
     add_args(ap, repeats=2)
     args = ap.parse_args()
     if args.quick:
@@ -169,15 +170,16 @@ def main() -> None:
             sys.exit(f"no MNIST IDX files in {REALDATA / 'mnist'} (set T2I_REALDATA, or --skip-full)")
         cases.append(("MD-MNIST full IDX build, 110,000 samples, 22 shards",
                       lambda out, r: build(MDMNISTConfig(seed=0, mnist=str(REALDATA / "mnist")), out, r)))
-    cases.append(("MD-MNIST 20,000 samples (embedded), 4 shards",
-                  lambda out, r: build(MDMNISTConfig(seed=0, train=20_000, test=0), out, r)))
-    if (REALDATA / "cub").is_dir():
+    if not args.full_only:
+        cases.append(("MD-MNIST 20,000 samples (embedded), 4 shards",
+                      lambda out, r: build(MDMNISTConfig(seed=0, train=20_000, test=0), out, r)))
+    if (REALDATA / "cub").is_dir() and not args.full_only:
         cub = PreprocessConfig("cub", str(REALDATA / "cub"), regime="prior", size=64, shard_size=8)
         cub_records = load_records(cub)
         cases.append(("CUB preprocessing, 41 images, 6 shards", lambda out, r: preprocess(cub, out, r, cub_records)))
 
     print(f"runner benchmark, torch {threads} threads, best of {args.repeats} alternating rounds, {os.cpu_count()} cores "
-          f"(python bench/bench_runner.py --repeats {args.repeats}{' --skip-full' if args.skip_full else ''})")
+          f"(python bench/bench_runner.py --repeats {args.repeats}{' --skip-full' if args.skip_full else ''}{' --full-only' if args.full_only else ''})")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         k = iter(range(10**6))
