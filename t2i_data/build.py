@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .card import write_card
+from .card import refuse_foreign_card, write_card
 from .digest import canonical_json, file_sha256
 from .errors import DISK_FULL, T2IError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
@@ -76,7 +76,9 @@ def build_lock(out: str | Path):
     """Hold ``out/.t2i-build.lock`` (pid, host, start time) for the length of a build.
 
     A second build into the same folder stops at once with one message naming the owner, instead
-    of deleting the first's partial files under it. A lock left by a process that is gone (same
+    of deleting the first's partial files under it; so does a build into a folder holding a
+    README.md or LICENSE.md that t2i did not write (``card.refuse_foreign_card``), which its card
+    would replace. A lock left by a process that is gone (same
     host, pid not running) is taken over with a warning; one from another host is not, since
     its pid cannot be checked from here.
     """
@@ -101,6 +103,7 @@ def build_lock(out: str | Path):
             json.dump(me, f)
         break
     try:
+        refuse_foreign_card(out)  # the build ends by writing its card there: never over the user's own README.md
         yield
     finally:
         path.unlink(missing_ok=True)
@@ -271,6 +274,7 @@ def plan_shards(produce: Callable[..., Iterable], out_dir: str | Path, prefix: s
     shard count no longer has) and return its tasks without running them."""
     out = Path(out_dir)
     refuse_other_set(out, identity)
+    refuse_foreign_card(out)
     (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
     names = [shard_name(prefix, i) for i in range(len(shard_samples))]
     _remove_stale(out, prefix, set(names))

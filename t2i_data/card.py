@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -133,6 +134,38 @@ def _licence_table(ms: list[dict]) -> list[str]:
 
 
 _LICENCE_NOTE = f"The same table is in `{LICENCE_FILE}` (the header's `license_link`)."
+
+
+def is_t2i_card(path: str | Path) -> bool:
+    """Whether ``path`` is a card this package wrote: YAML front matter tagged ``t2i-data``
+    (``_yaml_header``). Read from its first 64 KiB."""
+    with open(path, "rb") as f:
+        head = f.read(65536).decode("utf-8", "replace")
+    end = head.find("\n---\n", 4)
+    return head.startswith("---\n") and end > 0 and "\n- t2i-data\n" in head[: end + 1]
+
+
+def is_t2i_licence(path: str | Path) -> bool:
+    """Whether ``path`` is a LICENSE.md this package wrote (``licence_text``)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    return head.startswith("# Licences: ") and "\nThis data is derived from the sources below, and each keeps its own terms." in head
+
+
+def refuse_foreign_card(out: str | Path) -> None:
+    """Stop a build before it starts when ``out`` holds a README.md or LICENSE.md that this package
+    did not write (the user's own notes): the build would replace them with its card. ``T2IError``
+    naming the file; a folder or other non-file under either name is refused too."""
+    for name, ours in ((CARD_NAME, is_t2i_card), (LICENCE_FILE, is_t2i_licence)):
+        p = Path(out) / name
+        if not os.path.lexists(p):
+            continue
+        if p.is_symlink() or not p.is_file():
+            kind = "a link" if p.is_symlink() else "a folder" if p.is_dir() else "not a file"
+            raise T2IError(f"{p}: {kind}, where the build writes its {name}; move it, or build into another folder")
+        if not ours(p):
+            raise T2IError(f"{p}: a {name} that t2i did not write, where the build writes its own; "
+                           "move it, or build into another folder")
 
 
 def licence_text(ms: list[dict]) -> str:

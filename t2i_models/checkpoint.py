@@ -123,6 +123,9 @@ def restore_weights(model: torch.nn.Module, ck: dict, where: str, required: bool
     except RuntimeError as e:  # missing / unexpected / mis-shaped tensors: the weights are not of this architecture
         raise T2IError(f"{where}: its weights do not fit the model its config describes "
                        f"({' '.join(str(e).split())[:300]}); the file is damaged or was saved by another version") from None
+    if required and ck.get("fingerprint") is None:
+        raise T2IError(f"{where}: records no weights fingerprint, which every t2i checkpoint carries; it was changed by hand "
+                       "or written by another program")
     if (required or "fingerprint" in ck) and weights_fingerprint(model) != ck.get("fingerprint"):
         raise T2IError(f"{where}: weights do not match the fingerprint recorded in the checkpoint; the file is damaged")
     return model.eval()

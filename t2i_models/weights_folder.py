@@ -119,8 +119,8 @@ def read_weights_folder(path: str | Path, where: str = "") -> dict:
 
     Raises ``T2IError`` (one line) for a run folder (naming its last.pt), a folder without the two
     files, a transformers folder, a config.json that is not JSON or lacks a field, another
-    ``export_format``, a model.safetensors that safetensors cannot read, and a ``tied`` entry whose
-    tensor the file does not hold."""
+    ``export_format``, a model.safetensors that safetensors cannot read, a ``dtype`` other than
+    the tensors', and a ``tied`` entry whose tensor the file does not hold."""
     folder = export_folder_of(path) or Path(path)
     where = where or str(path)
     doc = _config_json(folder, where)
@@ -134,6 +134,9 @@ def read_weights_folder(path: str | Path, where: str = "") -> dict:
     except Exception as e:  # safetensors_rust.SafetensorError for a cut or garbled header, OSError, ...
         first = (str(e).strip().splitlines() or [""])[0]
         raise T2IError(f"{where}: {WEIGHTS_FILE} cannot be read ({type(e).__name__}: {first}); the folder is damaged: export it again") from None
+    if "dtype" in doc and doc["dtype"] != _dtype(state):
+        raise T2IError(f"{where}: {CONFIG_FILE} says dtype {doc['dtype']!r} but {WEIGHTS_FILE} holds {_dtype(state)!r}; "
+                       "the folder is damaged: export it again")
     tied = doc.get("tied", {})
     for alias, name in sorted(tied.items()):
         if name not in state:
@@ -245,7 +248,8 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
     config.json record.
 
     Raises ``T2IError`` for an ``out`` that holds ``source`` (with or without ``overwrite``), an
-    ``out`` that exists and is not empty without ``overwrite``, and a record that JSON cannot hold."""
+    ``out`` that exists and is not empty without ``overwrite``, a ``step`` record that is not a
+    count, and a record that JSON cannot hold."""
     from safetensors.torch import save_file
 
     from t2i_data import __version__
@@ -253,6 +257,9 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
     from t2i_data.export import staged_dir
 
     source, out = Path(source), Path(out)
+    step = ck.get("step", 0)
+    if type(step) is not int or step < 0:
+        raise T2IError(f"{source}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand")
     replace = _check_out(source, out, overwrite)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     keep, tied = split_tied(state)

@@ -85,3 +85,45 @@ def test_a_library_build_card_reconstructs_a_command_that_rebuilds_the_same_data
         assert main(["-q", *argv, "--workers", "0"]) == 0
         rebuilt = out / "train" if name in ("mdmnist", "cub") else out
         assert load_manifest(rebuilt / "manifest.json")["digest"] == load_manifest(d / "manifest.json")["digest"]
+
+
+NOTES = b"# my notes\n\nnot a t2i card\n"
+
+
+@pytest.mark.parametrize("where, name, how", [
+    (".", "README.md", "notes"),          # the build folder's card slot
+    (".", "LICENSE.md", "notes"),         # its licence slot
+    ("train", "README.md", "notes"),      # a split folder's card slot
+    (".", "README.md", "folder"),
+    (".", "README.md", "link"),
+    (".", "README.md", "front matter without the t2i-data tag"),
+])
+def test_a_build_never_replaces_a_readme_or_licence_t2i_did_not_write(tmp_path, capsys, where, name, how):
+    out = tmp_path / "md"
+    (out / where).mkdir(parents=True)
+    p = out / where / name
+    if how == "notes":
+        p.write_bytes(NOTES)
+    elif how == "folder":
+        p.mkdir()
+    elif how == "link":
+        (tmp_path / "elsewhere.md").write_bytes(NOTES)
+        p.symlink_to(tmp_path / "elsewhere.md")
+    else:
+        p.write_bytes(b"---\ntags:\n- webdataset\n---\n# a dataset of mine\n")
+    before = p.read_bytes() if p.is_file() else None
+    assert main(["-q", "mdmnist", "build", "--out", str(out), "--train", "20", "--test", "10", "--shard-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"t2i: error: {p}: "), err
+    assert ("did not write" in err) if how not in ("folder", "link") else (f"a {how}, where the build writes its {name}" in err)
+    assert (p.read_bytes() if p.is_file() else None) == before
+    assert not list(out.rglob("*.tar")), "nothing was built"
+
+
+def test_a_rebuild_over_its_own_card_and_licence_goes_ahead(tmp_path):
+    out = tmp_path / "md"
+    argv = ["-q", "mdmnist", "build", "--out", str(out), "--train", "20", "--test", "10", "--shard-size", "10"]
+    assert main(argv) == 0
+    card, licence = (out / "README.md").read_bytes(), (out / "LICENSE.md").read_bytes()
+    assert main(argv) == 0
+    assert (out / "README.md").read_bytes() == card and (out / "LICENSE.md").read_bytes() == licence

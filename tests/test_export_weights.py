@@ -300,7 +300,8 @@ def _damage(folder, how):
         doc.update({"format v9": {"export_format": "t2i-weights/9"}, "no format": {"export_format": None},
                     "transformers clip": {"model_type": "clip"}, "bert": {"model_type": "bert"}, "no fingerprint": {},
                     "kind mismatch": {"model_type": "t2i_vqvae"}, "tied a list": {"tied": ["a"]},
-                    "tied to nothing": {"tied": {"decoder.x": "decoder.y"}}, "config a string": {"config": "dvae_tiny"}}[how])
+                    "tied to nothing": {"tied": {"decoder.x": "decoder.y"}}, "config a string": {"config": "dvae_tiny"},
+                    "dtype edited": {"dtype": "float16"}}[how])
         if how in ("transformers clip", "bert"):
             del doc["export_format"]
         if how == "no fingerprint":
@@ -329,6 +330,7 @@ DAMAGE = {
     "tied a list": "{d}: config.json has tied of the wrong type (list); the folder is damaged: export it again",
     "tied to nothing": "{d}: config.json ties decoder.x to decoder.y, which model.safetensors does not hold; the folder is damaged",
     "config a string": "{d}: config.json has config of the wrong type (str); the folder is damaged: export it again",
+    "dtype edited": "{d}: config.json says dtype 'float16' but model.safetensors holds 'float32'; the folder is damaged: export it again",
 }
 
 
@@ -434,3 +436,29 @@ def test_a_checkpoint_without_a_config_record_is_one_line(exported, tmp_path):
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(T2IError, match=r"bad.pt: its dvae checkpoint has no config record \(got NoneType\)"):
         C.load_autoencoder(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("step", ["7", -1, 7.0, None, True])
+def test_a_checkpoint_whose_step_is_not_a_count_is_refused_in_one_line(exported, tmp_path, capsys, step):
+    last, _ = exported["dvae"]
+    ck = torch.load(last, weights_only=True)
+    ck["step"] = step
+    torch.save(ck, tmp_path / "bad.pt")
+    assert _err(["export-weights", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "w")], capsys) == (
+        f"{tmp_path / 'bad.pt'}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("fingerprint", ["absent", None])
+def test_a_checkpoint_without_a_fingerprint_is_said_to_lack_one(exported, tmp_path, fingerprint):
+    last, _ = exported["dvae"]
+    ck = torch.load(last, weights_only=True)
+    if fingerprint == "absent":
+        del ck["fingerprint"]
+    else:
+        ck["fingerprint"] = None
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(T2IError) as e:
+        C.load_autoencoder(tmp_path / "bad.pt")
+    assert str(e.value) == (f"{tmp_path / 'bad.pt'}: records no weights fingerprint, which every t2i checkpoint carries; "
+                            "it was changed by hand or written by another program")
