@@ -220,8 +220,9 @@ class AutoRunner(InProcessRunner):
     critical path; it already holds the caches a fresh worker must fill (the MNIST pools, the
     resized glyphs); and it takes the next item whenever it is free, as each worker does (one
     task in flight per worker), so neither side waits on a queue at the end. On the full
-    MD-MNIST build this gave 1.74-1.86x one core with 2 processes against 1.55x for ``--workers 2``
-    (bench/bench_runner.py, README "Workers"). Items are handed out in order and results are
+    MD-MNIST build with 2 cores this gave 1.84x and 1.87x one core (best of 4 and of 3 rounds;
+    1.49x and 1.57x in runs of 2 rounds on a busier machine), against 1.41-1.67x for
+    ``--workers 2`` in the same runs (bench/bench_runner.py, README "Workers"). Items are handed out in order and results are
     returned in item order; which process ran an item cannot change its result.
     """
 
