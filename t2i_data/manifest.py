@@ -393,6 +393,18 @@ def _remote(url: str, manifest: dict, cache) -> ShardSet:
     return ShardSet(rs.dir, rs.manifest, rs)
 
 
+def split_manifest(location) -> dict:
+    """The manifest of one split folder given as a setting: a local folder (or ``file://`` URL),
+    or any other URL, whose manifest.json is read from the store (not cached: it is small and
+    the shards' reader fetches it again). ``T2IError`` as ``load_manifest`` and ``read_manifest``."""
+    if is_url(location):
+        location = local_or_url(location)
+        if isinstance(location, str):
+            url, data = read_manifest(location)
+            return parse_manifest(data, f"{url}/{MANIFEST_NAME}")
+    return load_manifest(Path(location) / MANIFEST_NAME)
+
+
 def open_split(location, cache=None) -> ShardSet:
     """One split folder given to a stream: a local folder (or ``file://`` URL), its manifest
     loaded and its shard names confined (presence is the stream's to check: a shard gone

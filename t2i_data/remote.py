@@ -203,8 +203,15 @@ def _open_kw(fs, size: int) -> dict:
 
 def _read_manifest(fs, rpath: str, what: str) -> bytes:
     def read():
+        parts, n = [], 0
         with fs.open(rpath, "rb", **_open_kw(fs, MAX_MANIFEST_BYTES + 1)) as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+            while n <= MAX_MANIFEST_BYTES:  # a streamed HTTP body gives what has arrived per read (96 KiB seen), not all
+                chunk = f.read(MAX_MANIFEST_BYTES + 1 - n)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                n += len(chunk)
+        data = b"".join(parts)
         if len(data) > MAX_MANIFEST_BYTES:
             raise T2IError(f"{what}: more than {MAX_MANIFEST_BYTES:,} bytes; not a t2i manifest")
         return data

@@ -11,7 +11,8 @@ number of ranks or dataloader workers, the epoch, or the order the samples are r
 depend on the others).
 
 ``SubsetShardStream`` reads the keys of every base shard once when it is made (from the offset
-index when it matches, after the shard's sha256 is checked as every read is), plans its epochs
+index when it matches, after the shard's sha256 is checked as every read is; a base set read by
+URL has every shard fetched into the shard cache for that), plans its epochs
 over the kept samples only (``plan_epoch`` over the kept counts per shard), and records the subset
 (fraction and seed) beside the sets' digests in its plan, so a resume under another subset is
 refused mid-epoch as any other change of plan is. Derived sets zipped with the base (text
@@ -79,7 +80,8 @@ class SubsetShardStream(ShardStream):
         self.subset_seed = seed if subset_seed is None else subset_seed
         self.positions, self._keys = [], []
         for name in self.names:
-            keys = shard_keys(self.dirs[0] / name, self.records[0][name])
+            with self.shard_sets[0].pinned(name) as path:  # a set read by URL: each base shard fetched once into the cache
+                keys = shard_keys(path, self.records[0][name])
             mask = kept_mask(keys, self.subset_seed, self.fraction)
             self.positions.append(np.flatnonzero(mask))
             self._keys.append([k for k, m in zip(keys, mask) if m])
@@ -87,7 +89,7 @@ class SubsetShardStream(ShardStream):
         self.sizes = [len(p) for p in self.positions]
         self.kept = sum(self.sizes)
         if self.kept == 0:
-            raise T2IError(f"{self.dirs[0]}: fraction={self.fraction} (seed {self.subset_seed}) keeps none of its {self.total} samples; "
+            raise T2IError(f"{self.shard_sets[0].location}: fraction={self.fraction} (seed {self.subset_seed}) keeps none of its {self.total} samples; "
                            f"raise the fraction")
         self.sets = list(self.sets) + [f"subset fraction={self.fraction!r} seed={self.subset_seed}"]
 

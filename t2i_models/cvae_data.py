@@ -5,14 +5,13 @@ that ``train_cvae`` and ``cvae_figures`` both import it without importing each o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from t2i_data.augment import regime_of, stored_image
 from t2i_data.errors import T2IError
-from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.manifest import split_manifest
 
 
 def stored_size(manifest: dict, where: str) -> int:
@@ -69,7 +68,7 @@ def image_decode(size: int):
 
 def text_dim_of(path: str, what: str) -> int:
     """D of a text-embedding set (manifest ``text_encoder.dim``); ``T2IError`` for another kind of set."""
-    m = load_manifest(Path(path) / MANIFEST_NAME)
+    m = split_manifest(path)
     if m.get("kind") != "text_emb":
         raise T2IError(f"{what}={path}: a {m.get('kind')} shard set, not a text-embedding set (t2i embed writes those)")
     dim = (m.get("text_encoder") or {}).get("dim")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from PIL.PngImagePlugin import PngInfo
 from t2i_data.align import check_aligned, merge_aligned
 from t2i_data.errors import T2IError
 from t2i_data.figures import scatter_chart
-from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.manifest import open_split, split_manifest
 from t2i_data.rng import key_ids, keyed_u64, stream_id, uniform_float
 from t2i_data.subset import shard_keys
 from t2i_data.tario import iter_samples
@@ -63,30 +64,36 @@ def heldout(images: str, text_emb: str, decode, n: int, seed: int) -> list[dict]
     """The decoded samples of the ``n`` keys of ``images`` (zipped with ``text_emb`` when given)
     with the smallest u(seed, key), in that order; each with ``caption`` (the caption its
     ``caption_index`` names, or its first). Shards are checked against their manifests."""
-    dirs = [Path(images)] + ([Path(text_emb)] if text_emb else [])
-    ms = [load_manifest(d / MANIFEST_NAME) for d in dirs]
-    for d, m in zip(dirs[1:], ms[1:]):
-        check_aligned(ms[0], m, str(d))
+    sets = [open_split(images)] + ([open_split(text_emb)] if text_emb else [])  # folders or URLs
+    ms = [ss.manifest for ss in sets]
+    for ss in sets[1:]:
+        check_aligned(ms[0], ss.manifest, ss.location)
     names = [s["name"] for s in ms[0]["shards"]]
-    keys = [k for s in ms[0]["shards"] for k in shard_keys(dirs[0] / s["name"], s)]
+    keys = []
+    for s in ms[0]["shards"]:
+        with sets[0].pinned(s["name"]) as path:
+            keys += shard_keys(path, s)
     if not keys:
         raise T2IError(f"{images}: no samples to draw the figures from")
     u = uniform_float(seed, stream_id("cvae-figures"), key_ids(keys), 0)
     rank = {keys[i]: r for r, i in enumerate(np.argsort(u, kind="stable")[:n])}
-    for d, m in zip(dirs[1:], ms[1:]):
-        for s in m["shards"]:
-            shard_keys(d / s["name"], s)  # size and sha256 of the derived shards too
+    for ss in sets[1:]:
+        for s in ss.manifest["shards"]:
+            with ss.pinned(s["name"]) as path:
+                shard_keys(path, s)  # size and sha256 of the derived shards too
     found: dict[str, dict] = {}
     for name in names:
-        for parts in zip(*[iter_samples(d / name) for d in dirs], strict=True):
-            key = parts[0]["__key__"]
-            if key in rank:
-                merged = merge_aligned(parts, name)
-                merged["__url__"] = str(dirs[0] / name)
-                item = decode(merged, 0)
-                caps = json.loads(merged["json"]).get("captions") or [""]
-                item["caption"] = str(caps[int(item.get("caption_index", 0))])
-                found[key] = item
+        with ExitStack() as pins:
+            paths = [pins.enter_context(ss.pinned(name)) for ss in sets]
+            for parts in zip(*[iter_samples(p) for p in paths], strict=True):
+                key = parts[0]["__key__"]
+                if key in rank:
+                    merged = merge_aligned(parts, name)
+                    merged["__url__"] = sets[0].where(name)
+                    item = decode(merged, 0)
+                    caps = json.loads(merged["json"]).get("captions") or [""]
+                    item["caption"] = str(caps[int(item.get("caption_index", 0))])
+                    found[key] = item
     return sorted(found.values(), key=lambda it: rank[it["key"]])
 
 
@@ -156,7 +163,7 @@ def write_figures(model, cfg, facts: dict, device, metrics_path: Path, step: int
     where = "held-out" if cfg.eval_images else "training-split"
     if not cfg.eval_images:
         log.warning("no eval_images: the figures and the held-out row come from the training split %s", cfg.images)
-    size = stored_size(load_manifest(Path(images) / MANIFEST_NAME), images)
+    size = stored_size(split_manifest(images), images)
     if mlp:
         decode = class_decode(size, model.cfg.channels, model.cfg.num_classes)
     else:

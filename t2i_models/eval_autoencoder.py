@@ -43,7 +43,8 @@ from t2i_data.augment import regime_of, stored_image
 from t2i_data.build import out_folder
 from t2i_data.errors import T2IError
 from t2i_data.figures import TEXT, font
-from t2i_data.manifest import ShardSet, open_shard_sets, shard_path
+from t2i_data.manifest import ShardSet, open_shard_sets
+from t2i_data.remote import is_url
 from t2i_data.stream import check_shard_cached
 from t2i_data.tario import iter_samples
 
@@ -65,10 +66,10 @@ def image_set(images: str | Path) -> ShardSet:
     sets = open_shard_sets(images)
     if len(sets) != 1:
         raise T2IError(f"{images}: holds {len(sets)} splits ({', '.join(s.split for s in sets)}); give one split's folder, "
-                       f"e.g. {Path(images) / 'test'}")
+                       f"e.g. {Path(images) / 'test' if not is_url(images) else str(images).rstrip('/') + '/test'}")
     ss = sets[0]
     if ss.kind != "images":
-        raise T2IError(f"{ss.dir}: a {ss.kind} set; the autoencoder is evaluated on an image shard set")
+        raise T2IError(f"{ss.location}: a {ss.kind} set; the autoencoder is evaluated on an image shard set")
     return ss
 
 
@@ -82,33 +83,37 @@ def check_size(ss: ShardSet, model) -> None:
     size, want = view_size(ss), model.cfg.image_size
     if size != want:
         what = f"{ss.manifest['regime']}-{size}" if ss.manifest.get("regime") else f"{size}x{size}"
-        raise T2IError(f"{ss.dir}: holds {what} images but the autoencoder takes {want}x{want}; "
+        raise T2IError(f"{ss.location}: holds {what} images but the autoencoder takes {want}x{want}; "
                        f"evaluate on a set preprocessed with --size {want}")
 
 
 def iter_images(ss: ShardSet, n: int = 0) -> Iterator[np.ndarray]:
     """The set's first ``n`` images (0: all) in order, each (S, S, 3) uint8, un-augmented.
-    Each shard is checked (size, sha256) before it is read, its sample count when read to the end."""
+    Each shard is checked (size, sha256) before it is read, its sample count when read to the end;
+    a set read by URL has its shards fetched into the shard cache (checked on arrival), the next
+    ones while this one is read."""
     regime = regime_of(ss.manifest, allow_none=True)
     done = 0
-    for record in ss.manifest["shards"]:
-        path = shard_path(ss.dir, record["name"])
-        try:
-            check_shard_cached(path, record)
-        except OSError as e:
-            raise T2IError(f"{path}: cannot be read ({e.strerror or e}); restore it or rebuild the set (t2i verify {ss.dir})") from None
-        count = 0
-        for sample in iter_samples(path):
-            count += 1
-            im = stored_image(sample, str(path))
-            if regime is not None:
-                im = regime.apply_view(im, regime.identity(im.size))
-            yield np.asarray(im)
-            done += 1
-            if n and done >= n:
-                return
+    for record in ss.shards():
+        where = ss.where(record["name"])
+        with ss.pinned(record["name"]) as path:
+            try:
+                check_shard_cached(path, record)
+            except OSError as e:
+                raise T2IError(f"{where}: cannot be read ({e.strerror or e}); restore it or rebuild the set "
+                               f"(t2i verify {ss.location})") from None
+            count = 0
+            for sample in iter_samples(path):
+                count += 1
+                im = stored_image(sample, where)
+                if regime is not None:
+                    im = regime.apply_view(im, regime.identity(im.size))
+                yield np.asarray(im)
+                done += 1
+                if n and done >= n:
+                    return
         if count != record["samples"]:
-            raise T2IError(f"{path}: {count} samples, the manifest says {record['samples']}; rebuild the set")
+            raise T2IError(f"{where}: {count} samples, the manifest says {record['samples']}; rebuild the set")
 
 
 def _batches(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -147,7 +152,7 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
     ss = image_set(images)
     check_size(ss, model)
     if ss.split == "train":
-        log.warning("%s: evaluating on the training split; held-out figures need the test split", ss.dir)
+        log.warning("%s: evaluating on the training split; held-out figures need the test split", ss.location)
     device = torch.device(device) if device is not None else _device_of(model)
     V = model.cfg.vocab_size
     hist = torch.zeros(V, dtype=torch.int64, device=device)
@@ -174,7 +179,7 @@ def heldout_metrics(model, images: str | Path, *, n: int = 0, batch_size: int = 
     finally:
         model.train(was_training)
     if count == 0:
-        raise T2IError(f"{ss.dir}: holds no images to evaluate")
+        raise T2IError(f"{ss.location}: holds no images to evaluate")
     lo, hi = span.tolist()
     if lo < 0 or hi > 1:
         raise T2IError(f"{type(model).__name__}: decoded pixels span [{lo:.4g}, {hi:.4g}], outside [0, 1]; MSE, PSNR and BCE "
@@ -233,7 +238,7 @@ def evaluate_autoencoder(autoencoder: str, images: str, out: str, *, n: int = 0,
     check_size(ss, model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    metrics = heldout_metrics(model, ss.dir, n=n, batch_size=batch_size, device=device)
+    metrics = heldout_metrics(model, ss.location, n=n, batch_size=batch_size, device=device)
     arch = (ck.get("train_config") or {}).get("arch") or ck["kind"]
     step = ck.get("step")
     originals = np.stack(list(iter_images(ss, grid)))

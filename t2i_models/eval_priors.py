@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from t2i_data.align import check_autoencoder, check_same_image_set, check_tokenizer
 from t2i_data.errors import T2IError
 from t2i_data.figures import bar_chart, value_histogram
-from t2i_data.manifest import MANIFEST_NAME, ShardSet, checked_samples, load_manifest
+from t2i_data.manifest import checked_samples, open_split
 from t2i_data.npyio import load_npy
 from t2i_data.rng import key_ids, keyed_u64, stream_id
 from t2i_data.text import load_tokenizer
@@ -131,13 +131,13 @@ def read_test_set(image_tokens: str, text_tokens: str, tok_fp: str, ae_fp: str) 
     its manifest (size, sha256, count), the sets against the tokenizer and autoencoder fingerprints
     and each other, every array's shape against the manifests ((C, L) text rows, (views, g, g)
     image tokens) and every id against its vocabulary; one ``T2IError`` naming the set otherwise."""
-    img_m, txt_m = load_manifest(Path(image_tokens) / MANIFEST_NAME), load_manifest(Path(text_tokens) / MANIFEST_NAME)
+    img_ss, txt_ss = open_split(image_tokens), open_split(text_tokens)  # folders or URLs
+    img_m, txt_m = img_ss.manifest, txt_ss.manifest
     if img_m.get("kind") != "image_tokens" or txt_m.get("kind") != "text_tokens":
         raise T2IError(f"--image-tokens / --text-tokens: expected an image_tokens and a text_tokens set, got {img_m.get('kind')} and {txt_m.get('kind')}")
     check_same_image_set(img_m, txt_m, image_tokens, text_tokens)
     check_tokenizer(txt_m, tok_fp, "--tokenizer")
     check_autoencoder(img_m, ae_fp, "--autoencoder")
-    img_ss, txt_ss = ShardSet(Path(image_tokens), img_m), ShardSet(Path(text_tokens), txt_m)
     length, grid = int(txt_m["tokenizer"]["length"]), int(img_m["autoencoder"]["grid"])
     keys, text, image = [], [], []
     for a, b in zip(img_m["shards"], txt_m["shards"]):

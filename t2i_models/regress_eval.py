@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw, PngImagePlugin
 from t2i_data.align import same_key
 from t2i_data.errors import T2IError
 from t2i_data.figures import bar_chart, font
-from t2i_data.manifest import MANIFEST_NAME, ShardSet, checked_samples, load_manifest
+from t2i_data.manifest import checked_samples, open_split
 from t2i_data.npyio import load_npy
 from t2i_data.text_emb import MEMBER, caption_index
 
@@ -52,7 +52,7 @@ STAGES = {"input": "text embeddings (the MLP's input)", "head": "after the Siame
 def aligned_parts(dirs: list[str], n: int = 0) -> Iterator[tuple[dict, ...]]:
     """The first ``n`` (0: all) samples of sets of one image set, one dict per set, shard by shard,
     each shard checked against its manifest (size, sha256, count) and the keys against each other."""
-    sets = [ShardSet(Path(d), load_manifest(Path(d) / MANIFEST_NAME)) for d in dirs]
+    sets = [open_split(d) for d in dirs]  # folders or URLs
     count = 0
     for i, shard in enumerate(sets[0].manifest["shards"]):
         for parts in zip(*[checked_samples(ss, ss.manifest["shards"][i]) for ss in sets], strict=True):

@@ -41,7 +41,7 @@ from PIL import Image
 
 from t2i_data.augment import regime_of
 from t2i_data.errors import T2IError
-from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.manifest import split_manifest
 from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import LostSamples, close_loaders, ShardStream, decode_and_augment, loader
 
@@ -141,12 +141,12 @@ def to_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_eval_images(cfg: TrainConfig, size: int) -> None:
-    m = load_manifest(Path(cfg.eval_images) / MANIFEST_NAME)
+    m = split_manifest(cfg.eval_images)
     regime = regime_of(m, allow_none=True)
     got = regime.size if regime else m["size"]
     if got != size:
         raise T2IError(f"eval_images={cfg.eval_images} holds {got}x{got} images; the train split {cfg.images} holds {size}x{size}")
-    warn_if_not_heldout("eval_images", cfg.eval_images, m.get("split"), load_manifest(Path(cfg.images) / MANIFEST_NAME).get("split"))
+    warn_if_not_heldout("eval_images", cfg.eval_images, m.get("split"), split_manifest(cfg.images).get("split"))
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -161,7 +161,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, tracke
     out.mkdir(parents=True, exist_ok=True)
     bf16 = use_bf16(cfg.precision, device)
 
-    base = load_manifest(Path(cfg.images) / MANIFEST_NAME)
+    base = split_manifest(cfg.images)  # a folder or a URL (s3://, https://, ...), as ShardStream reads
     regime = regime_of(base, allow_none=True)
     size = regime.size if regime else base["size"]
     if cfg.eval_images:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from t2i_data.errors import T2IError
-from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.manifest import split_manifest
 from t2i_data.rng import keyed_u64, stream_id
 from t2i_data.stream import LostSamples, close_loaders, loader
 from t2i_data.subset import SubsetShardStream, check_fraction
@@ -112,7 +112,7 @@ def step_generator(seed: int, step: int, device) -> torch.Generator:
 def prepare(cfg: CVAETrainConfig):
     """(model, decode, the set dirs to stream, facts for the figures) after every check of the sets
     against the arch. ``T2IError`` for a mismatch (module docstring)."""
-    base = load_manifest(Path(cfg.images) / MANIFEST_NAME)
+    base = split_manifest(cfg.images)  # a folder or a URL, as the stream reads
     size = stored_size(base, f"images={cfg.images}")
     facts: dict = {"images_digest": base["digest"]}
     if kind_of(cfg.arch) == "cvae_mlp":
@@ -138,7 +138,7 @@ def prepare(cfg: CVAETrainConfig):
         raise T2IError(f"images={cfg.images} holds {size}x{size} images; {cfg.arch} takes {model.cfg.image_size}x{model.cfg.image_size} "
                        f"(preprocess with --regime center --size {model.cfg.image_size}, or set model.image_size)")
     if cfg.eval_images:
-        em = load_manifest(Path(cfg.eval_images) / MANIFEST_NAME)
+        em = split_manifest(cfg.eval_images)
         if stored_size(em, f"eval_images={cfg.eval_images}") != size:
             raise T2IError(f"eval_images={cfg.eval_images} holds {em['size']}x{em['size']} images; images={cfg.images} {size}x{size}")
         warn_if_not_heldout("eval_images", cfg.eval_images, em.get("split"), base.get("split"))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from t2i_data.align import check_autoencoder, check_same_image_set
 from t2i_data.errors import T2IError
-from t2i_data.manifest import MANIFEST_NAME, load_manifest
+from t2i_data.manifest import split_manifest
 from t2i_data.npyio import load_npy
 from t2i_data.schema import levels_of
 from t2i_data.stream import LostSamples, ShardStream, close_loaders, loader
@@ -124,8 +124,8 @@ class RegressTrainConfig:
 def open_pair(text_emb: str, image_tokens: str, what: str = "") -> tuple[dict, dict, int]:
     """(image-token manifest, text-embedding manifest, D) of an aligned pair, after the checks of
     kinds, levels and image set. ``what``: "eval_" for the held-out pair's names in errors."""
-    img_m = load_manifest(Path(image_tokens) / MANIFEST_NAME)
-    txt_m = load_manifest(Path(text_emb) / MANIFEST_NAME)
+    img_m = split_manifest(image_tokens)  # folders or URLs, as the stream reads
+    txt_m = split_manifest(text_emb)
     ti, tt = f"{what}image_tokens={image_tokens}", f"{what}text_emb={text_emb}"
     if img_m.get("kind") != "image_tokens":
         raise T2IError(f"{ti}: a {img_m.get('kind')} set, not an image-token set (t2i encode writes those)")
@@ -188,8 +188,8 @@ def prepare(cfg: RegressTrainConfig):
         check_autoencoder(em, ck["fingerprint"], f"autoencoder={cfg.autoencoder}")
         warn_if_not_heldout("eval_image_tokens", cfg.eval_image_tokens, em.get("split"), img_m.get("split"))
     if cfg.pair_images:
-        pm = load_manifest(Path(cfg.pair_images) / MANIFEST_NAME)
-        against = load_manifest(Path(cfg.eval_image_tokens or cfg.image_tokens) / MANIFEST_NAME)
+        pm = split_manifest(cfg.pair_images)
+        against = split_manifest(cfg.eval_image_tokens or cfg.image_tokens)
         check_same_image_set(against, pm, "eval_image_tokens" if cfg.eval_image_tokens else "image_tokens", f"pair_images={cfg.pair_images}",
                              fix="give the image set the histogram's tokens were encoded from")
     model = build_regressor(cfg.arch, cfg.mode, dim, space.size, **cfg.model)

@@ -380,3 +380,24 @@ def test_a_diverging_run_stops_at_its_non_finite_loss_without_saving_it(fmnist, 
     ck = torch.load(out / "last.pt", weights_only=True)  # the last checkpoint is the step before, all finite
     assert ck["step"] == bad["step"] - 1 and all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
     assert not (out / "samples.png").exists()
+
+
+def test_a_run_reads_its_sets_by_url_as_from_the_folders(fmnist, tmp_path, monkeypatch):
+    # train_cvae over HTTP (the subset's keys, the stream, the held-out row and figures) equals the run from the folders
+    from fixtures_http import fetched_shards, http_server
+
+    monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(arch="cvae_mlp_tiny", batch_size=16, num_workers=0, latent_n=8, log_every=1, steps=4, fraction=0.5, seed=3)
+    shards = fmnist / "shards"
+    local = train_cvae(CVAETrainConfig(out=str(tmp_path / "local"), images=str(shards / "train"), eval_images=str(shards / "test"), **common))
+    with http_server(fmnist) as (base, requests):
+        remote = train_cvae(CVAETrainConfig(out=str(tmp_path / "http"), images=f"{base}/shards/train", eval_images=f"{base}/shards/test",
+                                            **common))
+    names = {s["name"] for s in load_manifest(shards / "train" / "manifest.json")["shards"]}
+    assert fetched_shards(requests, "/shards/train") == names and fetched_shards(requests, "/shards/test")
+    assert {k: v for k, v in remote.items() if k not in ("checkpoint", "figures")} == {
+        k: v for k, v in local.items() if k not in ("checkpoint", "figures")}  # step, fingerprint, kept of total
+    rows = [[{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
+             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("local", "http")]
+    assert rows[0] == rows[1] and {r.get("split") for r in rows[0]} == {"train", "test"}
+    assert (tmp_path / "http" / "samples.png").read_bytes() == (tmp_path / "local" / "samples.png").read_bytes()

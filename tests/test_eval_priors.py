@@ -307,3 +307,25 @@ def test_eval_priors_on_mdmnist_with_a_symbol_clip_and_the_mdmnist_variants(tmp_
         true = np.array([SYMBOL_ID[w] for w in x["text"].split()])
         assert len(true) == 12 and None not in x["a"] and len(x["a"]) == 13
         assert [int((np.array([SYMBOL_ID[w] for w in v.split()]) != true).sum()) for v in x["variants"]] == list(range(1, 13))
+
+
+def test_eval_priors_reads_its_test_sets_by_url_as_from_the_folders(cub, tmp_path, monkeypatch):
+    from fixtures_http import fetched_shards, http_server
+
+    monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "p.toml").write_text("[eval_priors]\ngrid_prompts = 1\ngrid_samples = 1\n")
+    small = ("--variants", "cub", "--n", "4", "--batch-size", "4", "--config", str(tmp_path / "p.toml"))
+    assert main(eval_args(cub, tmp_path / "local", *small)) == 0
+    with http_server(cub) as (base, requests):
+        argv = eval_args(cub, tmp_path / "http", *small)
+        for flag in ("--image-tokens", "--text-tokens"):
+            argv[argv.index(flag) + 1] = argv[argv.index(flag) + 1].replace(str(cub), base, 1)
+        assert main(argv) == 0
+    assert fetched_shards(requests, "/img/test") and fetched_shards(requests, "/text/test")
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("local", "http")]
+
+    for r, where in zip(reports, (str(cub), base)):  # the settings name the sets as they were given; all else is equal
+        assert (r["config"].pop("image_tokens"), r["config"].pop("text_tokens")) == (f"{where}/img/test", f"{where}/text/test")
+    assert reports[1] == reports[0]
+    pngs = sorted(p.name for p in (tmp_path / "local").glob("*.png"))
+    assert pngs and all((tmp_path / "http" / n).read_bytes() == (tmp_path / "local" / n).read_bytes() for n in pngs)

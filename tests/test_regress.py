@@ -294,3 +294,22 @@ def test_the_pipeline_carries_the_studys_settings():
     grid = 128 // 2 ** ae.model["downsamples"]
     assert ae.arch == "vqvae_mdmnist" and ae.model["dim"] * grid * grid == 131072  # seed: "the VQ-VAE latent vector of size 131072"
     assert siamese.text_emb != mlp.text_emb and mlp.image_tokens == siamese.image_tokens
+
+
+def test_a_run_reads_its_sets_by_url_as_from_the_folders(data, tmp_path, monkeypatch):
+    # the train pair, the held-out pair and pair_images over HTTP (the checkpoint stays a file): the run from the folders
+    from fixtures_http import fetched_shards, http_server
+
+    monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path / "cache"))
+    sets = ("text_emb", "image_tokens", "eval_text_emb", "eval_image_tokens", "pair_images")
+    assert main(args(data, tmp_path / "local", "steps=4")) == 0
+    with http_server(data) as (base, requests):
+        by_url = [a.replace(str(data), base, 1) if a.split("=")[0] in sets else a for a in args(data, tmp_path / "http", "steps=4")]
+        assert sum(base in a for a in by_url) == len(sets)
+        assert main(by_url) == 0
+    for prefix in ("/emb/train2017", "/tok/train2017", "/emb/val2017", "/tok/val2017", "/img/val2017"):
+        assert fetched_shards(requests, prefix), prefix
+    drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_per_s")}  # noqa: E731
+    assert [drop(r) for r in metrics(tmp_path / "http")] == [drop(r) for r in metrics(tmp_path / "local")]
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("local", "http")]
+    assert reports[0]["heldout"] == reports[1]["heldout"] and reports[0]["histograms"] == reports[1]["histograms"]

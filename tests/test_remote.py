@@ -5,22 +5,20 @@ stores and missing protocol packages are one line; the cache evicts least recent
 but never a pinned one (in this process or another) and never a file it did not make; prefetch
 downloads the next shards of a reader's plan. Nothing here reaches outside the machine."""
 import fcntl
-import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import socket
-import threading
 import uuid
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fsspec
 import pytest
 from torch.utils.data import DataLoader
 
+from fixtures_http import http_server
 from fixtures_interop import md_sets  # sets HF_*_OFFLINE first
 
 from t2i_data.errors import T2IError
@@ -36,22 +34,12 @@ from t2i_data.verify import verify_path
 from t2i_models.cli import main
 
 
-class _Handler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # record, do not print
-        self.server.requests.append((self.command, self.path))
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(root folder, base URL, request log): an HTTP server on 127.0.0.1 (port 0) serving ``root``."""
     root = tmp_path_factory.mktemp("served")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-    srv.requests = []
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}", srv.requests
-    srv.shutdown()
-    srv.server_close()
+    with http_server(root) as (base, requests):
+        yield root, base, requests
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +405,50 @@ def test_a_failed_prefetch_is_counted_and_the_readers_fetch_raises_it(sets, tmp_
     assert rs.stats["prefetch_failed"] == 2 and rs.stats["downloads"] == 0
     with pytest.raises(T2IError, match="more than the shard cache's limit of 10 bytes"):
         rs.fetch(names(local)[0])
+
+
+def _rows(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}  # the one timing field
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_and_eval_autoencoder_read_their_sets_by_url_as_from_the_folder(served, tmp_path_factory, tmp_path, monkeypatch):
+    from fixtures_sources import coco_shards
+
+    root, base, requests = served
+    local = coco_shards(tmp_path_factory)  # COCO val2017, ae regime, 32 px, 2 images a shard
+    shutil.copytree(local, root / "ae" / "val2017")
+    url = f"{base}/ae/val2017"
+    monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path / "cache"))
+    runs = {}
+    for name, where in (("local", str(local)), ("http", url)):
+        out = tmp_path / name
+        assert main(["-q", "train", "autoencoder", "arch=dvae_tiny", f"images={where}", f"eval_images={where}", f"out={out}",
+                     "steps=3", "batch_size=2", "log_every=1", "grid_every=100", "eval_n=4"]) == 0
+        assert main(["-q", "eval", "autoencoder", "--autoencoder", str(out / "last.pt"), "--images", where, "--out", str(out / "ev"),
+                     "--n", "4", "--grid", "2"]) == 0
+        runs[name] = out
+    assert _rows(runs["http"]) == _rows(runs["local"])  # train rows and the held-out rows
+    assert [r["split"] for r in _rows(runs["http"])] == ["train", "train", "train", "test"]  # the held-out row at the end
+    a, b = (json.loads((runs[n] / "ev" / "report.json").read_text()) for n in ("local", "http"))
+    assert b.pop("image_set") == url and a.pop("image_set") == str(local)
+    assert b.pop("autoencoder") != a.pop("autoencoder")  # the two checkpoints' paths
+    assert a == b  # the same figures, digest and fingerprint
+    assert (runs["http"] / "ev" / "reconstructions.png").read_bytes() == (runs["local"] / "ev" / "reconstructions.png").read_bytes()
+    assert any(path.startswith("/ae/val2017/") and path.endswith(".tar") for _, path in requests)  # shards came over HTTP
+
+
+def test_a_manifest_larger_than_one_streamed_read_arrives_whole(served, monkeypatch):
+    # fsspec's streamed HTTP file returned 96 KiB of a 212 KB manifest from one read(); the reader loops to the end
+    from t2i_data import remote
+
+    root, base, _ = served
+    for size in (98_304 + 1, 1_000_003):
+        (root / f"big{size}").mkdir()
+        body = json.dumps({"pad": "x" * (size - 11)}).encode()
+        assert len(body) == size
+        (root / f"big{size}" / "manifest.json").write_bytes(body)
+        assert remote.read_manifest(f"{base}/big{size}") == (f"{base}/big{size}", body)
+    monkeypatch.setattr(remote, "MAX_MANIFEST_BYTES", 500_000)  # the limit (256 MiB) still holds across reads
+    with pytest.raises(T2IError, match="more than 500,000 bytes; not a t2i manifest"):
+        remote.read_manifest(f"{base}/big1000003")
