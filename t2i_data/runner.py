@@ -180,9 +180,10 @@ class _Shared:
 
 
 @contextlib.contextmanager
-def _one_torch_thread():
-    """This process computes beside the cluster's workers (one process per core, each with one
-    thread: ``WORKER_ENV``), so torch, when a task has loaded it, uses one thread here too."""
+def one_torch_thread():
+    """torch on one CPU thread for the block, and back to its count after; nothing when torch is
+    not loaded. ``AutoRunner``: this process computes beside the cluster's workers (one process
+    per core, each with one thread: ``WORKER_ENV``), so it uses one thread too."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
@@ -220,8 +221,8 @@ class AutoRunner(InProcessRunner):
     critical path; it already holds the caches a fresh worker must fill (the MNIST pools, the
     resized glyphs); and it takes the next item whenever it is free, as each worker does (one
     task in flight per worker), so neither side waits on a queue at the end. On the full
-    MD-MNIST build with 2 cores this gave 1.84x and 1.87x one core (best of 4 and of 3 rounds;
-    1.49x and 1.57x in runs of 2 rounds on a busier machine), against 1.41-1.67x for
+    MD-MNIST build with 2 cores this gave 1.84x, 1.87x and 1.95x one core (best of 3 or 4
+    rounds; 1.49x and 1.57x in runs of 2 rounds on a busier machine), against 1.32-1.72x for
     ``--workers 2`` in the same runs (bench/bench_runner.py, README "Workers"). Items are handed out in order and results are
     returned in item order; which process ran an item cannot change its result.
     """
@@ -283,12 +284,12 @@ class AutoRunner(InProcessRunner):
 
             one_thread = []
 
-            def one_torch_thread() -> None:  # in this thread: torch's thread count is per calling thread
+            def single_thread_here() -> None:  # in this thread: torch's thread count is per calling thread
                 if not one_thread:
-                    one_thread.append(stack.enter_context(_one_torch_thread()))
+                    one_thread.append(stack.enter_context(one_torch_thread()))
 
             if self._dask is not None:
-                one_torch_thread()
+                single_thread_here()
                 launch(False)
             try:
                 while (i := shared.take()) is not None:
@@ -313,7 +314,7 @@ class AutoRunner(InProcessRunner):
                                                                    len(items) - shared.next):
                         launch(True, (time.perf_counter() - t0) * (total - done) / done)
                     if helper[0] is not None:  # the cluster is starting or up: one torch thread here from now on
-                        one_torch_thread()
+                        single_thread_here()
             except BaseException as e:
                 shared.fail(e)
                 with launch_lock:

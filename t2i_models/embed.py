@@ -343,15 +343,10 @@ def pool_states(hidden_states, mask: torch.Tensor, spec: dict) -> torch.Tensor:
 def one_thread(device: torch.device):
     """One torch thread on the CPU for the forward (module docstring: bit-identical rows whatever
     the batch); nothing changes on CUDA."""
-    if device.type != "cpu":
+    from t2i_data.runner import one_torch_thread
+
+    with one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def token_ids(tok, captions: list[str], max_length: int) -> tuple[list[list[int]], int]:
