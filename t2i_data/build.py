@@ -266,21 +266,29 @@ class ShardJob:
     items: list
     weights: list[int]
     desc: str
+    prepare: Callable | None = None  # makes the folder and drops stale shards: run by run_shard_jobs once every job is planned
+
+
+def _prepare_out(out: Path, prefix: str, names: list[str]) -> None:
+    (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
+    _remove_stale(out, prefix, set(names))
 
 
 def plan_shards(produce: Callable[..., Iterable], out_dir: str | Path, prefix: str, shard_samples: list[int], identity: dict,
                 desc: str = "", payloads: list | None = None, stamp: Callable | None = None) -> ShardJob:
-    """Prepare ``out_dir`` for ``write_shards`` (refuse another set's folder, drop shards the
-    shard count no longer has) and return its tasks without running them."""
+    """Check ``out_dir`` for ``write_shards`` (refuse another set's folder, or a README.md /
+    LICENSE.md t2i did not write) and return its tasks without running them or touching the
+    folder: ``run_shard_jobs`` makes it and drops the shards the shard count no longer has only
+    once every set of the build has passed these checks, so a refusal of a later split leaves an
+    earlier one as it was."""
     out = Path(out_dir)
     refuse_other_set(out, identity)
     refuse_foreign_card(out)
-    (out / STATS_DIR).mkdir(parents=True, exist_ok=True)
     names = [shard_name(prefix, i) for i in range(len(shard_samples))]
-    _remove_stale(out, prefix, set(names))
     task = partial(write_shard, produce, str(out), config_digest(identity), stamp=stamp)
     payloads = list(range(len(names))) if payloads is None else payloads
-    return ShardJob(out, task, list(zip(range(len(names)), names, payloads)), list(shard_samples), desc)
+    return ShardJob(out, task, list(zip(range(len(names)), names, payloads)), list(shard_samples), desc,
+                    partial(_prepare_out, out, prefix, names))
 
 
 def _run_job_item(job_item: tuple) -> dict:
@@ -293,6 +301,9 @@ def run_shard_jobs(jobs: list[ShardJob], runner, desc: str = "") -> list[list[di
     split) for the slowest shard before the next set's shards start; one record list per job,
     each in shard order. A build of a 20-shard train and a 2-shard test split on 2 workers, set
     by set, idled one worker for a shard's time at the end of train (README, MD-MNIST, Speed)."""
+    for j in jobs:
+        if j.prepare is not None:
+            j.prepare()
     pairs = [(j.task, item) for j in jobs for item in j.items]
     weights = [w for j in jobs for w in j.weights]
     flat = runner.map(_run_job_item, pairs, weights=weights, desc=desc or " + ".join(j.desc for j in jobs if j.desc))

@@ -138,9 +138,8 @@ _LICENCE_NOTE = f"The same table is in `{LICENCE_FILE}` (the header's `license_l
 
 def is_t2i_card(path: str | Path) -> bool:
     """Whether ``path`` is a card this package wrote: YAML front matter tagged ``t2i-data``
-    (``_yaml_header``). Read from its first 64 KiB."""
-    with open(path, "rb") as f:
-        head = f.read(65536).decode("utf-8", "replace")
+    (``_yaml_header``). The header lists every shard, so it is read to its end, however long."""
+    head = Path(path).read_bytes().decode("utf-8", "replace")
     end = head.find("\n---\n", 4)
     return head.startswith("---\n") and end > 0 and "\n- t2i-data\n" in head[: end + 1]
 

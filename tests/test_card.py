@@ -127,3 +127,29 @@ def test_a_rebuild_over_its_own_card_and_licence_goes_ahead(tmp_path):
     card, licence = (out / "README.md").read_bytes(), (out / "LICENSE.md").read_bytes()
     assert main(argv) == 0
     assert (out / "README.md").read_bytes() == card and (out / "LICENSE.md").read_bytes() == licence
+
+
+def test_a_refused_split_leaves_the_earlier_splits_untouched(tmp_path, capsys):
+    # mdmnist plans train, then test: the test folder's foreign README.md must stop the build before train loses a shard
+    out = tmp_path / "md"
+    argv = ["-q", "mdmnist", "build", "--out", str(out), "--train", "40", "--test", "10", "--shard-size", "10"]
+    assert main(argv) == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    (out / "test" / "README.md").write_bytes(NOTES)
+    assert main(argv[:-1] + ["20"]) == 2  # a new shard size: 2 of train's 4 shards would be stale
+    assert "test/README.md: a README.md that t2i did not write" in capsys.readouterr().err
+    (out / "test" / "README.md").write_bytes(before["test/README.md"])  # t2i's card back, to compare the rest
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after.keys() == before.keys() and after == before
+
+
+def test_a_card_whose_header_is_longer_than_64_kib_is_still_its_own(tmp_path):
+    # the header lists every shard: a set of a few thousand shards has a header of hundreds of KiB
+    from t2i_data.card import is_t2i_card
+
+    header = "---\ntags:\n- webdataset\n- t2i-data\nconfigs:\n" + "".join(f"    - \"s-{i:06d}.tar\"\n" for i in range(20_000)) + "---\n# x\n"
+    assert len(header) > 400_000
+    (tmp_path / "README.md").write_text(header)
+    assert is_t2i_card(tmp_path / "README.md")
+    (tmp_path / "README.md").write_text(header.replace("- t2i-data\n", "- mine\n"))
+    assert not is_t2i_card(tmp_path / "README.md")
