@@ -296,6 +296,11 @@ def _run_job_item(job_item: tuple) -> dict:
     return task(item)
 
 
+def _wrote(record: dict) -> bool:
+    """Whether a shard task wrote its shard (not reused from an earlier build): the runner times only those."""
+    return not record["skipped"]
+
+
 def run_shard_jobs(jobs: list[ShardJob], runner, desc: str = "") -> list[list[dict]]:
     """Every job's shards in one ``runner.map``, so no worker waits at the end of one set (a
     split) for the slowest shard before the next set's shards start; one record list per job,
@@ -306,7 +311,8 @@ def run_shard_jobs(jobs: list[ShardJob], runner, desc: str = "") -> list[list[di
             j.prepare()
     pairs = [(j.task, item) for j in jobs for item in j.items]
     weights = [w for j in jobs for w in j.weights]
-    flat = runner.map(_run_job_item, pairs, weights=weights, desc=desc or " + ".join(j.desc for j in jobs if j.desc))
+    flat = runner.map(_run_job_item, pairs, weights=weights, desc=desc or " + ".join(j.desc for j in jobs if j.desc),
+                      did_work=_wrote)
     out, at = [], 0
     for j in jobs:
         records = flat[at : at + len(j.items)]

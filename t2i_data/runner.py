@@ -42,7 +42,10 @@ class InProcessRunner:
 
     description = "in-process"
 
-    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "") -> list:
+    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "",
+            did_work: Callable | None = None) -> list:
+        """``fn`` on each item, results in item order. ``did_work(result)``: whether a task did its
+        work rather than find it done (a shard a resumed build reuses); only ``AutoRunner`` uses it."""
         weights = weights or [1] * len(items)
         out = []
         with _bar(sum(weights), desc) as bar:
@@ -108,17 +111,23 @@ class DaskRunner(InProcessRunner):
             # (a stack sample every 10 ms), ticks and system samples every 1 s and 5 s instead of
             # 20 ms and 500 ms. Two workers writing MD-MNIST shards at once: 1.20-1.32 s a shard
             # against 1.27-1.41 s with dask's defaults (two plain processes: 1.17-1.28 s).
+            # The workers' own ERROR lines ("Compute Failed" with a traceback) are silenced: a failed
+            # task's exception is re-raised here, where the command says it in one line. Ctrl-C is left
+            # to this process (dask_worker_setup). The dashboard takes any free port: the fixed 8787
+            # warned whenever another cluster (or anything) held it.
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                                   "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
-                                  "distributed.admin.system-monitor.interval": "5s"}):
+                                  "distributed.admin.system-monitor.interval": "5s",
+                                  "distributed.worker.preload": ["t2i_data.dask_worker_setup"]}):
                 self._cluster = LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
                     env=WORKER_ENV,
                 )
             self._client = Client(self._cluster)
             self.description = f"dask local cluster, {n} worker process{'es' if n != 1 else ''}"
 
-    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "", bar=None) -> list:
+    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "",
+            did_work: Callable | None = None, bar=None) -> list:
         """As ``InProcessRunner.map``; ``bar``: an open progress bar to advance instead of a new one."""
         from dask.distributed import as_completed
 
@@ -207,14 +216,19 @@ class AutoRunner(InProcessRunner):
     here, ``t · W_left / W_done`` (``t`` seconds spent on tasks of total weight ``W_done`` in this
     ``map``, weights being sample counts), exceeds ``start_cost_s / (1 − 1/workers)``: what
     ``workers`` processes would save on it is more than the cluster's start cost
-    (``START_COST_S`` = 5 s; with 2 workers: more than 10 s of work left). It is checked after
-    each task and, by a timer, while each runs: counting the running task as done at that moment
-    gives a lower bound on the time a sample takes (``_start_at``), so the 110,000-sample
-    MD-MNIST build starts its cluster 0.48 s into its first shard rather than at its end. A
-    single-shard command, a 20,000-sample build (3 to 5 s here) or the CUB sample's 41 images
-    never start one. Shards a resumed build reuses take milliseconds, so they do not count as
-    work ahead. With ``workers`` <= 1 (a one-core machine) it never starts a cluster.
-    ``description`` says which it did.
+    (``START_COST_S`` = 5 s; with 2 workers: more than 10 s of work left). ``t`` and ``W_done``
+    leave out two kinds of task: the first task that did its work, whose time holds the map's
+    one-time costs (imports, loading a source, filling caches: COCO preprocessing spent 0.3 s on
+    its first shard of 8 inputs and ~2 ms on each later one, and a rate taken from the first
+    would have started a cluster for 1.4 s of work), and tasks that found their work done
+    (``did_work(result)`` false: shards a resumed build reuses, which take milliseconds and
+    would make the work left look small). It is checked after each task and, by a timer, while
+    each timed task runs: counting the running task as done at that moment gives a lower bound
+    on the time a sample takes (``_start_at``), so the 110,000-sample MD-MNIST build starts its
+    cluster 0.5 s into its second shard rather than at its end. A single-shard command, a
+    20,000-sample build (3 to 5 s here), the CUB sample's 41 images or the COCO sample's 625
+    shards of 8 never start one. With ``workers`` <= 1 (a one-core machine) it never starts a
+    cluster. ``description`` says which it did.
 
     Why this process computes too (rather than waiting on a cluster of ``workers``, as
     ``--workers N`` does): it keeps computing while the cluster starts, so the start is off the
@@ -250,14 +264,16 @@ class AutoRunner(InProcessRunner):
             return None
         return max(0.0, self.start_cost_s / (1 - 1 / self.workers) * (done + weight) / left - seconds)
 
-    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "") -> list:
+    def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "",
+            did_work: Callable | None = None) -> list:
         """As ``InProcessRunner.map``; the first exception raised on either side (a task here or
         on the cluster, or the cluster's start) is raised here after the other side's tasks in
         flight are cancelled or done."""
         weights = list(weights or [1] * len(items))
         out: list = [None] * len(items)
         launch_lock, helper = threading.Lock(), [None]
-        t0, done, total = time.perf_counter(), 0, sum(weights)
+        done, total = 0, sum(weights)
+        timed_s, timed_w, warm = 0.0, 0, False  # the time and samples the rule counts (module docstring)
         with _bar(total, desc) as bar, contextlib.ExitStack() as stack:
             shared = _Shared(len(items), bar)
 
@@ -294,14 +310,15 @@ class AutoRunner(InProcessRunner):
             try:
                 while (i := shared.take()) is not None:
                     timer = None
-                    if helper[0] is None:  # the rule may hold while this task runs: a timer checks it then
-                        seconds, left = time.perf_counter() - t0, total - done - weights[i]
-                        at = self._start_at(seconds, done, weights[i], left, len(items) - shared.next)
+                    if helper[0] is None and warm:  # the rule may hold while this task runs: a timer checks it then
+                        left = total - done - weights[i]
+                        at = self._start_at(timed_s, timed_w, weights[i], left, len(items) - shared.next)
                         if at is not None:
-                            estimate = (seconds + at) * left / (done + weights[i])
+                            estimate = (timed_s + at) * left / (timed_w + weights[i])
                             timer = threading.Timer(at, launch, args=(True, estimate))
                             timer.daemon = True
                             timer.start()
+                    began = time.perf_counter()
                     try:
                         out[i] = fn(items[i])
                     finally:
@@ -310,9 +327,12 @@ class AutoRunner(InProcessRunner):
                     shared.done(weights[i])
                     self.ran["here"] += 1
                     done += weights[i]
-                    if helper[0] is None and self._worth_a_cluster(time.perf_counter() - t0, done, total - done,
-                                                                   len(items) - shared.next):
-                        launch(True, (time.perf_counter() - t0) * (total - done) / done)
+                    if did_work is None or did_work(out[i]):
+                        if warm:
+                            timed_s, timed_w = timed_s + time.perf_counter() - began, timed_w + weights[i]
+                        warm = True  # the first task that worked carried the one-time costs: not timed
+                    if helper[0] is None and self._worth_a_cluster(timed_s, timed_w, total - done, len(items) - shared.next):
+                        launch(True, timed_s * (total - done) / timed_w)
                     if helper[0] is not None:  # the cluster is starting or up: one torch thread here from now on
                         single_thread_here()
             except BaseException as e:

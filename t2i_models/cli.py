@@ -705,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"t2i: error: {e.filename or 'writing output'}: {os.strerror(e.errno)}; free space and rerun the same command", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, as for every other stop; 130 = 128 + SIGINT, as shells report it
+        print("t2i: interrupted; rerun the same command to go on from what was finished (complete shards, the last checkpoint)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def test_the_rule_starts_a_cluster_when_the_time_it_saves_exceeds_its_start_cost
 
 
 @pytest.mark.parametrize("seconds, done, weight, left, tasks_left, workers, at", [
-    (0.0, 0, 5000, 105_000, 21, 2, 10 * 5000 / 105_000),  # the full MD-MNIST build: 0.48 s into its first shard
-    (0.9, 5000, 5000, 100_000, 20, 2, 10 * 10_000 / 100_000 - 0.9),  # into its second: 0.1 s
+    (0.0, 0, 5000, 100_000, 20, 2, 10 * 5000 / 100_000),  # the full MD-MNIST build: 0.5 s into its second shard (the first untimed)
+    (0.9, 5000, 5000, 95_000, 19, 2, 10 * 10_000 / 95_000 - 0.9),  # into its third had the second ended first: 0.15 s
     (0.0, 0, 5000, 15_000, 3, 2, 10 * 5000 / 15_000),  # 20,000 samples: 3.3 s, never within a 0.9 s shard
     (30.0, 10, 10, 10, 5, 2, 0.0),  # already due (30 s on 10 samples, 10 left): at once
     (0.0, 0, 8, 33, 1, 2, None),  # one task left after this one: nothing to share
@@ -57,12 +57,12 @@ def test_a_running_task_starts_the_cluster_once_the_rule_holds_on_the_time_so_fa
     assert got == pytest.approx(at) if at is not None else got is None
 
 
-def _long_first(i):
-    time.sleep(2.0 if i == 0 else 0.05)
+def _long_second(i):
+    time.sleep(2.0 if i == 1 else 0.05)
     return i, time.time()
 
 
-def test_a_long_first_task_has_the_cluster_started_while_it_runs(monkeypatch):
+def test_a_long_task_has_the_cluster_started_while_it_runs(monkeypatch):
     began = []
 
     class Noting(DaskRunner):
@@ -71,11 +71,43 @@ def test_a_long_first_task_has_the_cluster_started_while_it_runs(monkeypatch):
             super().__init__(**kw)
 
     monkeypatch.setattr(runner_mod, "DaskRunner", Noting)
-    with AutoRunner(workers=2, start_cost_s=1.0) as r:  # due 2 s x 1/9 = 0.22 s into the first of 10 tasks
-        got = r.map(_long_first, list(range(10)))
+    with AutoRunner(workers=2, start_cost_s=1.0) as r:  # task 0 is not timed; due 2 s x 1/8 = 0.25 s into task 1 of 10
+        got = r.map(_long_second, list(range(10)))
         assert r.started
     assert [g[0] for g in got] == list(range(10))
-    assert len(began) == 1 and began[0] < got[0][1]  # started before the first task ended
+    assert len(began) == 1 and began[0] < got[1][1]  # started before that task ended
+
+
+def test_the_first_tasks_one_time_cost_is_not_taken_for_the_rate(monkeypatch):
+    # a first task of 1 s (imports, a source loaded) then 19 of 10 ms: 0.19 s of work left, not 19 s
+    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for 0.19 s of work"))
+    with AutoRunner(workers=2, start_cost_s=1.0) as r:
+        assert r.map(lambda i: time.sleep(1.0 if i == 0 else 0.01) or i, list(range(20))) == list(range(20))
+        assert not r.started
+
+
+def test_tasks_that_found_their_work_done_are_not_timed(monkeypatch):
+    # 4 reused shards (instant) then 8 of 0.2 s: timed on the working ones, 1.2 s is left after the second: more than 1 s
+    made = []
+
+    def started(**kw):
+        made.append(kw)
+        raise RuntimeError("a cluster was started")
+
+    monkeypatch.setattr(runner_mod, "DaskRunner", started)
+
+    def task(i):
+        if i >= 4:
+            time.sleep(0.2)
+        return {"skipped": i < 4}
+
+    with AutoRunner(workers=2, start_cost_s=0.5) as r:
+        with pytest.raises(RuntimeError, match="a cluster was started"):  # the stand-in's start, re-raised by the map
+            r.map(task, list(range(12)), did_work=lambda rec: not rec["skipped"])
+    assert made == [{"workers": 1}]
+    with AutoRunner(workers=2, start_cost_s=0.5) as r:  # counted as work done, the reused shards hid what was left
+        r.map(task, list(range(12)))
+        assert not r.started
 
 
 def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path, caplog):
@@ -140,7 +172,7 @@ def test_once_started_this_process_and_the_cluster_share_the_items_and_this_proc
     torch.set_num_threads(2)
     try:
         with AutoRunner(workers=2, start_cost_s=0.0) as r:
-            r.map(_slow, [1, 2, 3])  # starts the cluster (1 process beside this one)
+            r.map(_slow, list(range(6)))  # starts the cluster (1 process beside this one) after the second task
             got = r.map(_where, list(range(30)))
             assert torch.get_num_threads() == 2  # restored after the map
     finally:
@@ -166,12 +198,17 @@ def _fails_here(item):
     return item[0]
 
 
-def test_a_failure_on_either_side_stops_the_map_with_that_exception():
+def test_a_failure_on_either_side_stops_the_map_with_that_exception(capfd):
     me = os.getpid()
     with AutoRunner(workers=2, start_cost_s=0.0) as r:
-        r.map(_slow, [1, 2, 3])
+        r.map(_slow, list(range(6)))
+        assert r.started
+        capfd.readouterr()
         with pytest.raises(ZeroDivisionError, match="in a worker"):
             r.map(_fails_in_a_worker, [(i, me) for i in range(40)])
+        time.sleep(0.5)  # the worker's own log line, had it printed one, would be out by now
+        err = capfd.readouterr().err
+        assert "Compute Failed" not in err and "Traceback" not in err, err  # the command says it, in one line
         t = time.perf_counter()
         with pytest.raises(ValueError, match="here"):
             r.map(_fails_here, [(i, me) for i in range(400)])
@@ -185,16 +222,16 @@ def test_a_cluster_that_cannot_start_is_raised_not_skipped(monkeypatch):
 
     monkeypatch.setattr(runner_mod, "DaskRunner", broken)
     with pytest.raises(T2IError, match="dask.distributed is not importable"):
-        AutoRunner(workers=2, start_cost_s=0.0).map(_slow, [1, 2, 3])
+        AutoRunner(workers=2, start_cost_s=0.0).map(_slow, list(range(6)))
 
 
 def test_every_split_runs_in_one_map_in_item_order():
     calls = []
 
     class Recording(InProcessRunner):
-        def map(self, fn, items, weights=None, desc=""):
+        def map(self, fn, items, weights=None, desc="", did_work=None):
             calls.append((len(items), list(weights), desc))
-            return super().map(fn, items, weights, desc)
+            return super().map(fn, items, weights, desc, did_work)
 
     jobs = [ShardJob(None, lambda it: {"skipped": False, "i": it}, [1, 2, 3], [5, 5, 2], "a train"),
             ShardJob(None, lambda it: {"skipped": False, "i": it * 100}, [4], [7], "a test")]
@@ -232,3 +269,28 @@ def test_no_summary_line_follows_a_failure(caplog):
         with AutoRunner(workers=2) as r:
             r.map(lambda i: 1 // (i - 2), [0, 1, 2])
     assert not [m for m in caplog.messages if m.startswith("runner:")]
+
+
+def test_ctrl_c_is_left_to_the_command_the_local_clusters_workers_ignore_it():
+    import signal
+
+    with DaskRunner(workers=1) as r:
+        (pid,) = r._client.run(os.getpid).values()
+        os.kill(pid, signal.SIGINT)  # what a terminal's Ctrl-C sends every process of its group
+        time.sleep(0.5)
+        assert r.map(_slow, [1, 2]) == [10, 20]
+        assert list(r._client.run(os.getpid).values()) == [pid]  # the same worker, not died and replaced
+
+
+def test_an_interrupted_command_says_so_in_one_line(monkeypatch, capsys):
+    from t2i_models import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_mdmnist_build", interrupted)  # the parser takes it by name when main builds it
+    assert cli.main(["-q", "mdmnist", "build", "--out", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err == ("t2i: interrupted; rerun the same command to go on from what was finished (complete shards, the last "
+                   "checkpoint)\n")
+
