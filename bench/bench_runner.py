@@ -83,7 +83,7 @@ class Timeline(runner_mod.DaskRunner):
         self.start_s = time.perf_counter() - t
         self.tasks = []
 
-    def map(self, fn, items, weights=None, desc="", bar=None):
+    def map(self, fn, items, weights=None, desc="", did_work=None, bar=None):
         out = super().map(functools.partial(_timed_task, fn), items, weights, desc, bar=bar)
         self.tasks += [o[1] for o in out]
         return [o[0] for o in out]
@@ -97,8 +97,9 @@ class AutoTimeline(runner_mod.AutoRunner):
         super().__init__(workers=2)
         self.tasks, self.fed_at = [], None
 
-    def map(self, fn, items, weights=None, desc=""):
-        out = super().map(functools.partial(_timed_task, fn), items, weights, desc)
+    def map(self, fn, items, weights=None, desc="", did_work=None):
+        out = super().map(functools.partial(_timed_task, fn), items, weights, desc,
+                          did_work=(lambda r: did_work(r[0])) if did_work else None)
         self.tasks += [o[1] for o in out]
         return [o[0] for o in out]
 

@@ -402,7 +402,13 @@ def split_manifest(location) -> dict:
         if isinstance(location, str):
             url, data = read_manifest(location)
             return parse_manifest(data, f"{url}/{MANIFEST_NAME}")
-    return load_manifest(Path(location) / MANIFEST_NAME)
+    path = Path(location)
+    if path.is_dir() and not (path / MANIFEST_NAME).is_file():
+        splits = sorted(p.parent.name for p in path.glob(f"*/{MANIFEST_NAME}"))
+        if splits:  # a build folder of splits where one split is read
+            raise T2IError(f"{path}: holds {len(splits)} splits ({', '.join(splits)}); give one split's folder, "
+                           f"e.g. {path / ('train' if 'train' in splits else splits[0])}")
+    return load_manifest(path / MANIFEST_NAME)
 
 
 def open_split(location, cache=None) -> ShardSet:

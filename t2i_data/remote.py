@@ -95,8 +95,17 @@ def file_url_path(url: str) -> Path:
 
 
 def local_or_url(location):
-    """``location`` as a ``Path`` when it is local (a path, or a ``file://`` URL), else the URL string."""
+    """``location`` as a ``Path`` when it is local (a path, or a ``file://`` URL), else the URL string.
+    ``T2IError`` for a URL with a query string or a fragment: a set's files are fetched by their
+    own paths under it (``.../manifest.json``, ``.../<shard>.tar``), which a query (a signed URL's
+    signature, say) placed after the folder would not follow."""
     if is_url(location):
+        parts = urlsplit(location)
+        if parts.query or parts.fragment:
+            extra = "?" + parts.query if parts.query else "#" + parts.fragment
+            raise T2IError(f"{location}: a shard-set URL names a folder, without a query string or fragment ({extra}); "
+                           "t2i fetches manifest.json and each shard under it by path: give the folder's URL, with "
+                           "credentials in the store's own settings (for s3://, AWS_* variables or ~/.aws)")
         if location.lower().startswith("file://"):
             return file_url_path(location)
         return location.rstrip("/")

@@ -89,7 +89,7 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
     folder is refused naming its last.pt), tensors on CPU."""
     where = f"{what} {path}" if what else str(path)
     if export_folder_of(path) is not None:
-        return read_weights_folder(path, where)
+        return check_step(read_weights_folder(path, where), where)
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -99,6 +99,16 @@ def load_checkpoint_dict(path: str | Path, what: str = "", map_location: str = "
         raise T2IError(f"{where}: not a loadable t2i checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ck, dict) or "format" not in ck:
         raise T2IError(f"{where}: not a t2i checkpoint")
+    return check_step(ck, where)
+
+
+def check_step(ck: dict, where: str) -> dict:
+    """``ck`` when its ``step`` record (if any: checkpoints of untrained models have none) is a
+    count of optimizer steps, an int >= 0; otherwise one ``T2IError``. Every loader and a resume
+    read it: a string or negative step edited into a file stopped them with a traceback."""
+    step = ck.get("step", 0)
+    if type(step) is not int or step < 0:
+        raise T2IError(f"{where}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand")
     return ck
 
 

@@ -134,7 +134,9 @@ def read_weights_folder(path: str | Path, where: str = "") -> dict:
     except Exception as e:  # safetensors_rust.SafetensorError for a cut or garbled header, OSError, ...
         first = (str(e).strip().splitlines() or [""])[0]
         raise T2IError(f"{where}: {WEIGHTS_FILE} cannot be read ({type(e).__name__}: {first}); the folder is damaged: export it again") from None
-    if "dtype" in doc and doc["dtype"] != _dtype(state):
+    if "dtype" not in doc:  # every export writes it
+        raise T2IError(f"{where}: {CONFIG_FILE} lacks dtype; the folder is damaged: export it again")
+    if doc["dtype"] != _dtype(state):
         raise T2IError(f"{where}: {CONFIG_FILE} says dtype {doc['dtype']!r} but {WEIGHTS_FILE} holds {_dtype(state)!r}; "
                        "the folder is damaged: export it again")
     tied = doc.get("tied", {})
@@ -248,8 +250,8 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
     config.json record.
 
     Raises ``T2IError`` for an ``out`` that holds ``source`` (with or without ``overwrite``), an
-    ``out`` that exists and is not empty without ``overwrite``, a ``step`` record that is not a
-    count, and a record that JSON cannot hold."""
+    ``out`` that exists and is not empty without ``overwrite``, and a record that JSON cannot hold
+    (a ``step`` that is not a count was refused by the loader, ``checkpoint.check_step``)."""
     from safetensors.torch import save_file
 
     from t2i_data import __version__
@@ -257,9 +259,6 @@ def write_weights_folder(model: torch.nn.Module, ck: dict, source: str | Path, o
     from t2i_data.export import staged_dir
 
     source, out = Path(source), Path(out)
-    step = ck.get("step", 0)
-    if type(step) is not int or step < 0:
-        raise T2IError(f"{source}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand")
     replace = _check_out(source, out, overwrite)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     keep, tied = split_tied(state)

@@ -301,11 +301,13 @@ def _damage(folder, how):
                     "transformers clip": {"model_type": "clip"}, "bert": {"model_type": "bert"}, "no fingerprint": {},
                     "kind mismatch": {"model_type": "t2i_vqvae"}, "tied a list": {"tied": ["a"]},
                     "tied to nothing": {"tied": {"decoder.x": "decoder.y"}}, "config a string": {"config": "dvae_tiny"},
-                    "dtype edited": {"dtype": "float16"}}[how])
+                    "dtype edited": {"dtype": "float16"}, "no dtype": {}}[how])
         if how in ("transformers clip", "bert"):
             del doc["export_format"]
         if how == "no fingerprint":
             del doc["fingerprint"]
+        if how == "no dtype":
+            del doc["dtype"]
         (folder / "config.json").write_text(json.dumps(doc))
 
 
@@ -331,6 +333,7 @@ DAMAGE = {
     "tied to nothing": "{d}: config.json ties decoder.x to decoder.y, which model.safetensors does not hold; the folder is damaged",
     "config a string": "{d}: config.json has config of the wrong type (str); the folder is damaged: export it again",
     "dtype edited": "{d}: config.json says dtype 'float16' but model.safetensors holds 'float32'; the folder is damaged: export it again",
+    "no dtype": "{d}: config.json lacks dtype; the folder is damaged: export it again",
 }
 
 
@@ -462,3 +465,27 @@ def test_a_checkpoint_without_a_fingerprint_is_said_to_lack_one(exported, tmp_pa
         C.load_autoencoder(tmp_path / "bad.pt")
     assert str(e.value) == (f"{tmp_path / 'bad.pt'}: records no weights fingerprint, which every t2i checkpoint carries; "
                             "it was changed by hand or written by another program")
+
+
+@pytest.mark.parametrize("step", ["3", -1, 3.0])
+def test_every_loader_and_a_resume_refuse_a_step_that_is_not_a_count_in_one_line(exported, tmp_path, step):
+    # eval, encode and preview load through load_checkpoint_dict; a resume through resume_checkpoint: one check for all
+    last, folder = exported["dvae"]
+    ck = torch.load(last, weights_only=True)
+    ck["step"] = step
+    torch.save(ck, tmp_path / "last.pt")
+    message = f"{tmp_path / 'last.pt'}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand"
+    with pytest.raises(T2IError) as e:
+        C.load_autoencoder(tmp_path / "last.pt")
+    assert str(e.value).startswith(message + "; --autoencoder takes")  # and what it takes, as for any unloadable file
+    with pytest.raises(T2IError) as e:
+        C.resume_checkpoint(tmp_path / "last.pt", "dvae_tiny")
+    assert str(e.value) == message
+    d = tmp_path / "w"
+    shutil.copytree(folder, d)
+    doc = json.loads((d / "config.json").read_text())
+    doc["checkpoint"]["step"] = step
+    (d / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(T2IError) as e:
+        C.load_prior(d.parent / "w")  # the folder's own loaders say it the same way; the family checks come after
+    assert str(e.value) == f"{d}: its step record is {step!r}, not a count of steps; the checkpoint was changed by hand"

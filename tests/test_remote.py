@@ -452,3 +452,24 @@ def test_a_manifest_larger_than_one_streamed_read_arrives_whole(served, monkeypa
     monkeypatch.setattr(remote, "MAX_MANIFEST_BYTES", 500_000)  # the limit (256 MiB) still holds across reads
     with pytest.raises(T2IError, match="more than 500,000 bytes; not a t2i manifest"):
         remote.read_manifest(f"{base}/big1000003")
+
+
+@pytest.mark.parametrize("tail", ["?x=1", "?X-Amz-Signature=abc", "#frag"])
+def test_a_set_url_with_a_query_or_fragment_is_refused_in_one_line(sets, tail, capsys):
+    _, url = sets["mdmnist"]
+    with pytest.raises(T2IError, match=r"a shard-set URL names a folder, without a query string or fragment"):
+        open_shard_sets(url + tail)
+    assert main(["-q", "verify", url + tail]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"t2i: error: {url + tail}: a shard-set URL names a folder")
+
+
+def test_a_build_folder_where_one_split_is_read_names_its_splits(tmp_path):
+    from t2i_data.manifest import split_manifest
+
+    for split in ("test", "train"):
+        (tmp_path / "b" / split).mkdir(parents=True)
+        (tmp_path / "b" / split / "manifest.json").write_text("{}")
+    with pytest.raises(T2IError) as e:
+        split_manifest(tmp_path / "b")
+    assert str(e.value) == f"{tmp_path / 'b'}: holds 2 splits (test, train); give one split's folder, e.g. {tmp_path / 'b' / 'train'}"
