@@ -236,9 +236,9 @@ class AutoRunner(InProcessRunner):
     resized glyphs); and it takes the next item whenever it is free, as each worker does (one
     task in flight per worker), so neither side waits on a queue at the end. On the full
     MD-MNIST build with 2 cores this gave 1.84x, 1.87x and 1.95x one core (best of 3 or 4
-    rounds) while the first task was still timed, and 1.66x and 1.54x with the rule as it is, on
-    a slower machine; ``--workers 2`` gave 1.32-1.72x in the same runs (bench/bench_runner.py,
-    README "Workers"). Items are handed out in order and results are
+    rounds) while the first task was still timed, and 1.54x-1.66x in three runs with the rule as
+    it is; ``--workers 2`` gave 1.32-1.72x in the same runs (bench/bench_runner.py, README
+    "Workers"). Items are handed out in order and results are
     returned in item order; which process ran an item cannot change its result.
     """
 
