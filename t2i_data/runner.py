@@ -225,7 +225,9 @@ class AutoRunner(InProcessRunner):
     would make the work left look small). It is checked after each task and, by a timer, while
     each timed task runs: counting the running task as done at that moment gives a lower bound
     on the time a sample takes (``_start_at``), so the 110,000-sample MD-MNIST build starts its
-    cluster 0.5 s into its second shard rather than at its end. A single-shard command, a
+    cluster 0.5 s into its second shard rather than at its end. No timer is set for a task that
+    would have to run 4x as long as the rate so far gives it (625 small COCO shards made a thread
+    each for nothing). A single-shard command, a
     20,000-sample build (3 to 5 s here), the CUB sample's 41 images or the COCO sample's 625
     shards of 8 never start one. With ``workers`` <= 1 (a one-core machine) it never starts a
     cluster. ``description`` says which it did.
@@ -314,7 +316,8 @@ class AutoRunner(InProcessRunner):
                     if helper[0] is None and warm:  # the rule may hold while this task runs: a timer checks it then
                         left = total - done - weights[i]
                         at = self._start_at(timed_s, timed_w, weights[i], left, len(items) - shared.next)
-                        if at is not None:
+                        usual = timed_s / timed_w * weights[i] if timed_w else None  # this task's time at the rate so far
+                        if at is not None and (usual is None or at < 4 * usual):  # no thread per task where it cannot fire
                             estimate = (timed_s + at) * left / (timed_w + weights[i])
                             timer = threading.Timer(at, launch, args=(True, estimate))
                             timer.daemon = True
@@ -392,12 +395,10 @@ class AutoRunner(InProcessRunner):
         """Stops the cluster if one was started, and says in one log line (INFO) where the tasks
         ran unless ``summary`` is false."""
         here, there = self.ran["here"], self.ran["cluster"]
-        if not summary:
-            pass
-        elif self._dask is not None:
+        if summary and self._dask is not None:
             log.info("runner: %d tasks ran in this process and %d on its local cluster (%s)", here, there,
                      self._dask.description)
-        elif here:
+        elif summary and here:
             why = "one core" if self.workers <= 1 else "a local cluster would not have paid for its start: README, Workers"
             log.info("runner: all %d tasks ran in this process (%s)", here, why)
         if self._dask is not None:
