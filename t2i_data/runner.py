@@ -30,7 +30,20 @@ from .errors import T2IError
 log = logging.getLogger(__name__)
 # One process per core already: a library's own thread pool in each (tokenizers' rayon, BLAS)
 # would put several threads on every core.
-WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# TOKENIZERS_PARALLELISM: a worker forked (below) after this process used tokenizers' thread pool
+# runs it serially; set, it does so without printing a warning from every worker.
+WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "TOKENIZERS_PARALLELISM": "false"}
+# How the local clusters this package starts make their worker processes. A forked worker starts
+# as a copy of this process: its modules imported, its caches full (the MNIST pools, the resized
+# glyphs, a loaded model). Measured here (bench/bench_runner.py, 2026-12-02): a 1-worker cluster
+# started in 0.35 s against 0.9-1.0 s spawned, closed in 0.04 s against 0.16-0.25 s, and the
+# worker's first MD-MNIST shard took as long as its others (0.92 / 0.94 s) against 1.71-1.95 s
+# spawned (imports, loading the IDX files, filling the glyph cache). fork is Linux only here:
+# macOS's system frameworks are not fork-safe (Python's own default there is spawn). A forked
+# worker runs torch on one thread (dask_worker_setup), which keeps it clear of the OpenMP pool
+# this process may have started, as torch's DataLoader workers do.
+LOCAL_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _bar(total: int, desc: str):
@@ -118,7 +131,8 @@ class DaskRunner(InProcessRunner):
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                                   "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                                   "distributed.admin.system-monitor.interval": "5s",
-                                  "distributed.worker.preload": ["t2i_data.dask_worker_setup"]}):
+                                  "distributed.worker.preload": ["t2i_data.dask_worker_setup"],
+                                  "distributed.worker.multiprocessing-method": LOCAL_START_METHOD}):
                 self._cluster = LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
                     env=WORKER_ENV,
@@ -151,12 +165,15 @@ class DaskRunner(InProcessRunner):
             self._cluster.close()
 
 
-# Seconds a local cluster costs before it computes: starting its worker processes (0.5-0.9 s
-# measured here, bench/bench_runner.py) plus what each worker does once (imports, loading a source
-# such as the MNIST IDX files, filling caches this process already holds: 0.2-0.8 s a worker on the
-# full MD-MNIST build), and closing it. CUB preprocessing of 41 images took 8-10 s on a fresh
-# 2-worker cluster against 0.7-1.0 s in-process (README, "Workers"): small work never pays.
-START_COST_S = 5.0
+# Seconds of this process's work a local cluster costs: a forked 1-worker cluster (the default on
+# Linux, LOCAL_START_METHOD) started in 0.35 s (0.25 s of this process's CPU: the scheduler runs
+# here) and closed in 0.04 s, and its worker starts warm; rounded up to 1 s for a loaded machine.
+# A 20,000-sample MD-MNIST build (4 shards), best of 3 (2026-12-02): 3.56 s in-process, 2.82 s with
+# this cost (the cluster started in its second shard), 2.78 s with a cost of 0 (a cluster from the
+# second shard on), 3.26 s with the 5 s this was while workers were spawned (0.9-1.0 s to start, a
+# first task 0.7-0.8 s longer than the others: imports, the IDX files, the glyph cache; 5 s kept
+# the 20,000-sample build in-process).
+START_COST_S = 1.0
 
 
 class _Shared:
@@ -216,7 +233,7 @@ class AutoRunner(InProcessRunner):
     here, ``t · W_left / W_done`` (``t`` seconds spent on tasks of total weight ``W_done`` in this
     ``map``, weights being sample counts), exceeds ``start_cost_s / (1 − 1/workers)``: what
     ``workers`` processes would save on it is more than the cluster's start cost
-    (``START_COST_S`` = 5 s; with 2 workers: more than 10 s of work left). ``t`` and ``W_done``
+    (``START_COST_S`` = 1 s; with 2 workers: more than 2 s of work left). ``t`` and ``W_done``
     leave out two kinds of task: the first task that did its work, whose time holds the map's
     one-time costs (imports, loading a source, filling caches: COCO preprocessing spent 0.3 s on
     its first shard of 8 inputs and ~2 ms on each later one, and a rate taken from the first
@@ -225,23 +242,21 @@ class AutoRunner(InProcessRunner):
     would make the work left look small). It is checked after each task and, by a timer, while
     each timed task runs: counting the running task as done at that moment gives a lower bound
     on the time a sample takes (``_start_at``), so the 110,000-sample MD-MNIST build starts its
-    cluster 0.5 s into its second shard rather than at its end. No timer is set for a task that
+    cluster 0.1 s into its second shard rather than at its end. No timer is set for a task that
     would have to run 4x as long as the rate so far gives it (625 small COCO shards made a thread
-    each for nothing). A single-shard command, a
-    20,000-sample build (3 to 5 s here), the CUB sample's 41 images or the COCO sample's 625
-    shards of 8 never start one. With ``workers`` <= 1 (a one-core machine) it never starts a
-    cluster. ``description`` says which it did.
+    each for nothing). A single-shard command, the CUB sample's 41 images or the COCO sample's 625
+    shards of 8 (about 1.4 s in all) never start one; a 20,000-sample build (4 shards) starts one
+    for its last 2 shards only when its second shard takes more than 1 s. With ``workers`` <= 1
+    (a one-core machine) it never starts a cluster. ``description`` says which it did.
 
     Why this process computes too (rather than waiting on a cluster of ``workers``, as
     ``--workers N`` does): it keeps computing while the cluster starts, so the start is off the
-    critical path; it already holds the caches a fresh worker must fill (the MNIST pools, the
-    resized glyphs); and it takes the next item whenever it is free, as each worker does (one
-    task in flight per worker), so neither side waits on a queue at the end. On the full
-    MD-MNIST build with 2 cores this gave 1.84x, 1.87x and 1.95x one core (best of 3 or 4
-    rounds) while the first task was still timed, and 1.54x-1.66x in three runs with the rule as
-    it is; ``--workers 2`` gave 1.32-1.72x in the same runs (bench/bench_runner.py, README
-    "Workers"). Items are handed out in order and results are
-    returned in item order; which process ran an item cannot change its result.
+    critical path, and it takes the next item whenever it is free, as each worker does (one task
+    in flight per worker), so neither side waits on a queue at the end. The cluster's workers are
+    forked from this process (``LOCAL_START_METHOD``) once its first task has filled the caches,
+    so they start warm. Items are handed out in order and results are returned in item order;
+    which process ran an item cannot change its result. Figures: README, "Workers"
+    (bench/bench_runner.py).
     """
 
     def __init__(self, workers: int | None = None, start_cost_s: float = START_COST_S) -> None:

@@ -33,11 +33,11 @@ def test_make_runner_picks_auto_when_workers_are_unset():
 
 
 @pytest.mark.parametrize("seconds, done, left, tasks_left, workers, start", [
-    (1.0, 1, 9, 9, 2, False),     # 9 s left: 4.5 s saved < 5 s start cost
-    (1.0, 1, 11, 11, 2, True),    # 11 s left: 5.5 s saved > 5 s
+    (0.1, 1, 19, 19, 2, False),   # 1.9 s left: 0.95 s saved < 1 s start cost
+    (0.1, 1, 21, 21, 2, True),    # 2.1 s left: 1.05 s saved > 1 s
     (1.0, 1, 100, 1, 2, False),   # one task left: nothing to share
     (1.0, 1, 100, 99, 1, False),  # one core: a cluster never pays
-    (1.0, 1, 7, 7, 4, True),      # 4 workers save 3/4 of 7 s = 5.25 s > 5 s
+    (0.1, 1, 14, 14, 4, True),    # 4 workers save 3/4 of 1.4 s = 1.05 s > 1 s
     (0.0, 5, 5, 5, 2, False),     # reused shards take no time: no work ahead
 ])
 def test_the_rule_starts_a_cluster_when_the_time_it_saves_exceeds_its_start_cost(seconds, done, left, tasks_left, workers, start):
@@ -45,9 +45,10 @@ def test_the_rule_starts_a_cluster_when_the_time_it_saves_exceeds_its_start_cost
 
 
 @pytest.mark.parametrize("seconds, done, weight, left, tasks_left, workers, at", [
-    (0.0, 0, 5000, 100_000, 20, 2, 10 * 5000 / 100_000),  # the full MD-MNIST build: 0.5 s into its second shard (the first untimed)
-    (0.9, 5000, 5000, 95_000, 19, 2, 10 * 10_000 / 95_000 - 0.9),  # into its third had the second ended first: 0.15 s
-    (0.0, 0, 5000, 15_000, 3, 2, 10 * 5000 / 15_000),  # 20,000 samples: 3.3 s, never within a 0.9 s shard
+    (0.0, 0, 5000, 100_000, 20, 2, 2 * 5000 / 100_000),  # the full MD-MNIST build: 0.1 s into its second shard (the first untimed)
+    (0.9, 5000, 5000, 95_000, 19, 2, 0.0),  # had the second shard ended first (0.9 s): at once in the third
+    (0.0, 0, 5000, 10_000, 2, 2, 2 * 5000 / 10_000),  # 20,000 samples: 1 s into the second shard
+    (0.6, 5000, 5000, 5_000, 1, 2, None),  # ... and at its third shard only one is left: nothing to share
     (30.0, 10, 10, 10, 5, 2, 0.0),  # already due (30 s on 10 samples, 10 left): at once
     (0.0, 0, 8, 33, 1, 2, None),  # one task left after this one: nothing to share
     (0.0, 0, 8, 33, 5, 1, None),  # one core
@@ -294,3 +295,40 @@ def test_an_interrupted_command_says_so_in_one_line(monkeypatch, capsys):
     assert err == ("t2i: interrupted; rerun the same command to go on from what was finished (complete shards, the last "
                    "checkpoint)\n")
 
+
+def _worker_state(_=None):
+    import signal
+
+    import torch
+
+    from t2i_data.mdmnist import glyph_table
+    from t2i_data.sources.mnist import load_mnist
+
+    return (os.getpid(), glyph_table.cache_info().currsize, load_mnist.cache_info().currsize, torch.get_num_threads(),
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+
+@pytest.mark.skipif(runner_mod.LOCAL_START_METHOD != "fork", reason="local clusters fork their workers on Linux only")
+def test_a_local_clusters_forked_workers_start_with_this_processs_caches_one_torch_thread_and_no_sigint():
+    import signal
+
+    import torch
+
+    from t2i_data.mdmnist import glyph_table
+    from t2i_data.sources.mnist import EMBEDDED
+
+    glyph_table.cache_clear()
+    glyph_table(EMBEDDED, "train")  # filled here, as a build's first shard fills it
+    threads_here = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a 2-core machine's torch starts with
+    try:
+        with DaskRunner(workers=1) as r:
+            ((pid, glyphs, sources, threads, no_sigint),) = r._client.run(_worker_state).values()
+            assert pid != os.getpid()
+            assert (glyphs, sources) == (1, 1)  # the worker did not load MNIST or fill the glyph table itself
+            assert threads == 1 and no_sigint
+            assert r.map(_worker_state, [0])[0][1:] == (1, 1, 1, True)  # and so in its tasks
+        assert torch.get_num_threads() == 2  # this process's torch was left as it was
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    finally:
+        torch.set_num_threads(threads_here)
