@@ -28,6 +28,7 @@ from .digest import canonical_json, file_sha256
 from .errors import DISK_FULL, T2IError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, atomic_write, write_manifest
 from .quarantine import Quarantined
+from .runner import sample_done
 from .tario import PARTIAL_SUFFIX, TarWriter, ensure_index, index_path
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def write_shard(produce: Callable, out_dir: str, digest: str, item: tuple, stamp
                 stats = merge_stats(stats, sample)
             else:
                 writer.write(sample)
+                sample_done()  # the runner's bar, and AutoRunner's timing, within the shard
                 if "__digests__" in sample:
                     digests.append([sample["__key__"], sample["__digests__"]["file"], sample["__digests__"]["pixels"]])
         rec = writer.close()

@@ -332,3 +332,81 @@ def test_a_local_clusters_forked_workers_start_with_this_processs_caches_one_tor
         assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     finally:
         torch.set_num_threads(threads_here)
+
+
+def _reporting_task(item):
+    """``item = (i, pause_s, samples, each_s)``: a pause before the first sample (one-time costs) in
+    task 0 only, then ``samples`` samples reported one by one; returns (i, end time)."""
+    i, pause, samples, each = item
+    if i == 0:
+        time.sleep(pause)
+    for _ in range(samples):
+        time.sleep(each)
+        runner_mod.sample_done()
+    return i, time.time()
+
+
+def test_samples_a_task_reports_start_the_cluster_within_its_first_task_after_its_one_time_cost(monkeypatch):
+    began = []
+
+    class Noting(DaskRunner):
+        def __init__(self, **kw):
+            began.append(time.time())
+            super().__init__(**kw)
+
+    monkeypatch.setattr(runner_mod, "DaskRunner", Noting)
+    t0 = time.time()
+    # 6 tasks of 60 samples at 10 ms: 3.6 s of work, the first task's 0.5 s pause left out of the rate
+    with AutoRunner(workers=2, start_cost_s=0.5) as r:
+        got = r.map(_reporting_task, [(i, 0.5, 60, 0.01) for i in range(6)], weights=[60] * 6)
+        assert r.started and r.ran["cluster"] >= 1
+    assert [g[0] for g in got] == list(range(6))
+    assert len(began) == 1
+    # started after the pause and RATE_WINDOW_S of samples, before the first task ended (1.1 s in)
+    assert t0 + 0.5 + runner_mod.RATE_WINDOW_S <= began[0] < got[0][1]
+
+
+def test_a_pause_before_a_tasks_first_sample_is_not_taken_for_the_rate(monkeypatch):
+    # 0.6 s before the first sample, then 20 tasks of 20 samples at 1 ms: 0.4 s of work. Taken with
+    # the pause, the rate would say 0.6 s / 20 samples x 380 left = 11 s and start a cluster.
+    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for 0.4 s of work"))
+    with AutoRunner(workers=2, start_cost_s=0.5) as r:
+        got = r.map(_reporting_task, [(i, 0.6, 20, 0.001) for i in range(20)], weights=[20] * 20)
+        assert not r.started
+    assert [g[0] for g in got] == list(range(20))
+
+
+class _Bar:
+    updates: list = []
+
+    def __init__(self, total, desc):
+        _Bar.updates = []
+
+    def update(self, n):
+        _Bar.updates.append(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+@pytest.mark.parametrize("make", [InProcessRunner, lambda: AutoRunner(workers=2)])
+def test_the_bar_advances_with_each_sample_a_task_reports_and_the_rest_of_its_weight_at_its_end(make, monkeypatch):
+    monkeypatch.setattr(runner_mod, "_bar", _Bar)
+
+    def task(item):
+        for _ in range(item):  # reports 3 of its 5 samples (2 quarantined, say), then one that reports none
+            runner_mod.sample_done()
+        return item
+
+    with make() as r:
+        assert r.map(task, [3, 0], weights=[5, 4]) == [3, 0]
+    assert _Bar.updates == [1, 1, 1, 2, 4]
+
+
+def test_a_build_reports_each_sample_it_writes(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner_mod, "_bar", _Bar)
+    build(SMALL, tmp_path / "a", InProcessRunner())
+    assert [n for n in _Bar.updates if n] == [1] * 80  # 8 shards of 10, each sample as it is written
