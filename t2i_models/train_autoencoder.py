@@ -149,6 +149,15 @@ def _check_eval_images(cfg: TrainConfig, size: int) -> None:
     warn_if_not_heldout("eval_images", cfg.eval_images, m.get("split"), split_manifest(cfg.images).get("split"))
 
 
+def _has_heldout_row(metrics_path: Path, step: int) -> bool:
+    """Whether ``metrics.jsonl`` holds a held-out (``split`` "test") row for ``step``."""
+    if not metrics_path.is_file():
+        return False
+    from .plot import read_metrics
+
+    return any(r.get("split") == "test" and r["step"] == step for r in read_metrics(metrics_path.parent))
+
+
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     with torch_settings(device, cfg.num_workers), tracked(cfg, rank) as tracker:
@@ -276,10 +285,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, tracke
             epoch, in_epoch = epoch + 1, 0
             lost.start_epoch(epoch)
     progress.close()
-    if cfg.eval_images and step > first_step and evaluated != step:
+    # A run resumed at its last step (its final evaluation had failed after the last checkpoint)
+    # trains nothing and still owes the held-out row when metrics.jsonl lacks it.
+    if cfg.eval_images and evaluated != step and (step > first_step or not _has_heldout_row(metrics_path, step)):
         evaluate()
     if rank == 0 and res is not None:
         tracker.log_image("train/reconstructions", step, _grid(x, res["recon"].detach(), out / "grid-last.png"))
+    elif rank == 0 and not (out / "grid-last.png").exists():
+        log.warning("%s: not drawn: it shows the last training batch before its step, and this run resumed at the last "
+                    "step (%d) and trained none; the grid-*.png of earlier steps stand", out / "grid-last.png", step)
     close_loaders(ds)  # the persistent loader workers end with the run
     wait_for_all(world)
     return {"step": step, "epoch": epoch, "fingerprint": weights_fingerprint(model), "checkpoint": str(last), "rec_loss": rec_record}

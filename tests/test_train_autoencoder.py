@@ -174,6 +174,38 @@ def test_epochs_multistep_grad_clip_and_heldout_rows(ae_images, tmp_path):
     assert all(test_rows[-1][k] == pytest.approx(again[k], rel=1e-6, abs=1e-9) for k in ("mse", "psnr", "bce", "codes_used", "perplexity"))
 
 
+def test_a_run_whose_final_evaluation_failed_writes_the_held_out_row_when_rerun_and_only_once(ae_images, tmp_path, monkeypatch,
+                                                                                             caplog):
+    """The last checkpoint is saved before the final held-out evaluation; when that evaluation fails
+    (a store gone, out of memory), the rerun resumes at the last step, trains nothing, and still
+    writes the held-out row, equal to evaluating the final checkpoint. A further rerun adds none."""
+    from t2i_models import eval_autoencoder
+
+    out = tmp_path / "f"
+    cfg = TrainConfig(arch="dvae_tiny", images=str(ae_images), out=str(out), steps=4, batch_size=2, num_workers=0,
+                      eval_images=str(ae_images), eval_n=3, log_every=1, grid_every=100)
+    real = eval_autoencoder.heldout_metrics
+
+    def store_gone(*a, **kw):
+        raise T2IError("the held-out store is unreachable")
+
+    monkeypatch.setattr(eval_autoencoder, "heldout_metrics", store_gone)
+    with pytest.raises(T2IError, match="unreachable"):
+        train(cfg)
+    assert [r["step"] for r in metrics(out) if r.get("split") == "test"] == []
+    monkeypatch.setattr(eval_autoencoder, "heldout_metrics", real)
+    with caplog.at_level("WARNING", logger="t2i_models.train_autoencoder"):
+        assert train(cfg)["step"] == 4
+    assert any("grid-last.png: not drawn" in m and "resumed at the last step (4)" in m for m in caplog.messages)
+    test_rows = [r for r in metrics(out) if r.get("split") == "test"]
+    assert [(r["step"], r["images"]) for r in test_rows] == [(4, 3)]
+    model, _ = load_autoencoder(out / "last.pt")
+    again = real(model, ae_images, n=3)
+    assert all(test_rows[0][k] == pytest.approx(again[k], rel=1e-6, abs=1e-9) for k in ("mse", "psnr", "bce"))
+    train(cfg)
+    assert [r["step"] for r in metrics(out) if r.get("split") == "test"] == [4]
+
+
 def test_codebook_lr_puts_the_loss_codebook_in_its_own_group(ae_images, tmp_path):
     common = dict(images=str(ae_images), batch_size=2, num_workers=0, log_every=1, grid_every=100, lr=1e-3)
     out = tmp_path / "vq"
