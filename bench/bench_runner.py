@@ -1,7 +1,7 @@
 """Does the default runner pay for itself? Shard builds in-process (one core), with the default
-runner (``make_runner()``: ``AutoRunner``) and with ``--workers 2`` (a local dask cluster started
-for the command), cluster start included, against the machine's own 2-process ceiling measured in
-the same rounds.
+runner (``make_runner()``: ``AutoRunner``, this process and a ``LocalPool`` once the work is timed)
+and with ``--workers 2`` (a local dask cluster started for the command), starts included,
+against the machine's own 2-process ceiling measured in the same rounds.
 
 Rerun:  python bench/bench_runner.py [--repeats 2] [--quick] [--skip-full | --full-only]
   cases: the full MD-MNIST build from the MNIST IDX files (100,000 + 10,000, 22 shards of 5,000;
@@ -9,13 +9,17 @@ Rerun:  python bench/bench_runner.py [--repeats 2] [--quick] [--skip-full | --fu
   (4 shards), and CUB preprocessing of the 41 sample images (``--shard-size 8``: 6 shards).
   --quick: the 20,000-sample and CUB cases only, 1 round: a check that it runs.
 
-Sides alternate in each round (benchkit.alternate); each side's best round counts. The ceiling:
-a pure-Python loop, then a zlib pass over MD-MNIST canvases, each in one process and in two at
-once (fork); the ratio of their throughputs is what 2 processes can give on this machine at that
-moment, whatever the runner. For the full build it also prints where the 2-worker time goes:
-cluster start, the workers' first task against their others (imports, loading MNIST, caches),
-the median task in a worker against a shard in-process, and the idle tail; and how the default
-runner shared the shards between this process and its 1-process cluster.
+Sides alternate in each round (benchkit.alternate); each side's best round counts. Each build
+side starts cold, as a new command does: this process's MNIST pools and glyphs are emptied first
+(a forked worker would inherit them from earlier rounds). The ceiling: a pure-Python loop, then a
+zlib pass over MD-MNIST canvases, each in one process and in two at once (fork); the ratio of
+their throughputs is what 2 processes can give on this machine at that moment, whatever the
+runner. For the full build, a third ceiling runs the build's own shard tasks the same way (2 each,
+forked after this process filled the caches), and the default's and ``--workers 2``'s best are
+given as a share of that ceiling's best round. It also prints where the 2-worker time goes:
+``--workers 2``'s cluster start, its workers' first task against their others (imports, loading
+MNIST, caches), the median task in a worker against a shard in-process, and the idle tail; and how
+the default runner shared the shards between this process and its 1-process pool.
 """
 from __future__ import annotations
 
@@ -35,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit import add_args, alternate, best, pin_threads, rounds  # noqa: E402
 
 from t2i_data import runner as runner_mod  # noqa: E402
-from t2i_data.mdmnist import MDMNISTConfig, build  # noqa: E402
+from t2i_data.mdmnist import MDMNISTConfig, build, glyph_table  # noqa: E402
 from t2i_data.preprocess import PreprocessConfig, load_records, preprocess  # noqa: E402
 from t2i_data.runner import InProcessRunner, make_runner  # noqa: E402
+from t2i_data.sources.mnist import load_mnist  # noqa: E402
 
 REALDATA = Path(os.environ.get("T2I_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
 
@@ -81,6 +86,13 @@ class _Grab(InProcessRunner):
         raise _Grabbed(fn, items)
 
 
+def cold() -> None:
+    """Empty this process's caches (the MNIST pools, the resized glyphs), which a forked worker would
+    otherwise inherit from earlier rounds: every side then starts as a new command does."""
+    glyph_table.cache_clear()
+    load_mnist.cache_clear()
+
+
 def shard_tasks(cfg: MDMNISTConfig, out: Path):
     """The build's shard function and its items, without running them."""
     try:
@@ -105,6 +117,8 @@ def shard_ceiling() -> float:
     """Throughput of 2 processes at once over 1 alone on the full build's own shard tasks (2 each,
     forked after this process filled the caches): what 2 processes can give this very work on this
     machine at that moment, whatever the runner."""
+    fn, items = _SHARDS
+    fn(items[0])  # the caches filled here (the build sides empty them), then forked
     ctx = mp.get_context("fork")
     with ctx.Pool(2) as pool:
         one = pool.apply(_run_shards, (1,))
@@ -130,8 +144,8 @@ class Timeline(runner_mod.DaskRunner):
 
 
 class AutoTimeline(runner_mod.AutoRunner):
-    """The default runner on 2 cores (this process + a 1-process cluster), recording each task's
-    (pid, start, end) and when the cluster took its first task."""
+    """The default runner on 2 cores (this process + a 1-process pool), recording each task's
+    (pid, start, end) and when the pool was first fed."""
 
     def __init__(self) -> None:
         super().__init__(workers=2)
@@ -155,6 +169,7 @@ def _timed_task(fn, item):
 
 
 def full_breakdown(cfg: MDMNISTConfig, tmp: Path, per_shard_in: float) -> str:
+    cold()
     t0 = time.time()
     with Timeline() as r:
         build(cfg, tmp / "timeline", r)
@@ -176,6 +191,7 @@ def full_breakdown(cfg: MDMNISTConfig, tmp: Path, per_shard_in: float) -> str:
 
 
 def auto_breakdown(cfg: MDMNISTConfig, tmp: Path) -> str:
+    cold()
     t0 = time.time()
     with AutoTimeline() as r:
         build(cfg, tmp / "auto-timeline", r)
@@ -183,14 +199,14 @@ def auto_breakdown(cfg: MDMNISTConfig, tmp: Path) -> str:
     me = os.getpid()
     here = sorted((s, e) for p, s, e in r.tasks if p == me)
     there = sorted((s, e) for p, s, e in r.tasks if p != me)
-    lines = [f"    default runner: this process ran {len(here)} shards, the cluster's worker {len(there)}; "
-             f"the cluster took its first task {r.fed_at - t0:.2f} s into the build"]
+    lines = [f"    default runner: this process ran {len(here)} shards, its pool's process {len(there)}; "
+             f"the pool was fed its first task {r.fed_at - t0:.2f} s into the build"]
     if here and there:
         lines.append(f"    a shard here: median {statistics.median(e - s for s, e in here[1:] or here):.2f} s (first: "
-                     f"{here[0][1] - here[0][0]:.2f} s); in the worker: first {there[0][1] - there[0][0]:.2f} s, "
+                     f"{here[0][1] - here[0][0]:.2f} s); in the pool: first {there[0][1] - there[0][0]:.2f} s, "
                      f"others median {statistics.median(e - s for s, e in there[1:] or there):.2f} s")
         lines.append(f"    idle tail (first side done -> last): {abs(here[-1][1] - there[-1][1]):.2f} s; "
-                     f"wall {t_end - t0:.2f} s (cluster close not included)")
+                     f"wall {t_end - t0:.2f} s (the pool's close not included)")
     return "\n".join(lines)
 
 
@@ -229,6 +245,7 @@ def main() -> None:
 
             def side(make, key):
                 def go():
+                    cold()  # each side starts as a new command does: no MNIST pools or glyphs loaded
                     t = time.perf_counter()
                     with make() as r:
                         run(tmp / f"o{next(k)}", r)
@@ -244,7 +261,6 @@ def main() -> None:
             full = name.startswith("MD-MNIST full")
             if full:  # the shard tasks' own ceiling: their function, warm here, then forked
                 _SHARDS[:] = shard_tasks(MDMNISTConfig(seed=0, mnist=str(REALDATA / "mnist")), tmp / "ceiling")
-                _SHARDS[0](_SHARDS[1][0])
                 sides["ceiling shards"] = shard_ceiling
             times = alternate(sides, args.repeats)
             t_in = best(times["in-process"])

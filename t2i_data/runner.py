@@ -9,9 +9,9 @@ function of its item.
 Which runner a command gets (``make_runner``): ``--workers 0`` in-process; ``--workers N`` a local
 dask cluster of N processes; ``--scheduler ADDRESS`` an existing dask cluster; neither: an
 ``AutoRunner``, which runs tasks in this process and, only when the work still ahead, timed on
-the tasks run so far, is worth its start, starts one local cluster of one process per other core
-that shares the rest with it. The rule and the figures behind ``START_COST_S`` are in
-``AutoRunner``'s docstring.
+the samples and tasks run so far, is worth its start, starts one ``LocalPool`` of one process per
+other core that shares the rest with it. The rule and the figures behind ``START_COST_S`` are in
+``AutoRunner``'s docstring; why a pool and not a dask cluster, in ``LocalPool``'s.
 """
 from __future__ import annotations
 
@@ -197,6 +197,94 @@ class DaskRunner(InProcessRunner):
             self._cluster.close()
 
 
+def _call(payload: bytes):
+    """In a ``LocalPool`` process: the task ``cloudpickle`` packed (a lambda or a test's function
+    travels as it does to a dask worker)."""
+    import cloudpickle
+
+    fn, item = cloudpickle.loads(payload)
+    return fn(item)
+
+
+def _pool_process_setup() -> None:
+    """In each ``LocalPool`` process, before its first task: ``WORKER_ENV``, and what the local dask
+    clusters' workers get (``dask_worker_setup``: Ctrl-C left to the command, one torch thread)."""
+    from .dask_worker_setup import dask_setup
+
+    os.environ.update(WORKER_ENV)
+    dask_setup()
+    _here.hook = None  # a process forked during a task here must not report to this process's bar
+
+
+class LocalPool:
+    """The processes ``AutoRunner`` shares its items with: a ``concurrent.futures``
+    ``ProcessPoolExecutor`` of ``n`` processes made with ``LOCAL_START_METHOD`` (forked from this
+    process on Linux, so they start with its modules and caches).
+
+    Why not a dask ``LocalCluster`` (what ``--workers N`` starts): on the full MD-MNIST build, 2
+    forked pool processes took 12.21-12.97 s against 12.81-13.46 s for a 2-worker forked dask
+    cluster (alternating, cold, 2026-12-02), and the default runner sharing with a 1-worker dask
+    cluster took 14.06-16.27 s against 12.64-13.28 s for the 2-process pool: the scheduler, client
+    and nanny run on an event loop in this process, which computes too, and each worker runs one
+    beside its task. A pool process runs its task alone; this process only has the executor's
+    management thread, which waits on pipes.
+
+    A process that dies mid-task (killed, out of memory) breaks the pool: ``run_again`` tells the
+    caller whether to start a new pool and resubmit, up to ``ALLOWED_DEATHS`` deaths per pool
+    (dask's ``allowed-failures`` is 3), after which ``T2IError`` says so in one line."""
+
+    ALLOWED_DEATHS = 3
+
+    def __init__(self, n: int) -> None:
+        import multiprocessing
+
+        self.n, self.deaths, self.generation = n, 0, 0
+        self._ctx = multiprocessing.get_context(LOCAL_START_METHOD)
+        self._executor = self._new()
+        self.description = (f"a local pool of {n} {'forked' if LOCAL_START_METHOD == 'fork' else 'spawned'} "
+                            f"process{'es' if n != 1 else ''}")
+
+    def _new(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(self.n, mp_context=self._ctx, initializer=_pool_process_setup)
+
+    def submit(self, fn: Callable, item):
+        """A ``concurrent.futures.Future`` of ``fn(item)`` in a pool process."""
+        import cloudpickle
+
+        return self._executor.submit(_call, cloudpickle.dumps((fn, item)))
+
+    def run_again(self, error: BaseException, generation: int, what: str) -> bool:
+        """After ``error`` from the future of a task sent to the pool of ``generation``: whether it was
+        a pool process's death, in which case a new pool is started (once per death: every task in
+        flight in the broken pool fails with it) and the task should be resubmitted. ``T2IError``
+        after ``ALLOWED_DEATHS`` deaths."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(error, BrokenProcessPool):
+            return False
+        if generation != self.generation:
+            return True  # the pool it went to was already replaced
+        self.deaths += 1
+        if self.deaths > self.ALLOWED_DEATHS:
+            raise T2IError(f"{what}: the local pool's worker processes died {self.deaths} times (killed, or out of "
+                           "memory?); rerun with --workers 0 to run in this process, or with fewer samples per shard") from None
+        log.warning("%s: a local pool process died mid-task (%d of %d allowed); its task runs again in a new one", what,
+                    self.deaths, self.ALLOWED_DEATHS)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor, self.generation = self._new(), self.generation + 1
+        return True
+
+    def close(self, stop: bool = False) -> None:
+        """Wait for the pool's processes to end; ``stop``: end their running tasks at once (after a
+        failure or Ctrl-C) rather than wait for them."""
+        if stop:
+            for proc in list((getattr(self._executor, "_processes", None) or {}).values()):  # no public call in 3.11-3.13
+                proc.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 # Seconds of this process's work a local cluster costs: a forked 1-worker cluster (the default on
 # Linux, LOCAL_START_METHOD) started in 0.35 s (0.25 s of this process's CPU: the scheduler runs
 # here) and closed in 0.04 s, and its worker starts warm; rounded up to 1 s for a loaded machine.
@@ -215,7 +303,7 @@ CHECK_EVERY_S = 0.05
 
 class _Shared:
     """The items of one ``AutoRunner.map`` handed out one at a time to this process's loop and the
-    cluster's feeder thread, under one lock; the first failure on either side stops both."""
+    pool's feeder thread, under one lock; the first failure on either side stops both."""
 
     def __init__(self, n: int, bar) -> None:
         self.n, self.bar, self.lock = n, bar, threading.Lock()
@@ -238,7 +326,7 @@ class _Shared:
             if self.error is None:
                 self.error = e
             futures = list(self.futures)
-        for f in futures:  # the cluster's tasks in flight stop too; the feeder then ends
+        for f in futures:  # the pool's tasks not yet running are cancelled; the feeder then ends
             f.cancel()
 
 
@@ -254,7 +342,7 @@ class _Samples:
 @contextlib.contextmanager
 def one_torch_thread():
     """torch on one CPU thread for the block, and back to its count after; nothing when torch is
-    not loaded. ``AutoRunner``: this process computes beside the cluster's workers (one process
+    not loaded. ``AutoRunner``: this process computes beside the pool's processes (one process
     per core, each with one thread: ``WORKER_ENV``), so it uses one thread too."""
     torch = sys.modules.get("torch")
     if torch is None:
@@ -270,48 +358,50 @@ def one_torch_thread():
 
 class AutoRunner(InProcessRunner):
     """The default runner: in-process while more processes would not pay for themselves, else
-    ``workers`` processes computing at once: this one and a local dask cluster of ``workers − 1``
-    (one process per core, this process being one of them), started at most once and kept for the
-    rest of the command (every later ``map`` shares its items between this process and the
-    cluster from its start).
+    ``workers`` processes computing at once: this one and a ``LocalPool`` of ``workers − 1``
+    processes (one process per core, this process being one of them), started at most once and
+    kept for the rest of the command (every later ``map`` shares its items between this process
+    and the pool from its start).
 
-    The rule: start the cluster when at least 2 tasks are left and the time they would take
-    here, ``t · W_left / W_done`` (``t`` seconds spent on tasks of total weight ``W_done`` in this
-    ``map``, weights being sample counts), exceeds ``start_cost_s / (1 − 1/workers)``: what
-    ``workers`` processes would save on it is more than the cluster's start cost
-    (``START_COST_S`` = 1 s; with 2 workers: more than 2 s of work left). ``t`` and ``W_done``
-    leave out two kinds of task: the first task that did its work, whose time holds the map's
-    one-time costs (imports, loading a source, filling caches: COCO preprocessing spent 0.3 s on
-    its first shard of 8 inputs and ~2 ms on each later one, and a rate taken from the first
-    would have started a cluster for 1.4 s of work), and tasks that found their work done
-    (``did_work(result)`` false: shards a resumed build reuses, which take milliseconds and
-    would make the work left look small). It is checked after each task and, by a timer, while
-    each timed task runs: counting the running task as done at that moment gives a lower bound
-    on the time a sample takes (``_start_at``), so the 110,000-sample MD-MNIST build starts its
-    cluster 0.1 s into its second shard rather than at its end. No timer is set for a task that
-    would have to run 4x as long as the rate so far gives it (625 small COCO shards made a thread
-    each for nothing). A single-shard command, the CUB sample's 41 images or the COCO sample's 625
-    shards of 8 (about 1.4 s in all) never start one; a 20,000-sample build (4 shards) starts one
-    for its last 2 shards only when its second shard takes more than 1 s. With ``workers`` <= 1
-    (a one-core machine) it never starts a cluster. ``description`` says which it did.
+    The rule: start the pool when at least 2 tasks are left and the time they would take here,
+    ``t · W_left / W_done``, exceeds ``start_cost_s / (1 − 1/workers)``: what ``workers``
+    processes would save on it is more than the pool's start cost (``START_COST_S`` = 1 s; with
+    2 workers: more than 2 s of work left). Weights are sample counts. ``t`` and ``W_done`` come
+    from two sources:
+    - the samples the running task reports (``sample_done``, which ``build.write_shard`` calls
+      per sample) after its first report, once they span ``RATE_WINDOW_S``: what came before
+      that report (loading a source or a model, filling caches) is left out. The 110,000-sample
+      MD-MNIST build so starts its pool during its first shard;
+    - whole tasks, checked after each one, leaving out the first task that did its work (its time
+      holds the map's one-time costs: COCO preprocessing spent 0.3 s on its first shard of 8
+      inputs and ~2 ms on each later one, and a rate taken from it would have started a pool for
+      1.4 s of work) and tasks that found their work done (``did_work(result)`` false: shards a
+      resumed build reuses, which take milliseconds and would make the work left look small).
+      For tasks that report no samples, a timer also fires while each timed task runs, when the
+      rule would hold if it ended then (``_start_at``); none is set for a task that would have to
+      run 4x as long as the rate so far gives it (625 small COCO shards made a thread each for
+      nothing).
+    A single-shard command, the CUB sample's 41 images or the COCO sample's 625 shards of 8 (about
+    1.4 s in all) never start one; a 20,000-sample build (4 shards) starts one for its last 2
+    shards only when its second shard takes more than 1 s. With ``workers`` <= 1 (a one-core
+    machine) it never starts a pool. ``description`` says which it did.
 
-    Why this process computes too (rather than waiting on a cluster of ``workers``, as
-    ``--workers N`` does): it keeps computing while the cluster starts, so the start is off the
-    critical path, and it takes the next item whenever it is free, as each worker does (one task
-    in flight per worker), so neither side waits on a queue at the end. The cluster's workers are
-    forked from this process (``LOCAL_START_METHOD``) once its first task has filled the caches,
-    so they start warm. Items are handed out in order and results are returned in item order;
-    which process ran an item cannot change its result. Figures: README, "Workers"
-    (bench/bench_runner.py).
+    Why this process computes too (rather than waiting on ``workers`` processes, as
+    ``--workers N`` does): it keeps computing while the pool starts, and it takes the next item
+    whenever it is free, as each pool process does (one task in flight per process), so neither
+    side waits on a queue at the end. The pool's processes are forked from this process
+    (``LOCAL_START_METHOD``), after the caches it has filled so far. Items are handed out in
+    order and results are returned in item order; which process ran an item cannot change its
+    result. Figures: README, "Workers" (bench/bench_runner.py).
     """
 
     def __init__(self, workers: int | None = None, start_cost_s: float = START_COST_S) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.start_cost_s = start_cost_s
-        self._dask: DaskRunner | None = None
+        self._pool: LocalPool | None = None
         self.ran = {"here": 0, "cluster": 0}  # tasks run by each side over this runner's maps, for close()'s line
         more = self.workers - 1
-        self.description = f"in-process (with a local cluster of {more} more process{'es' if more != 1 else ''} if the work is large)"
+        self.description = f"in-process (with a local pool of {more} more process{'es' if more != 1 else ''} if the work is large)"
 
     def _worth_a_cluster(self, seconds: float, done: int, left: int, tasks_left: int) -> bool:
         if self.workers <= 1 or tasks_left < 2 or done <= 0:
@@ -331,7 +421,7 @@ class AutoRunner(InProcessRunner):
     def map(self, fn: Callable, items: Sequence, weights: Sequence[int] | None = None, desc: str = "",
             did_work: Callable | None = None) -> list:
         """As ``InProcessRunner.map``; the first exception raised on either side (a task here or
-        on the cluster, or the cluster's start) is raised here after the other side's tasks in
+        in the pool, or the pool's start) is raised here after the other side's tasks in
         flight are cancelled or done."""
         weights = list(weights or [1] * len(items))
         out: list = [None] * len(items)
@@ -341,13 +431,12 @@ class AutoRunner(InProcessRunner):
         with _bar(total, desc) as bar, contextlib.ExitStack() as stack:
             shared = _Shared(len(items), bar)
 
-            def share(start: bool) -> None:  # the helper thread: start the cluster if asked, then feed it
+            def share(start: bool) -> None:  # the helper thread: start the pool if asked, then feed it
                 try:
                     if start:
-                        self._dask = DaskRunner(workers=self.workers - 1)
-                        self.description = (f"this process + {self._dask.description} "
-                                            "(started once the work was timed)")
-                    self._feed(fn, items, weights, out, shared)
+                        self._pool = LocalPool(self.workers - 1)
+                        self.description = f"this process + {self._pool.description} (started once the work was timed)"
+                    self._feed(fn, items, weights, out, shared, desc or "run")
                 except BaseException as e:  # re-raised by map in the calling thread
                     shared.fail(e)
 
@@ -356,10 +445,10 @@ class AutoRunner(InProcessRunner):
                     if helper[0] is not None or shared.error is not None:
                         return
                     if start:
-                        log.info("%s: at least %.0f s of work left in-process; starting a local cluster of %d more "
+                        log.info("%s: at least %.0f s of work left in-process; starting a local pool of %d more "
                                  "process(es) to share it", desc or "run", estimate, self.workers - 1)
                     helper[0] = threading.Thread(target=share, args=(start,), daemon=True,
-                                                 name="t2i-cluster-start" if start else "t2i-cluster-feed")
+                                                 name="t2i-pool-start" if start else "t2i-pool-feed")
                     helper[0].start()
 
             one_thread = []
@@ -368,7 +457,7 @@ class AutoRunner(InProcessRunner):
                 if not one_thread:
                     one_thread.append(stack.enter_context(one_torch_thread()))
 
-            if self._dask is not None:
+            if self._pool is not None:
                 single_thread_here()
                 launch(False)
             try:
@@ -401,14 +490,14 @@ class AutoRunner(InProcessRunner):
                         warm = True  # the first task that worked carried the one-time costs: not timed
                     if helper[0] is None and self._worth_a_cluster(timed_s, timed_w, total - done, len(items) - shared.next):
                         launch(True, timed_s * (total - done) / timed_w)
-                    if helper[0] is not None:  # the cluster is starting or up: one torch thread here from now on
+                    if helper[0] is not None:  # the pool is starting or up: one torch thread here from now on
                         single_thread_here()
             except BaseException as e:
                 shared.fail(e)
                 with launch_lock:
                     h = helper[0]
                 if h is not None:
-                    h.join()  # its tasks cancelled; and close() then finds the cluster and stops it
+                    h.join()  # its tasks cancelled; and close() then finds the pool and ends it
                 raise
             with launch_lock:
                 h = helper[0]
@@ -421,7 +510,7 @@ class AutoRunner(InProcessRunner):
     def _on_sample(self, seen: "_Samples", shared: _Shared, launch: Callable, helper: list, left_before: int,
                    n_items: int, n: int) -> None:
         """``sample_done(n)`` from the task running here (``left_before``: samples not done when it
-        began): advance the bar, and start the cluster once the rule holds on the samples this
+        began): advance the bar, and start the pool once the rule holds on the samples this
         task wrote after its first report, over at least ``RATE_WINDOW_S``: what came before
         that report (loading a source or a model, filling caches) is left out."""
         now = time.perf_counter()
@@ -438,55 +527,62 @@ class AutoRunner(InProcessRunner):
         if seconds >= RATE_WINDOW_S and self._worth_a_cluster(seconds, counted, left, n_items - shared.next):
             launch(True, seconds * left / counted)
 
-    def _feed(self, fn: Callable, items: Sequence, weights: list, out: list, shared: _Shared) -> None:
-        """Keep one task in flight on each cluster worker, taking the next item as each finishes."""
-        from dask.distributed import as_completed
+    def _feed(self, fn: Callable, items: Sequence, weights: list, out: list, shared: _Shared, what: str) -> None:
+        """Keep one task in flight on each pool process, taking the next item as each finishes; a
+        task whose process died runs again in a new pool (``LocalPool.run_again``)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        client = self._dask._client
-        pending, index = as_completed(), {}
+        pool, index = self._pool, {}  # future -> (item, the pool generation it went to)
 
-        def submit() -> None:
-            i = shared.take()
+        def submit(i: int | None = None) -> None:
+            i = shared.take() if i is None else i
             if i is not None:
-                f = client.submit(fn, items[i], pure=False)
-                index[f.key] = i
+                f = pool.submit(fn, items[i])
+                index[f] = (i, pool.generation)
                 with shared.lock:
                     shared.futures.add(f)
-                pending.add(f)
 
-        for _ in range(self.workers - 1):
+        for _ in range(pool.n):
             submit()
-        for f in pending:
+        while index:
+            finished, _ = wait(list(index), timeout=0.1, return_when=FIRST_COMPLETED)
             if shared.error is not None:
                 return  # cancelled: this process re-raises the first failure
-            i = index[f.key]
-            out[i] = f.result()  # re-raises the task's exception here
-            with shared.lock:
-                shared.futures.discard(f)
-            shared.done(weights[i])
-            self.ran["cluster"] += 1
-            submit()
+            for f in finished:
+                i, generation = index.pop(f)
+                with shared.lock:
+                    shared.futures.discard(f)
+                try:
+                    out[i] = f.result()  # re-raises the task's exception here
+                except BaseException as e:
+                    if pool.run_again(e, generation, what):
+                        submit(i)
+                        continue
+                    raise
+                shared.done(weights[i])
+                self.ran["cluster"] += 1
+                submit()
 
     @property
     def started(self) -> bool:
         """Whether this runner has started its local cluster."""
-        return self._dask is not None
+        return self._pool is not None
 
     def __exit__(self, *exc) -> None:
         self.close(summary=exc[0] is None)  # a failure's one line is not followed by a summary
 
     def close(self, summary: bool = True) -> None:
-        """Stops the cluster if one was started, and says in one log line (INFO) where the tasks
-        ran unless ``summary`` is false."""
+        """Ends the pool if one was started (at once after a failure: ``summary`` false), and says in
+        one log line (INFO) where the tasks ran unless ``summary`` is false."""
         here, there = self.ran["here"], self.ran["cluster"]
-        if summary and self._dask is not None:
-            log.info("runner: %d tasks ran in this process and %d on its local cluster (%s)", here, there,
-                     self._dask.description)
+        if summary and self._pool is not None:
+            log.info("runner: %d tasks ran in this process and %d in its local pool (%s)", here, there, self._pool.description)
         elif summary and here:
-            why = "one core" if self.workers <= 1 else "a local cluster would not have paid for its start: README, Workers"
+            why = "one core" if self.workers <= 1 else "a local pool would not have paid for its start: README, Workers"
             log.info("runner: all %d tasks ran in this process (%s)", here, why)
-        if self._dask is not None:
-            self._dask.close()
+        if self._pool is not None:
+            self._pool.close(stop=not summary)
+            self._pool = None
         self.ran = {"here": 0, "cluster": 0}
 
 

@@ -66,12 +66,12 @@ def _long_second(i):
 def test_a_long_task_has_the_cluster_started_while_it_runs(monkeypatch):
     began = []
 
-    class Noting(DaskRunner):
-        def __init__(self, **kw):
+    class Noting(runner_mod.LocalPool):
+        def __init__(self, n):
             began.append(time.time())
-            super().__init__(**kw)
+            super().__init__(n)
 
-    monkeypatch.setattr(runner_mod, "DaskRunner", Noting)
+    monkeypatch.setattr(runner_mod, "LocalPool", Noting)
     with AutoRunner(workers=2, start_cost_s=1.0) as r:  # task 0 is not timed; due 2 s x 1/8 = 0.25 s into task 1 of 10
         got = r.map(_long_second, list(range(10)))
         assert r.started
@@ -81,7 +81,7 @@ def test_a_long_task_has_the_cluster_started_while_it_runs(monkeypatch):
 
 def test_the_first_tasks_one_time_cost_is_not_taken_for_the_rate(monkeypatch):
     # a first task of 1 s (imports, a source loaded) then 19 of 10 ms: 0.19 s of work left, not 19 s
-    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for 0.19 s of work"))
+    monkeypatch.setattr(runner_mod, "LocalPool", lambda n: pytest.fail("a cluster was started for 0.19 s of work"))
     with AutoRunner(workers=2, start_cost_s=1.0) as r:
         assert r.map(lambda i: time.sleep(1.0 if i == 0 else 0.01) or i, list(range(20))) == list(range(20))
         assert not r.started
@@ -91,11 +91,11 @@ def test_tasks_that_found_their_work_done_are_not_timed(monkeypatch):
     # 4 reused shards (instant) then 8 of 0.2 s: timed on the working ones, 1.2 s is left after the second: more than 1 s
     made = []
 
-    def started(**kw):
-        made.append(kw)
+    def started(n):
+        made.append(n)
         raise RuntimeError("a cluster was started")
 
-    monkeypatch.setattr(runner_mod, "DaskRunner", started)
+    monkeypatch.setattr(runner_mod, "LocalPool", started)
 
     def task(i):
         if i >= 4:
@@ -105,19 +105,19 @@ def test_tasks_that_found_their_work_done_are_not_timed(monkeypatch):
     with AutoRunner(workers=2, start_cost_s=0.5) as r:
         with pytest.raises(RuntimeError, match="a cluster was started"):  # the stand-in's start, re-raised by the map
             r.map(task, list(range(12)), did_work=lambda rec: not rec["skipped"])
-    assert made == [{"workers": 1}]
+    assert made == [1]
     with AutoRunner(workers=2, start_cost_s=0.5) as r:  # counted as work done, the reused shards hid what was left
         r.map(task, list(range(12)))
         assert not r.started
 
 
 def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for a small build"))
+    monkeypatch.setattr(runner_mod, "LocalPool", lambda n: pytest.fail("a cluster was started for a small build"))
     with caplog.at_level("INFO", logger="t2i_data.runner"), AutoRunner(workers=2) as r:
         build(SMALL, tmp_path / "a", r)
         assert not r.started and r.description.startswith("in-process")
     assert [m for m in caplog.messages if m.startswith("runner:")] == [
-        "runner: all 8 tasks ran in this process (a local cluster would not have paid for its start: README, Workers)"]
+        "runner: all 8 tasks ran in this process (a local pool would not have paid for its start: README, Workers)"]
     build(SMALL, tmp_path / "b", InProcessRunner())
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
 
@@ -125,19 +125,19 @@ def test_small_work_stays_in_process_and_starts_nothing(monkeypatch, tmp_path, c
 def test_large_work_starts_one_cluster_for_the_whole_command_with_the_same_bytes(monkeypatch, tmp_path, caplog):
     made = []
 
-    class Counting(DaskRunner):
-        def __init__(self, **kw):
-            made.append(kw)
-            super().__init__(**kw)
+    class Counting(runner_mod.LocalPool):
+        def __init__(self, n):
+            made.append(n)
+            super().__init__(n)
 
-    monkeypatch.setattr(runner_mod, "DaskRunner", Counting)
+    monkeypatch.setattr(runner_mod, "LocalPool", Counting)
     with caplog.at_level("INFO", logger="t2i_data.runner"), AutoRunner(workers=2, start_cost_s=0.0) as r:
         first = build(SMALL, tmp_path / "a", r)  # any work pays: the cluster starts during the first task
-        assert r.started and r.description.startswith("this process + dask local cluster, 1 worker process ")
+        assert r.started and re.match(r"this process \+ a local pool of 1 (forked|spawned) process \(started once", r.description)
         again = build(MDMNISTConfig(seed=4, train=30, test=0, shard_size=10), tmp_path / "c", r)  # a second command step
-    assert made == [{"workers": 1}]  # started once (this process is the other of the 2), kept for the second build
+    assert made == [1]  # started once (this process is the other of the 2), kept for the second build
     line = [m for m in caplog.messages if m.startswith("runner:")]
-    assert len(line) == 1 and line[0].endswith("on its local cluster (dask local cluster, 1 worker process)")
+    assert len(line) == 1 and re.search(r"in its local pool \(a local pool of 1 (forked|spawned) process\)$", line[0])
     here, there = (int(w) for w in re.match(r"runner: (\d+) tasks ran in this process and (\d+)", line[0]).groups())
     assert here + there == 8 + 3  # every shard of both builds, counted once
     build(SMALL, tmp_path / "b", InProcessRunner())
@@ -218,11 +218,11 @@ def test_a_failure_on_either_side_stops_the_map_with_that_exception(capfd):
 
 
 def test_a_cluster_that_cannot_start_is_raised_not_skipped(monkeypatch):
-    def broken(**kw):
-        raise T2IError("dask.distributed is not importable (test); pip install 'dask[distributed]'")
+    def broken(n):
+        raise T2IError("the local pool cannot start (test)")
 
-    monkeypatch.setattr(runner_mod, "DaskRunner", broken)
-    with pytest.raises(T2IError, match="dask.distributed is not importable"):
+    monkeypatch.setattr(runner_mod, "LocalPool", broken)
+    with pytest.raises(T2IError, match="the local pool cannot start"):
         AutoRunner(workers=2, start_cost_s=0.0).map(_slow, list(range(6)))
 
 
@@ -349,12 +349,12 @@ def _reporting_task(item):
 def test_samples_a_task_reports_start_the_cluster_within_its_first_task_after_its_one_time_cost(monkeypatch):
     began = []
 
-    class Noting(DaskRunner):
-        def __init__(self, **kw):
+    class Noting(runner_mod.LocalPool):
+        def __init__(self, n):
             began.append(time.time())
-            super().__init__(**kw)
+            super().__init__(n)
 
-    monkeypatch.setattr(runner_mod, "DaskRunner", Noting)
+    monkeypatch.setattr(runner_mod, "LocalPool", Noting)
     t0 = time.time()
     # 6 tasks of 60 samples at 10 ms: 3.6 s of work, the first task's 0.5 s pause left out of the rate
     with AutoRunner(workers=2, start_cost_s=0.5) as r:
@@ -369,7 +369,7 @@ def test_samples_a_task_reports_start_the_cluster_within_its_first_task_after_it
 def test_a_pause_before_a_tasks_first_sample_is_not_taken_for_the_rate(monkeypatch):
     # 0.6 s before the first sample, then 20 tasks of 20 samples at 1 ms: 0.4 s of work. Taken with
     # the pause, the rate would say 0.6 s / 20 samples x 380 left = 11 s and start a cluster.
-    monkeypatch.setattr(runner_mod, "DaskRunner", lambda **kw: pytest.fail("a cluster was started for 0.4 s of work"))
+    monkeypatch.setattr(runner_mod, "LocalPool", lambda n: pytest.fail("a cluster was started for 0.4 s of work"))
     with AutoRunner(workers=2, start_cost_s=0.5) as r:
         got = r.map(_reporting_task, [(i, 0.6, 20, 0.001) for i in range(20)], weights=[20] * 20)
         assert not r.started
@@ -410,3 +410,56 @@ def test_a_build_reports_each_sample_it_writes(monkeypatch, tmp_path):
     monkeypatch.setattr(runner_mod, "_bar", _Bar)
     build(SMALL, tmp_path / "a", InProcessRunner())
     assert [n for n in _Bar.updates if n] == [1] * 80  # 8 shards of 10, each sample as it is written
+
+
+def _dies_in_the_pool(item):
+    """``item = (i, this test's pid, marker folder, always)``: in a pool process, the task kills its
+    own process (the first time only, or ``always``); in this process, a 50 ms task."""
+    import signal
+
+    i, parent, marker, always = item
+    if os.getpid() != parent:
+        flag = os.path.join(marker, "died")
+        if always or not os.path.exists(flag):
+            open(flag, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
+    time.sleep(0.05)
+    return i * 10
+
+
+def test_a_pool_process_that_dies_mid_task_has_its_task_run_again_and_repeated_deaths_stop_in_one_line(tmp_path, caplog):
+    me = os.getpid()
+    with caplog.at_level("WARNING", logger="t2i_data.runner"), AutoRunner(workers=2, start_cost_s=0.0) as r:
+        r.map(_slow, list(range(6)))  # the pool is up, and takes an item as soon as the next map starts
+        assert r.started
+        got = r.map(_dies_in_the_pool, [(i, me, str(tmp_path), False) for i in range(40)])
+        assert got == [i * 10 for i in range(40)] and r.ran["cluster"] > 6  # the pool ran items after its death
+    assert (tmp_path / "died").exists()
+    assert [m for m in caplog.messages if "died" in m] == [
+        "run: a local pool process died mid-task (1 of 3 allowed); its task runs again in a new one"]
+    t = time.perf_counter()
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:
+        r.map(_slow, list(range(6)))
+        with pytest.raises(T2IError, match=r"^sample run: the local pool's worker processes died 4 times \(killed, or out of memory\?\); "
+                                           r"rerun with --workers 0"):
+            r.map(_dies_in_the_pool, [(i, me, str(tmp_path), True) for i in range(400)], desc="sample run")
+    assert time.perf_counter() - t < 15  # stopped early: 400 items take 20 s in this process alone
+
+
+def _long_in_the_pool(item):
+    i, parent = item
+    if os.getpid() != parent:
+        time.sleep(60)
+    elif i >= 3:
+        raise ValueError("this side failed")
+    time.sleep(0.05)
+    return i
+
+
+def test_a_failure_here_ends_the_pools_running_task_at_once():
+    me = os.getpid()
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="this side failed"):
+        with AutoRunner(workers=2, start_cost_s=0.0) as r:
+            r.map(_long_in_the_pool, [(i, me) for i in range(10)])
+    assert time.perf_counter() - t < 20  # not the pool's 60 s task
