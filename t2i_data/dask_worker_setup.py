@@ -1,6 +1,6 @@
 """Preloaded into the worker processes of the local clusters this package starts
 (``distributed.worker.preload``, ``runner.DaskRunner``); dask calls ``dask_setup`` in each worker
-as it starts. A function, not module-level code: a worker forked from this process
+as it starts. ``runner.LocalPool``'s processes call it too, before their first task. A function, not module-level code: a worker forked from this process
 (``runner.LOCAL_START_METHOD``) may find this module already imported.
 
 Ctrl-C at a terminal sends SIGINT to every process of the foreground group, the dask workers

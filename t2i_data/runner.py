@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # runs it serially; set, it does so without printing a warning from every worker.
 WORKER_ENV = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "TOKENIZERS_PARALLELISM": "false"}
-# How the local clusters this package starts make their worker processes. A forked worker starts
-# as a copy of this process: its modules imported, its caches full (the MNIST pools, the resized
-# glyphs, a loaded model). Measured here (bench/bench_runner.py, 2026-12-02): a 1-worker cluster
+# How the local dask clusters and the LocalPool this package starts make their processes. A forked
+# process starts as a copy of this one: its modules imported, its caches full (the MNIST pools, the
+# resized glyphs, a loaded model). Measured here (bench/bench_runner.py, 2026-12-02): a 1-worker cluster
 # started in 0.35 s against 0.9-1.0 s spawned, closed in 0.04 s against 0.16-0.25 s, and the
 # worker's first MD-MNIST shard took as long as its others (0.92 / 0.94 s) against 1.71-1.95 s
 # spawned (imports, loading the IDX files, filling the glyph cache). fork is Linux only here:
@@ -249,11 +249,19 @@ class LocalPool:
 
         return ProcessPoolExecutor(self.n, mp_context=self._ctx, initializer=_pool_process_setup)
 
-    def submit(self, fn: Callable, item):
-        """A ``concurrent.futures.Future`` of ``fn(item)`` in a pool process."""
+    def submit(self, fn: Callable, item, what: str):
+        """A ``concurrent.futures.Future`` of ``fn(item)`` in a pool process, and the pool generation
+        it went to. A pool found broken here (a process died between tasks) is replaced first, as in
+        ``run_again``."""
         import cloudpickle
+        from concurrent.futures.process import BrokenProcessPool
 
-        return self._executor.submit(_call, cloudpickle.dumps((fn, item)))
+        payload = cloudpickle.dumps((fn, item))
+        try:
+            return self._executor.submit(_call, payload), self.generation
+        except BrokenProcessPool as e:
+            self.run_again(e, self.generation, what)
+            return self._executor.submit(_call, payload), self.generation
 
     def run_again(self, error: BaseException, generation: int, what: str) -> bool:
         """After ``error`` from the future of a task sent to the pool of ``generation``: whether it was
@@ -270,8 +278,8 @@ class LocalPool:
         if self.deaths > self.ALLOWED_DEATHS:
             raise T2IError(f"{what}: the local pool's worker processes died {self.deaths} times (killed, or out of "
                            "memory?); rerun with --workers 0 to run in this process, or with fewer samples per shard") from None
-        log.warning("%s: a local pool process died mid-task (%d of %d allowed); its task runs again in a new one", what,
-                    self.deaths, self.ALLOWED_DEATHS)
+        log.warning("%s: a local pool process died (killed, or out of memory?); its task runs again in a new pool "
+                    "(death %d of %d allowed)", what, self.deaths, self.ALLOWED_DEATHS)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor, self.generation = self._new(), self.generation + 1
         return True
@@ -285,18 +293,19 @@ class LocalPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-# Seconds of this process's work a local cluster costs: a forked 1-worker cluster (the default on
-# Linux, LOCAL_START_METHOD) started in 0.35 s (0.25 s of this process's CPU: the scheduler runs
-# here) and closed in 0.04 s, and its worker starts warm; rounded up to 1 s for a loaded machine.
-# A 20,000-sample MD-MNIST build (4 shards), best of 3 (2026-12-02): 3.56 s in-process, 2.82 s with
-# this cost (the cluster started in its second shard), 2.78 s with a cost of 0 (a cluster from the
-# second shard on), 3.26 s with the 5 s this was while workers were spawned (0.9-1.0 s to start, a
-# first task 0.7-0.8 s longer than the others: imports, the IDX files, the glyph cache; 5 s kept
-# the 20,000-sample build in-process).
+# Seconds of this process's work a local pool costs before it pays. Its start is small: 1 forked
+# process started and returned a first result in 15-24 ms, and closed in 10-14 ms (2026-12-02). But
+# two processes slow each other on this shared machine (a shard 1.2x longer while both run:
+# bench/bench_runner.py), and below a few seconds of work the gain is within the noise: the CUB
+# sample's 41 images took 4.25-4.88 s with the pool against 3.66-5.43 s in-process (6 alternating
+# rounds). So a pool starts only when more than 2 s of work are left (with 2 cores). A
+# 20,000-sample MD-MNIST build: best of 3, 2.26 s against 4.24 s in-process. (With a dask cluster
+# here it was 5 s: 0.9-1.0 s to start spawned workers, and a worker's first task 0.7-0.8 s longer
+# than the others: imports, the IDX files, the glyph cache.)
 START_COST_S = 1.0
 # AutoRunner times the samples a task reports (sample_done) over at least RATE_WINDOW_S after its
 # first report, checking the rule at most every CHECK_EVERY_S: a full MD-MNIST build so starts its
-# cluster about 0.2 s after its first shard's first sample rather than 0.1 s into its second shard.
+# pool about 0.2 s after its first shard's first sample rather than 0.1 s into its second shard.
 RATE_WINDOW_S = 0.2
 CHECK_EVERY_S = 0.05
 
@@ -381,10 +390,10 @@ class AutoRunner(InProcessRunner):
       rule would hold if it ended then (``_start_at``); none is set for a task that would have to
       run 4x as long as the rate so far gives it (625 small COCO shards made a thread each for
       nothing).
-    A single-shard command, the CUB sample's 41 images or the COCO sample's 625 shards of 8 (about
-    1.4 s in all) never start one; a 20,000-sample build (4 shards) starts one for its last 2
-    shards only when its second shard takes more than 1 s. With ``workers`` <= 1 (a one-core
-    machine) it never starts a pool. ``description`` says which it did.
+    A single-shard command and the COCO sample's 625 shards of 8 (about 1.5 s in all) never start
+    one; the CUB sample's 41 images (6 shards of 8) and a 20,000-sample build (4 shards) start one
+    during their first shard. With ``workers`` <= 1 (a one-core machine) it never starts a pool.
+    ``description`` says which it did.
 
     Why this process computes too (rather than waiting on ``workers`` processes, as
     ``--workers N`` does): it keeps computing while the pool starts, and it takes the next item
@@ -537,8 +546,8 @@ class AutoRunner(InProcessRunner):
         def submit(i: int | None = None) -> None:
             i = shared.take() if i is None else i
             if i is not None:
-                f = pool.submit(fn, items[i])
-                index[f] = (i, pool.generation)
+                f, generation = pool.submit(fn, items[i], what)
+                index[f] = (i, generation)
                 with shared.lock:
                     shared.futures.add(f)
 

@@ -436,7 +436,7 @@ def test_a_pool_process_that_dies_mid_task_has_its_task_run_again_and_repeated_d
         assert got == [i * 10 for i in range(40)] and r.ran["cluster"] > 6  # the pool ran items after its death
     assert (tmp_path / "died").exists()
     assert [m for m in caplog.messages if "died" in m] == [
-        "run: a local pool process died mid-task (1 of 3 allowed); its task runs again in a new one"]
+        "run: a local pool process died (killed, or out of memory?); its task runs again in a new pool (death 1 of 3 allowed)"]
     t = time.perf_counter()
     with AutoRunner(workers=2, start_cost_s=0.0) as r:
         r.map(_slow, list(range(6)))
@@ -463,3 +463,33 @@ def test_a_failure_here_ends_the_pools_running_task_at_once():
         with AutoRunner(workers=2, start_cost_s=0.0) as r:
             r.map(_long_in_the_pool, [(i, me) for i in range(10)])
     assert time.perf_counter() - t < 20  # not the pool's 60 s task
+
+
+def _pid(_=None):
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def test_ctrl_c_is_left_to_the_command_the_local_pools_processes_ignore_it():
+    import signal
+
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:
+        pids = set(r.map(_pid, list(range(8)))) - {os.getpid()}
+        assert len(pids) == 1  # the pool's one process ran some of them
+        (pid,) = pids
+        os.kill(pid, signal.SIGINT)  # what a terminal's Ctrl-C sends every process of its group
+        time.sleep(0.3)
+        assert pid in set(r.map(_pid, list(range(8))))  # the same process, not died and replaced
+
+
+def test_a_pool_process_killed_between_maps_is_replaced_for_the_next(caplog):
+    import signal
+
+    with caplog.at_level("WARNING", logger="t2i_data.runner"), AutoRunner(workers=2, start_cost_s=0.0) as r:
+        (pid,) = set(r.map(_pid, list(range(8)))) - {os.getpid()}
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        assert r.map(_slow, list(range(8)), desc="next") == [i * 10 for i in range(8)]
+        assert pid not in set(r.map(_pid, list(range(8))))
+    assert [m for m in caplog.messages if "died" in m] == [
+        "next: a local pool process died (killed, or out of memory?); its task runs again in a new pool (death 1 of 3 allowed)"]
