@@ -1,6 +1,6 @@
-"""The default runner (``AutoRunner``): in-process while a cluster would not pay, one local cluster
-per command when it would, the same bytes either way; every split's shards in one map; one
-runner per ``t2i run``."""
+"""The default runner (``AutoRunner``): in-process while a pool of more processes would not pay,
+one local pool per command when it would, the same bytes either way; every split's shards in one
+map; one runner per ``t2i run``; the local dask clusters' forked workers."""
 from __future__ import annotations
 
 import os
