@@ -9,7 +9,7 @@ from t2i_data.align import zip_aligned
 from t2i_models.cli import main
 from t2i_data.errors import T2IError
 from t2i_data.preprocess import PreprocessConfig, preprocess
-from t2i_data.runner import DaskRunner, InProcessRunner
+from t2i_data.runner import AutoRunner, DaskRunner, InProcessRunner
 from t2i_data.tario import iter_samples
 from t2i_models.builders import build_autoencoder
 from t2i_models.checkpoint import load_autoencoder, save_autoencoder, weights_fingerprint
@@ -56,8 +56,11 @@ def test_image_token_shards_are_aligned_with_views_and_identical_across_workers(
     m = encode(ckpt, images, tmp_path / "a", cfg, InProcessRunner())["val2017"]
     with DaskRunner(workers=2) as runner:
         encode(ckpt, images, tmp_path / "b", EncodeConfig(views=3, seed=1, batch_size=2), runner)
+    with AutoRunner(workers=2, start_cost_s=0.0) as runner:  # a pool forked after this process ran the model
+        encode(ckpt, images, tmp_path / "c", EncodeConfig(views=3, seed=1, batch_size=2), runner)
+        assert runner.started
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
-    assert files(tmp_path / "a") == files(tmp_path / "b")  # other worker count and batch size: same bytes
+    assert files(tmp_path / "a") == files(tmp_path / "b") == files(tmp_path / "c")  # other worker count and batch size: same bytes
     base = json.loads((images / "manifest.json").read_text())
     assert m["aligned_to"] == base["digest"] and m["autoencoder"]["fingerprint"] == load_autoencoder(ckpt)[1]["fingerprint"]
     assert m["autoencoder"]["grid"] == 8 and m["stats"]["views"] == 3 * 4

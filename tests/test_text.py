@@ -10,7 +10,7 @@ import pytest
 from t2i_data.align import check_tokenizer, zip_aligned
 from t2i_data.errors import T2IError
 from t2i_data.mdmnist import MDMNISTConfig, build
-from t2i_data.runner import DaskRunner, InProcessRunner
+from t2i_data.runner import AutoRunner, DaskRunner, InProcessRunner
 from t2i_data.tario import TarWriter, iter_samples
 from t2i_data.text import load_pretrained, load_tokenizer, train
 from t2i_data.tokenize import TokenizeConfig, clean_caption, encode_rows, tokenize
@@ -114,15 +114,20 @@ def md_images(tmp_path_factory):
     return out
 
 
-def test_text_token_shards_are_aligned_and_identical_across_worker_counts(md_images, tmp_path):
+def test_text_token_shards_are_aligned_and_identical_across_worker_counts(md_images, tmp_path, capfd):
     tok_dir = tmp_path / "tok"
     load_pretrained("mdmnist", None).save(tok_dir)
     cfg = TokenizeConfig(length=12)
     m = tokenize(tok_dir, md_images, tmp_path / "a", cfg, InProcessRunner())
     with DaskRunner(workers=2) as runner:
         tokenize(tok_dir, md_images, tmp_path / "b", cfg, runner)
+    capfd.readouterr()
+    with AutoRunner(workers=2, start_cost_s=0.0) as runner:  # a pool forked after this process used the tokenizer
+        tokenize(tok_dir, md_images, tmp_path / "c", cfg, runner)
+        assert runner.started
+    assert "huggingface/tokenizers" not in capfd.readouterr().err  # no fork warning from the pool's process
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
-    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert files(tmp_path / "a") == files(tmp_path / "b") == files(tmp_path / "c")
     t = m["train"]
     assert t["aligned_to"] == json.loads((md_images / "train" / "manifest.json").read_text())["digest"]
     assert t["tokenizer"]["pad_id"] == 20 and t["tokenizer"]["length"] == 12 and t["tokenizer"]["dtype"] == "uint16"
