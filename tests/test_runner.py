@@ -63,7 +63,9 @@ def _long_second(i):
     return i, time.time()
 
 
-def test_a_long_task_has_the_cluster_started_while_it_runs(monkeypatch):
+@pytest.fixture
+def pool_starts(monkeypatch):
+    """The times at which AutoRunner started a LocalPool (a real one) during the test."""
     began = []
 
     class Noting(runner_mod.LocalPool):
@@ -72,6 +74,11 @@ def test_a_long_task_has_the_cluster_started_while_it_runs(monkeypatch):
             super().__init__(n)
 
     monkeypatch.setattr(runner_mod, "LocalPool", Noting)
+    return began
+
+
+def test_a_long_task_has_the_cluster_started_while_it_runs(pool_starts):
+    began = pool_starts
     with AutoRunner(workers=2, start_cost_s=1.0) as r:  # task 0 is not timed; due 2 s x 1/8 = 0.25 s into task 1 of 10
         got = r.map(_long_second, list(range(10)))
         assert r.started
@@ -346,15 +353,8 @@ def _reporting_task(item):
     return i, time.time()
 
 
-def test_samples_a_task_reports_start_the_cluster_within_its_first_task_after_its_one_time_cost(monkeypatch):
-    began = []
-
-    class Noting(runner_mod.LocalPool):
-        def __init__(self, n):
-            began.append(time.time())
-            super().__init__(n)
-
-    monkeypatch.setattr(runner_mod, "LocalPool", Noting)
+def test_samples_a_task_reports_start_the_cluster_within_its_first_task_after_its_one_time_cost(pool_starts):
+    began = pool_starts
     t0 = time.time()
     # 6 tasks of 60 samples at 10 ms: 3.6 s of work, the first task's 0.5 s pause left out of the rate
     with AutoRunner(workers=2, start_cost_s=0.5) as r:
