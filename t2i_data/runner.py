@@ -206,14 +206,28 @@ def _call(payload: bytes):
     return fn(item)
 
 
-def _pool_process_setup() -> None:
-    """In each ``LocalPool`` process, before its first task: ``WORKER_ENV``, and what the local dask
-    clusters' workers get (``dask_worker_setup``: Ctrl-C left to the command, one torch thread)."""
+def _pool_process_setup(parent: int) -> None:
+    """In each ``LocalPool`` process, before its first task: ``WORKER_ENV``, what the local dask
+    clusters' workers get (``dask_worker_setup``: Ctrl-C left to the command, one torch thread),
+    and a watch on ``parent`` (the command's pid): when the command dies without closing the pool
+    (``kill -9``, SIGTERM), the pool process ends within ``PARENT_CHECK_S`` rather than live on.
+    A forked pool process holds copies of the pool's pipes, so it never sees them close; it held
+    the command's stdout and stderr open for good, hanging a ``| tee`` pipeline (break test)."""
     from .dask_worker_setup import dask_setup
 
     os.environ.update(WORKER_ENV)
     dask_setup()
     _here.hook = None  # a process forked during a task here must not report to this process's bar
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # the command is gone: its shards are redone by the rerun
+
+    threading.Thread(target=watch, daemon=True, name="t2i-parent-watch").start()
+
+
+PARENT_CHECK_S = 0.25
 
 
 class LocalPool:
@@ -247,7 +261,7 @@ class LocalPool:
     def _new(self):
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(self.n, mp_context=self._ctx, initializer=_pool_process_setup)
+        return ProcessPoolExecutor(self.n, mp_context=self._ctx, initializer=_pool_process_setup, initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, item, what: str):
         """A ``concurrent.futures.Future`` of ``fn(item)`` in a pool process, and the pool generation

@@ -322,9 +322,10 @@ def test_a_local_clusters_forked_workers_start_with_this_processs_caches_one_tor
     import torch
 
     from t2i_data.mdmnist import glyph_table
-    from t2i_data.sources.mnist import EMBEDDED
+    from t2i_data.sources.mnist import EMBEDDED, load_mnist
 
     glyph_table.cache_clear()
+    load_mnist.cache_clear()  # other tests in this process may have loaded other sources
     glyph_table(EMBEDDED, "train")  # filled here, as a build's first shard fills it
     threads_here = torch.get_num_threads()
     torch.set_num_threads(2)  # what a 2-core machine's torch starts with
@@ -493,3 +494,48 @@ def test_a_pool_process_killed_between_maps_is_replaced_for_the_next(caplog):
         assert pid not in set(r.map(_pid, list(range(8))))
     assert [m for m in caplog.messages if "died" in m] == [
         "next: a local pool process died (killed, or out of memory?); its task runs again in a new pool (death 1 of 3 allowed)"]
+
+
+_ORPHAN_SCRIPT = """
+import os, time
+from t2i_data.runner import AutoRunner
+
+def slow(i):
+    time.sleep(0.05)
+    return os.getpid()
+
+if __name__ == "__main__":
+    with AutoRunner(workers=2, start_cost_s=0.0) as r:
+        print(*(set(r.map(slow, list(range(8)))) - {os.getpid()}), flush=True)
+        time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_pool_process_ends_when_the_command_dies_without_closing_it(tmp_path, signal_name):
+    """kill -9 or SIGTERM to the command: its pool process ends too, and with it the last writer of
+    the command's stdout (a `| tee` pipeline had hung on the orphan)."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    (child,) = (int(x) for x in proc.stdout.readline().split())
+    assert _running(child)
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child), f"the pool process {child} outlived its command"
+    assert proc.stdout.read() == ""  # end of file: no process holds the pipe any more
