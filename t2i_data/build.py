@@ -10,6 +10,7 @@ resumes with only the missing shards and ends with the same bytes as an uninterr
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -100,6 +101,12 @@ def build_lock(out: str | Path):
                 continue
             raise T2IError(f"{out}: another build is writing here (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
                            f"since {owner.get('started', '?')}); wait for it to finish, or delete {path} if that build is gone") from None
+        except PermissionError as e:  # an existing folder this user cannot write in
+            raise T2IError(f"{out}: cannot write here ({e.strerror}); give an --out folder you can write to") from None
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            raise T2IError(f"{out}: cannot write here ({e.strerror}); give an --out folder on a writable file system") from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
@@ -363,7 +370,8 @@ def _remove_stale(out: Path, prefix: str, keep: set[str]) -> None:
     pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar(" + re.escape(PARTIAL_SUFFIX) + ")?")
     for p in sorted(out.iterdir()):
         if pattern.fullmatch(p.name) and p.name not in keep:
-            log.info("removing %s, which the current config does not produce", p)
+            log.info("removing %s, %s", p, "left unfinished by an earlier build" if p.name.endswith(PARTIAL_SUFFIX)
+                     else "which the current config does not produce")
             p.unlink()
             (out / STATS_DIR / f"{p.name}.json").unlink(missing_ok=True)
             index_path(p).unlink(missing_ok=True)

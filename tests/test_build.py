@@ -54,13 +54,18 @@ def test_rerun_reuses_complete_shards_and_rebuilds_damaged_ones(reference, tmp_p
     assert tree_bytes(out) == tree_bytes(reference)
 
 
-def test_changed_config_rebuilds_and_drops_stale_shards(reference, tmp_path):
+def test_changed_config_rebuilds_and_drops_stale_shards(reference, tmp_path, caplog):
     out = tmp_path / "set"
     shutil.copytree(reference, out)
-    m = build(MDMNISTConfig(seed=1, train=600, test=300, shard_size=250), out, InProcessRunner())
+    (out / "train" / "mdmnist-train-000001.tar.partial").write_bytes(b"half a shard")  # an interrupted build's
+    with caplog.at_level("INFO", logger="t2i_data.build"):
+        m = build(MDMNISTConfig(seed=1, train=600, test=300, shard_size=250), out, InProcessRunner())
     assert m["train"]["_skipped"] == 0  # the config digest changed: nothing reused
     assert sorted(p.name for p in (out / "train").glob("*.tar")) == [f"mdmnist-train-00000{i}.tar" for i in range(3)]
     assert m["test"]["_skipped"] == 0
+    removed = [m for m in caplog.messages if m.startswith("removing ")]
+    assert f"removing {out / 'train' / 'mdmnist-train-000001.tar.partial'}, left unfinished by an earlier build" in removed
+    assert f"removing {out / 'train' / 'mdmnist-train-000004.tar'}, which the current config does not produce" in removed
 
 
 def test_resume_after_kill_9_ends_with_identical_bytes(reference, tmp_path):

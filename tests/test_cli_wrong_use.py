@@ -156,6 +156,27 @@ def test_a_second_build_into_the_same_folder_stops_at_once(tmp_path, capsys):
     assert not (out / shardset_build.LOCK_NAME).exists()
 
 
+@pytest.mark.parametrize("err, why, advice", [
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system", "on a writable file system"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied", "you can write to"),
+])
+def test_an_existing_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, err, why, advice):
+    """The folder exists (mkdir succeeds), but its lock file cannot be made: a read-only mount, or a
+    folder of another user (as root the permission bits do not stop a write, so the error is injected)."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_open = os.open
+
+    def refusing(path, *a, **kw):
+        if str(path).endswith(shardset_build.LOCK_NAME):
+            raise err
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(shardset_build.os, "open", refusing)
+    assert main(["-q", "mdmnist", "build", "--out", str(out), "--train", "8", "--test", "0", "--workers", "0"]) == 2
+    assert capsys.readouterr().err == f"t2i: error: {out}: cannot write here ({why}); give an --out folder {advice}\n"
+
+
 def test_a_full_disk_gives_one_message_naming_the_file_and_the_rerun_completes(tmp_path, capsys, monkeypatch):
     args = ["-q", "mdmnist", "build", "--train", "40", "--test", "0", "--shard-size", "10", "--workers", "0"]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
