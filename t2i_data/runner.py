@@ -405,8 +405,9 @@ class AutoRunner(InProcessRunner):
       run 4x as long as the rate so far gives it (625 small COCO shards made a thread each for
       nothing).
     A single-shard command and the COCO sample's 625 shards of 8 (about 1.5 s in all) never start
-    one; the CUB sample's 41 images (6 shards of 8) and a 20,000-sample build (4 shards) start one. With ``workers`` <= 1 (a one-core machine) it never starts a pool.
-    ``description`` says which it did.
+    one; the CUB sample's 41 images (6 shards of 8) and a 20,000-sample build (4 shards) start
+    one. With ``workers`` <= 1 (a one-core machine) it never starts a pool. ``description`` says
+    which it did.
 
     Why this process computes too (rather than waiting on ``workers`` processes, as
     ``--workers N`` does): it keeps computing while the pool starts, and it takes the next item
